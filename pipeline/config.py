@@ -1,0 +1,300 @@
+"""Job files: load a TOML job once, check every key, and fail with one clear message.
+
+A job file is a user-facing contract; the keys and their meaning are documented in README.md
+(``tests/test_docs.py`` keeps the two in step with ``JOB_KEYS`` below).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = [
+    "JOB_KEYS",
+    "PROVIDERS",
+    "InputSpec",
+    "Job",
+    "LimitsSpec",
+    "OutputSpec",
+    "RequestSpec",
+    "load_job",
+    "parse_job",
+]
+
+PROVIDERS = ("openai", "anthropic")
+
+# Every key a job file may hold, by table, with a one-line description (also used by the docs test).
+JOB_KEYS: dict[str, dict[str, str]] = {
+    "": {"name": "job name; results are grouped under it"},
+    "input": {
+        "path": "a .jsonl, .jsonl.gz or .parquet file, or a glob of them (relative to the cwd)",
+        "id": "column holding a stable row id; without it a hash of the row's content is used",
+    },
+    "request": {
+        "provider": "openai | anthropic",
+        "model": "model name, as the provider spells it",
+        "system": "system prompt (optional)",
+        "prompt": "user message template; {field} is replaced by the row's field",
+        "max_tokens": "cap on output tokens per row (required by Anthropic, default 1024)",
+        "temperature": "sampling temperature (optional)",
+        "base_url": "provider URL; else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the real API",
+    },
+    "limits": {
+        "concurrency": "requests in flight at most (default 64)",
+        "requests_per_minute": "request budget per minute (default: none)",
+        "tokens_per_minute": "token budget per minute, input estimate + max_tokens (default: none)",
+        "max_attempts": "attempts per row before it is recorded as failed (default 6)",
+        "timeout_s": "seconds before one attempt is abandoned and retried (default 60)",
+    },
+    "output": {
+        "db": "DuckDB file the results go to (default data/results.duckdb)",
+    },
+}
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    path: str
+    id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RequestSpec:
+    provider: str
+    model: str
+    prompt: str
+    system: str | None = None
+    max_tokens: int = 1024
+    temperature: float | None = None
+    base_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LimitsSpec:
+    concurrency: int = 64
+    requests_per_minute: float | None = None
+    tokens_per_minute: float | None = None
+    max_attempts: int = 6
+    timeout_s: float = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class OutputSpec:
+    db: str = "data/results.duckdb"
+
+
+@dataclass(frozen=True, slots=True)
+class Job:
+    name: str
+    input: InputSpec
+    request: RequestSpec
+    limits: LimitsSpec = field(default_factory=LimitsSpec)
+    output: OutputSpec = field(default_factory=OutputSpec)
+    path: str = "<inline>"
+    text: str = ""
+
+    @property
+    def job_hash(self) -> str:
+        """Hash of the job file's text: the manifest records which file produced a run."""
+        return hashlib.sha256(self.text.encode()).hexdigest()[:16]
+
+    def with_overrides(
+        self,
+        *,
+        input_path: str | None = None,
+        db: str | None = None,
+        base_url: str | None = None,
+    ) -> Job:
+        """The job with command-line overrides applied (``--input``, ``--db``, ``--base-url``)."""
+        job = self
+        if input_path is not None:
+            job = replace(job, input=replace(job.input, path=input_path))
+        if db is not None:
+            job = replace(job, output=replace(job.output, db=db))
+        if base_url is not None:
+            job = replace(job, request=replace(job.request, base_url=base_url))
+        return job
+
+    def resolved_base_url(self, env: Mapping[str, str] | None = None) -> str:
+        """Where requests go: the job's base_url, else the SDKs' env variable, else the real API."""
+        env = os.environ if env is None else env
+        if self.request.base_url:
+            return self.request.base_url.rstrip("/")
+        if self.request.provider == "openai":
+            return env.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/")
+        return env.get("ANTHROPIC_BASE_URL", "https://api.anthropic.com").rstrip("/")
+
+
+def load_job(path: str | os.PathLike[str]) -> Job:
+    """Read and check a job file. Raises ConfigError naming the file, key and fix."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            "job file not found; pass the path of a .toml job file (see jobs/ for examples)",
+            path=str(p),
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read job file: {exc}", path=str(p)) from exc
+    return parse_job(text, path=str(p))
+
+
+def parse_job(text: str, *, path: str = "<inline>") -> Job:
+    """Check the text of a job file and build a Job from it."""
+    try:
+        doc = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(
+            f"not valid TOML ({exc}); fix the syntax at that line", path=path
+        ) from exc
+
+    _no_unknown_keys(doc, path)
+    name = _get(doc, "", "name", str, path, required=True)
+    if not name.strip():
+        raise ConfigError("must not be empty; give the job a name", path=path, key="name")
+
+    inp = _table(doc, "input", path)
+    input_spec = InputSpec(
+        path=_get(inp, "input", "path", str, path, required=True),
+        id=_get(inp, "input", "id", str, path),
+    )
+
+    req = _table(doc, "request", path)
+    provider = _get(req, "request", "provider", str, path, required=True)
+    if provider not in PROVIDERS:
+        raise ConfigError(
+            f"unknown provider {provider!r}; use one of: {', '.join(PROVIDERS)}",
+            path=path,
+            key="request.provider",
+        )
+    prompt = _get(req, "request", "prompt", str, path, required=True)
+    max_tokens = _get(req, "request", "max_tokens", int, path)
+    if max_tokens is not None and max_tokens < 1:
+        raise ConfigError("must be at least 1", path=path, key="request.max_tokens")
+    temperature = _get(req, "request", "temperature", float, path)
+    if temperature is not None and not 0 <= temperature <= 2:
+        raise ConfigError("must be between 0 and 2", path=path, key="request.temperature")
+    base_url = _get(req, "request", "base_url", str, path)
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{base_url!r} is not an http(s) URL", path=path, key="request.base_url")
+    request_spec = RequestSpec(
+        provider=provider,
+        model=_get(req, "request", "model", str, path, required=True),
+        prompt=prompt,
+        system=_get(req, "request", "system", str, path),
+        max_tokens=1024 if max_tokens is None else max_tokens,
+        temperature=temperature,
+        base_url=base_url,
+    )
+    _check_template(prompt, path)
+
+    lim = _table(doc, "limits", path, required=False)
+    defaults = LimitsSpec()
+    limits = LimitsSpec(
+        concurrency=_positive(lim, "concurrency", int, path, defaults.concurrency),
+        requests_per_minute=_positive(lim, "requests_per_minute", float, path, None),
+        tokens_per_minute=_positive(lim, "tokens_per_minute", float, path, None),
+        max_attempts=_positive(lim, "max_attempts", int, path, defaults.max_attempts),
+        timeout_s=_positive(lim, "timeout_s", float, path, defaults.timeout_s),
+    )
+    out = _table(doc, "output", path, required=False)
+    output = OutputSpec(db=_get(out, "output", "db", str, path) or OutputSpec().db)
+    return Job(
+        name=name,
+        input=input_spec,
+        request=request_spec,
+        limits=limits,
+        output=output,
+        path=path,
+        text=text,
+    )
+
+
+def _no_unknown_keys(doc: Mapping[str, Any], path: str) -> None:
+    for key, value in doc.items():
+        if key in JOB_KEYS and key != "":
+            if not isinstance(value, dict):
+                raise ConfigError(f"must be a table: write [{key}]", path=path, key=key)
+            for sub in value:
+                if sub not in JOB_KEYS[key]:
+                    known = ", ".join(JOB_KEYS[key])
+                    raise ConfigError(
+                        f"unknown key; [{key}] takes: {known}", path=path, key=f"{key}.{sub}"
+                    )
+        elif key not in JOB_KEYS[""]:
+            known = ", ".join([*JOB_KEYS[""], *(f"[{t}]" for t in JOB_KEYS if t)])
+            raise ConfigError(f"unknown key; a job file takes: {known}", path=path, key=key)
+
+
+def _table(
+    doc: Mapping[str, Any], name: str, path: str, *, required: bool = True
+) -> Mapping[str, Any]:
+    table = doc.get(name)
+    if table is None:
+        if required:
+            raise ConfigError(f"missing table; add a [{name}] table", path=path, key=name)
+        return {}
+    return table  # type: ignore[no-any-return]
+
+
+_TYPE_NAMES = {str: "a string", int: "an integer", float: "a number"}
+
+
+def _get(
+    table: Mapping[str, Any],
+    table_name: str,
+    key: str,
+    kind: type,
+    path: str,
+    *,
+    required: bool = False,
+) -> Any:
+    full = f"{table_name}.{key}" if table_name else key
+    if key not in table:
+        if required:
+            raise ConfigError(f"missing; add {key} = ... to this table", path=path, key=full)
+        return None
+    value = table[key]
+    ok = isinstance(value, kind) and not isinstance(value, bool)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value, ok = float(value), True
+    if not ok:
+        raise ConfigError(f"must be {_TYPE_NAMES[kind]}, got {value!r}", path=path, key=full)
+    return value
+
+
+def _positive(table: Mapping[str, Any], key: str, kind: type, path: str, default: Any) -> Any:
+    value = _get(table, "limits", key, kind, path)
+    if value is None:
+        return default
+    if value <= 0:
+        raise ConfigError(f"must be greater than 0, got {value!r}", path=path, key=f"limits.{key}")
+    return value
+
+
+def _check_template(prompt: str, path: str) -> None:
+    import string
+
+    try:
+        for _, field_name, _, _ in string.Formatter().parse(prompt):
+            if field_name is not None and (field_name == "" or field_name.isdigit()):
+                raise ConfigError(
+                    "positional {} placeholders are not allowed; name a row field, "
+                    "e.g. {text}, and write {{ or }} for a literal brace",
+                    path=path,
+                    key="request.prompt",
+                )
+    except ValueError as exc:
+        raise ConfigError(
+            f"bad template ({exc}); write {{{{ or }}}} for a literal brace",
+            path=path,
+            key="request.prompt",
+        ) from exc

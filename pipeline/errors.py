@@ -1,0 +1,119 @@
+"""The one exception tree of the pipeline.
+
+Every low-level error (httpx, aiohttp, duckdb, pyarrow, OS) is mapped into this tree with
+``raise ... from exc`` at the edge where it happens, so the runner decides what to do from the
+class alone::
+
+    PipelineError
+    ├── ConfigError               the job file or the command line is wrong; nothing was sent
+    ├── InputError                one input row cannot be turned into a request; the row fails
+    ├── ProviderError             something the provider (or the way to it) said or did
+    │   ├── TransientError        worth another attempt: 408, 409, 429, 5xx, 529, timeouts,
+    │   │   │                     dropped connections, malformed or empty bodies
+    │   │   └── RateLimitError    429 (carries the provider's retry-after, if any)
+    │   ├── RowRejectedError      terminal for the row: other 4xx (the request itself is bad)
+    │   └── FatalProviderError    terminal for the run: 401, 403, insufficient_quota
+    └── StoreError                DuckDB could not be read or written
+
+``ProviderError.transient`` and ``ProviderError.fatal`` are the only two questions the runner asks.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ConfigError",
+    "FatalProviderError",
+    "InputError",
+    "PipelineError",
+    "ProviderError",
+    "RateLimitError",
+    "RowRejectedError",
+    "StoreError",
+    "TransientError",
+]
+
+
+class PipelineError(Exception):
+    """Root of every error this package raises on purpose."""
+
+
+class ConfigError(PipelineError):
+    """The job file or an option is wrong.
+
+    The message names the file and the key and says how to fix it.
+    """
+
+    def __init__(self, message: str, *, path: str | None = None, key: str | None = None) -> None:
+        self.path = path
+        self.key = key
+        where = ""
+        if path and key:
+            where = f"{path}: [{key}] "
+        elif path:
+            where = f"{path}: "
+        elif key:
+            where = f"[{key}] "
+        super().__init__(f"{where}{message}")
+
+
+class InputError(PipelineError):
+    """One input row could not be read or rendered. Only that row fails."""
+
+    def __init__(self, message: str, *, error_type: str = "bad_input") -> None:
+        self.error_type = error_type
+        super().__init__(message)
+
+
+class StoreError(PipelineError):
+    """The result database could not be opened, read or written."""
+
+
+class ProviderError(PipelineError):
+    """Something went wrong talking to a provider.
+
+    ``error_type`` is a short snake_case name that lands in the ``error`` column's companion
+    ``error_type``; ``status_code`` is the HTTP status if there was one.
+    """
+
+    transient: bool = False
+    fatal: bool = False
+    default_type = "provider_error"
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        status_code: int | None = None,
+        error_type: str | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.status_code = status_code
+        self.error_type = error_type or self.default_type
+        self.retry_after = retry_after
+        super().__init__(message)
+
+
+class TransientError(ProviderError):
+    """Worth retrying after a pause; becomes the row's failure once attempts run out."""
+
+    transient = True
+    default_type = "transient"
+
+
+class RateLimitError(TransientError):
+    """The provider answered 429 (rate limit, not quota)."""
+
+    default_type = "rate_limited"
+
+
+class RowRejectedError(ProviderError):
+    """The provider refused this request for good (a 4xx other than auth, quota or 429)."""
+
+    default_type = "rejected"
+
+
+class FatalProviderError(ProviderError):
+    """No further request can succeed (bad key, no permission, quota exhausted): stop the run."""
+
+    fatal = True
+    default_type = "fatal"

@@ -1,0 +1,140 @@
+"""The records that flow through the pipeline, left to right.
+
+``Row`` / ``BadRow`` (sources) → ``Request`` (render) → ``Reply`` (providers) → ``RowResult`` (store).
+All are frozen, slotted dataclasses: cheap to make by the million and safe to share between tasks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["BadRow", "RateLimitInfo", "Reply", "Request", "Row", "RowResult", "Usage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Row:
+    """One input row. ``line`` is the 1-based line (JSONL) or row number (Parquet) in ``source``."""
+
+    row_id: str
+    fields: Mapping[str, Any]
+    source: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class BadRow:
+    """An input row that could not be read; it becomes that row's recorded error."""
+
+    row_id: str
+    source: str
+    line: int
+    error: str
+    error_type: str
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A provider-neutral request for one row.
+
+    ``prompt_hash`` identifies the request *version* (template, system prompt, model,
+    parameters); ``request_key`` identifies this row under this version and is what makes a
+    rerun skip work already paid for.
+    """
+
+    row_id: str
+    request_key: str
+    prompt_hash: str
+    provider: str
+    model: str
+    system: str | None
+    prompt: str
+    max_tokens: int
+    temperature: float | None
+    est_input_tokens: int
+    source: str = ""
+    line: int = 0
+
+    @property
+    def est_total_tokens(self) -> int:
+        """Worst case a token-per-minute bucket must reserve before sending."""
+        return self.est_input_tokens + self.max_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token usage, normalised across providers.
+
+    ``input_tokens`` counts *every* prompt token, cached or not (OpenAI's ``prompt_tokens``;
+    Anthropic's ``input_tokens + cache_creation_input_tokens + cache_read_input_tokens``).
+    ``cache_read_tokens`` and ``cache_write_tokens`` are the parts of it that were read from or
+    written to the prompt cache; ``reasoning_tokens`` is the part of ``output_tokens`` spent on
+    reasoning.
+    """
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read_tokens: int = 0
+    cache_write_tokens: int = 0
+    reasoning_tokens: int = 0
+
+    @property
+    def total_tokens(self) -> int:
+        return self.input_tokens + self.output_tokens
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitInfo:
+    """What a provider's rate-limit headers said. Durations are seconds from receipt."""
+
+    limit_requests: int | None = None
+    remaining_requests: int | None = None
+    reset_requests_s: float | None = None
+    limit_tokens: int | None = None
+    remaining_tokens: int | None = None
+    reset_tokens_s: float | None = None
+    retry_after_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """A provider's good answer to one request, normalised."""
+
+    text: str
+    finish_reason: str | None
+    usage: Usage
+    status_code: int = 200
+    request_id: str | None = None
+    rate_limit: RateLimitInfo | None = None
+    raw_usage: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RowResult:
+    """What is written to the store for one row of one run: its final outcome."""
+
+    job: str
+    run_id: str
+    row_id: str
+    request_key: str
+    prompt_hash: str
+    status: str  # 'ok' | 'failed' | 'input_error'
+    provider: str
+    model: str
+    mode: str  # 'online' | 'batch'
+    output_text: str | None
+    finish_reason: str | None
+    error_type: str | None
+    error: str | None
+    attempts: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    reasoning_tokens: int
+    cost_usd: float | None
+    latency_ms: float | None
+    finished_at: float  # unix seconds
+    source: str
+    line: int
