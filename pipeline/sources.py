@@ -1,0 +1,359 @@
+"""Read input rows lazily from JSONL, gzipped JSONL and Parquet files.
+
+This is the left end of the pipeline: it turns the ``[input] path`` of a job into a stream of
+``Row`` and ``BadRow`` records, in chunks, without ever holding much more than one chunk in memory.
+
+- ``input_files`` expands a path or glob into the sorted list of files to read.
+- ``iter_row_chunks`` streams every row of every file, in order. A line that cannot be read
+  (bad JSON, not an object, not UTF-8, no id) becomes a ``BadRow`` and reading goes on; a file that
+  cannot be read at all raises ``ConfigError`` (before any of its rows is yielded when possible).
+- ``fingerprint`` records what a file was (size, mtime, content hash) for the run manifest.
+
+Row ids are the ``[input] id`` field's value when set, else the first 16 hex characters of the
+SHA-256 of the row's canonical JSON (sorted keys), so identical content gets the same id in every
+run. A ``BadRow``'s id is ``"{file}:{line}"``.
+"""
+
+from __future__ import annotations
+
+import glob
+import gzip
+import hashlib
+import io
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypedDict
+
+import orjson
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from .config import InputSpec
+from .errors import ConfigError
+from .records import BadRow, Row
+
+__all__ = [
+    "SUPPORTED_SUFFIXES",
+    "Fingerprint",
+    "content_id",
+    "fingerprint",
+    "input_files",
+    "iter_row_chunks",
+]
+
+SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
+
+_GLOB_CHARS = ("*", "?", "[")
+_BOM = b"\xef\xbb\xbf"
+_GZIP_MAGIC = b"\x1f\x8b"
+_PARQUET_MAGIC = b"PAR1"
+_HASH_BLOCK = 1 << 20
+_SORT_KEYS = orjson.OPT_SORT_KEYS
+
+Item = Row | BadRow
+
+
+class Fingerprint(TypedDict):
+    """What one input file was when a run read it."""
+
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str
+
+
+def input_files(pattern: str) -> list[Path]:
+    """The files a path or glob names, sorted. ``**`` matches any number of directories.
+
+    Raises ConfigError when nothing matches or a matched file has an unsupported suffix.
+    """
+    if not pattern.strip():
+        raise ConfigError("is empty; give a file or a glob such as data/*.jsonl", key="input.path")
+    expanded = os.path.expanduser(pattern)
+    if any(c in expanded for c in _GLOB_CHARS):
+        found = {Path(p) for p in glob.glob(expanded, recursive=True)}
+        files = [p for p in found if p.is_file()]
+        if not files:
+            raise ConfigError(
+                f"no files match {pattern!r} (relative to {os.getcwd()}); check the directory "
+                "and the pattern, e.g. data/*.jsonl or data/**/*.parquet",
+                key="input.path",
+            )
+    else:
+        single = Path(expanded)
+        if single.is_dir():
+            raise ConfigError(
+                f"{pattern!r} is a directory; name the files in it with a glob, "
+                f"e.g. {pattern.rstrip('/')}/*.jsonl",
+                key="input.path",
+            )
+        if not single.exists():
+            raise ConfigError(
+                f"no file {pattern!r} (relative to {os.getcwd()}); check the path, "
+                "or give a glob such as data/*.jsonl",
+                key="input.path",
+            )
+        files = [single]
+    for f in files:
+        if _kind(f) is None:
+            raise ConfigError(
+                f"{f}: unsupported file type; input files must end in "
+                f"{', '.join(SUPPORTED_SUFFIXES)} (rename the file or narrow the glob)",
+                key="input.path",
+            )
+    return sorted(files)
+
+
+def iter_row_chunks(spec: InputSpec, *, chunk_size: int = 512) -> Iterator[list[Row | BadRow]]:
+    """Every row of every input file, in file order then line order, in lists of ``chunk_size``.
+
+    Every chunk holds exactly ``chunk_size`` items except the last one; chunks run across file
+    boundaries. Each file is checked to be readable before the first chunk is yielded, so a
+    missing, unreadable or corrupt file raises ConfigError before anything is sent.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
+    files = input_files(spec.path)
+    for f in files:
+        _check_readable(f, spec.id)
+    buf: list[Item] = []
+    for f in files:
+        reader = _read_parquet if _kind(f) == "parquet" else _read_jsonl
+        for part in reader(f, spec.id, chunk_size):
+            if not buf and len(part) == chunk_size:
+                yield part
+                continue
+            buf.extend(part)
+            while len(buf) >= chunk_size:
+                yield buf[:chunk_size]
+                buf = buf[chunk_size:]
+    if buf:
+        yield buf
+
+
+def content_id(fields: Any) -> str:
+    """The id of a row without an id field: 16 hex chars of SHA-256 over its sorted-key JSON."""
+    try:
+        data = orjson.dumps(fields, option=_SORT_KEYS, default=str)
+    except (TypeError, orjson.JSONEncodeError):
+        # orjson refuses integers beyond 64 bits; the stdlib encoder does not.
+        data = json.dumps(
+            fields, sort_keys=True, default=str, ensure_ascii=False, separators=(",", ":")
+        ).encode()
+    return hashlib.sha256(data).hexdigest()[:16]
+
+
+def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
+    """Size, modification time (ns) and SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    block = bytearray(_HASH_BLOCK)
+    view = memoryview(block)
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            st = os.fstat(fh.fileno())
+            while n := fh.readinto(block):
+                digest.update(view[:n])
+    except OSError as exc:
+        raise ConfigError(f"{os.fspath(path)}: cannot read input file ({exc})") from exc
+    return Fingerprint(
+        path=os.fspath(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest.hexdigest()
+    )
+
+
+# -- internals -------------------------------------------------------------------------------
+
+
+def _kind(path: Path) -> str | None:
+    name = path.name.lower()
+    if name.endswith(".parquet"):
+        return "parquet"
+    if name.endswith(".jsonl.gz"):
+        return "gzip"
+    if name.endswith((".jsonl", ".ndjson")):
+        return "jsonl"
+    return None
+
+
+def _check_readable(path: Path, id_field: str | None) -> None:
+    """Raise ConfigError unless the file opens and starts the way its suffix says.
+
+    A Parquet file must also have the id column, if one is set: without it every row would fail.
+    """
+    kind = _kind(path)
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot open input file ({exc.strerror or exc})") from exc
+    if kind == "gzip" and head and not head.startswith(_GZIP_MAGIC):
+        raise ConfigError(
+            f"{path}: not gzip-compressed although it ends in .gz; "
+            "rename it to .jsonl or compress it with gzip"
+        )
+    if kind == "parquet":
+        if head != _PARQUET_MAGIC:
+            raise ConfigError(f"{path}: not a Parquet file; re-export it or rename it")
+        try:
+            with pq.ParquetFile(path) as pf:
+                names = pf.schema_arrow.names
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"{path}: corrupt Parquet file ({exc}); re-export it") from exc
+        if id_field is not None and id_field not in names:
+            raise ConfigError(
+                f"{path} has no column {id_field!r} (it has: {', '.join(names[:20])}); "
+                "fix [input] id or remove it to use content hashes",
+                key="input.id",
+            )
+
+
+def _open_jsonl(path: Path) -> io.BufferedIOBase:
+    if _kind(path) == "gzip":
+        return gzip.open(path, "rb")
+    return open(path, "rb")
+
+
+def _read_jsonl(path: Path, id_field: str | None, chunk_size: int) -> Iterator[list[Item]]:
+    source = str(path)
+    loads = orjson.loads
+    decode_error = orjson.JSONDecodeError
+    out: list[Item] = []
+    lineno = 0
+    try:
+        fh = _open_jsonl(path)
+    except OSError as exc:
+        raise ConfigError(f"{source}: cannot open input file ({exc})") from exc
+    with fh:
+        try:
+            for lineno, line in enumerate(fh, 1):
+                try:
+                    obj = loads(line)
+                except decode_error as exc:
+                    obj = _recover(source, lineno, line, exc)
+                    if obj is _BLANK:
+                        continue
+                item: Item
+                if type(obj) is dict:
+                    if id_field is None:
+                        item = Row(content_id(obj), obj, source, lineno)
+                    else:
+                        item = _row_with_id(obj, id_field, source, lineno)
+                elif type(obj) is BadRow:
+                    item = obj
+                else:
+                    item = BadRow(
+                        f"{source}:{lineno}",
+                        source,
+                        lineno,
+                        f"{source} line {lineno}: a JSON {_json_kind(obj)} is not an object; "
+                        'each line must be one JSON object such as {"id": 1, "text": "..."}',
+                        "not_an_object",
+                    )
+                out.append(item)
+                if len(out) >= chunk_size:
+                    yield out
+                    out = []
+        except (OSError, EOFError, zlib.error) as exc:
+            raise ConfigError(
+                f"{source}: cannot read past line {lineno} ({exc}); "
+                "the file is truncated or corrupt: re-create it"
+            ) from exc
+    if out:
+        yield out
+
+
+_BLANK = object()
+
+
+def _recover(source: str, lineno: int, line: bytes, exc: orjson.JSONDecodeError) -> Any:
+    """The slow path for a line orjson refused: a BOM, a blank line, or a BadRow."""
+    if lineno == 1 and line.startswith(_BOM):
+        line = line[len(_BOM) :]
+        try:
+            return orjson.loads(line)
+        except orjson.JSONDecodeError as again:
+            exc = again
+    if not line.strip():
+        return _BLANK
+    return _bad_line(source, lineno, line, exc)
+
+
+def _row_with_id(obj: dict[str, Any], id_field: str, source: str, line: int) -> Item:
+    value = obj.get(id_field)
+    if value is None or value == "":
+        what = "no field" if id_field not in obj else ("a null" if value is None else "an empty")
+        return BadRow(
+            f"{source}:{line}",
+            source,
+            line,
+            f"{source} line {line}: {what} {id_field!r}, the id field set by [input] id; "
+            f"give the row an {id_field!r} value, or remove [input] id to use content hashes",
+            "missing_id",
+        )
+    return Row(value if type(value) is str else str(value), obj, source, line)
+
+
+def _bad_line(source: str, lineno: int, line: bytes, exc: orjson.JSONDecodeError) -> BadRow:
+    try:
+        line.decode("utf-8")
+    except UnicodeDecodeError as uexc:
+        return BadRow(
+            f"{source}:{lineno}",
+            source,
+            lineno,
+            f"{source} line {lineno}: not valid UTF-8 (byte 0x{line[uexc.start]:02x} at "
+            f"byte offset {uexc.start}); re-save the file as UTF-8",
+            "bad_encoding",
+        )
+    return BadRow(
+        f"{source}:{lineno}",
+        source,
+        lineno,
+        f"{source} line {lineno}: not valid JSON ({exc.msg} at column {exc.colno}); "
+        "fix or remove the line",
+        "bad_json",
+    )
+
+
+def _json_kind(obj: object) -> str:
+    if isinstance(obj, list):
+        return "array"
+    if isinstance(obj, str):
+        return "string"
+    if isinstance(obj, bool):
+        return "boolean"
+    if isinstance(obj, int | float):
+        return "number"
+    return "null"
+
+
+def _read_parquet(path: Path, id_field: str | None, chunk_size: int) -> Iterator[list[Item]]:
+    source = str(path)
+    lineno = 0
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as exc:
+        raise ConfigError(f"{source}: corrupt Parquet file ({exc}); re-export it") from exc
+    with pf:
+        batches = pf.iter_batches(batch_size=chunk_size)
+        while True:
+            try:
+                batch = next(batches)
+            except StopIteration:
+                break
+            except (pa.ArrowException, OSError) as exc:
+                raise ConfigError(
+                    f"{source}: cannot read past row {lineno} ({exc}); the Parquet file is "
+                    "corrupt — re-export it"
+                ) from exc
+            out: list[Item] = []
+            append = out.append
+            for obj in batch.to_pylist():
+                lineno += 1
+                if id_field is None:
+                    append(Row(content_id(obj), obj, source, lineno))
+                else:
+                    append(_row_with_id(obj, id_field, source, lineno))
+            yield out
