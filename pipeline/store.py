@@ -1,0 +1,874 @@
+"""The result database: every row's outcome, token usage and cost, in one DuckDB file.
+
+This is the only module that imports duckdb. Every duckdb (and pyarrow) error is raised as
+:class:`~pipeline.errors.StoreError` naming the database file.
+
+Querying results
+================
+
+The public interface for analysis is the view ``results``: one row per input row and run.
+Open the file with the DuckDB CLI (``duckdb -readonly data/results.duckdb``) and ask, e.g.::
+
+    SELECT model, status, count(*), sum(cost_usd) FROM results GROUP BY ALL;
+
+Columns of ``results``:
+
+=====================  ===========  ================================================================
+column                 type         meaning
+=====================  ===========  ================================================================
+job                    VARCHAR      the job's ``name``
+run_id                 VARCHAR      the run that wrote the row (see table ``runs``)
+row_id                 VARCHAR      the row's id (the ``[input] id`` column, or a hash of the row)
+status                 VARCHAR      ``ok`` | ``failed`` | ``input_error``
+provider, model, mode  VARCHAR      ``openai``/``anthropic``, the model name, ``online``/``batch``
+output_text            VARCHAR      the model's answer (NULL unless ok)
+finish_reason          VARCHAR      as the provider said (``stop``, ``end_turn``, ``length``, ...)
+error_type, error      VARCHAR      why the row failed (NULL when ok)
+attempts               INTEGER      requests sent for the row, retries included
+input_tokens           BIGINT       every prompt token, cache reads and writes included
+output_tokens          BIGINT       every output token, reasoning included
+cache_read_tokens      BIGINT       the part of input_tokens read from the prompt cache
+cache_write_tokens     BIGINT       the part of input_tokens written to the prompt cache
+reasoning_tokens       BIGINT       the part of output_tokens spent on reasoning
+total_tokens           BIGINT       input_tokens + output_tokens
+cost_usd               DOUBLE       US dollars; NULL when the model's price is unknown (never 0)
+latency_ms             DOUBLE       time of the successful attempt
+prompt_hash            VARCHAR      the request version (template, system prompt, model, params)
+request_key            VARCHAR      this row under that version; a rerun skips keys already ok
+finished_at            TIMESTAMPTZ  when the row's outcome was decided
+source, line           VARCHAR/INT  the input file and its 1-based line (or Parquet row number)
+=====================  ===========  ================================================================
+
+A row that failed in one run and succeeded in a rerun appears once per run: ``sum(cost_usd)``
+is what was paid. Table ``runs`` holds one row per run (job file, hashes, state, counts, cost,
+price source, manifest); ``schema_version`` holds the schema's version.
+
+Concurrency
+===========
+
+DuckDB lets one process write a file; while it does, no other process can open it, not even
+read-only. Within the process a ``Store`` holds one DuckDB connection and gives every call a
+short-lived cursor of its own (``connection.cursor()``, a few µs), so ``write_results`` may run
+in a worker thread while other threads read: reads see the last committed batch. Writes are
+serialised by a lock; ``close()`` waits for a write in progress.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import operator
+import re
+import threading
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Final
+from urllib.parse import urlsplit, urlunsplit
+
+import duckdb
+import orjson
+import pyarrow as pa
+
+from .config import Job
+from .errors import StoreError
+from .records import RowResult
+
+__all__ = [
+    "RUN_STATES",
+    "SCHEMA_VERSION",
+    "ModelGroup",
+    "Report",
+    "RunRecord",
+    "RunSummary",
+    "Store",
+    "Totals",
+]
+
+SCHEMA_VERSION: Final = 1
+
+RUN_STATES: Final = ("running", "completed", "stopped: <why>", "failed: <why>")
+"""What ``runs.state`` may hold; ``<why>`` is e.g. ``budget`` or ``signal``."""
+
+# Rows per INSERT inside one write_results transaction; bounds the Arrow memory of a big batch.
+_INSERT_CHUNK = 10_000
+
+_RESULT_FIELDS: Final = tuple(f.name for f in dataclasses.fields(RowResult))
+
+_ARROW_TYPES: Final[dict[str, pa.DataType]] = {
+    "attempts": pa.int32(),
+    "input_tokens": pa.int64(),
+    "output_tokens": pa.int64(),
+    "cache_read_tokens": pa.int64(),
+    "cache_write_tokens": pa.int64(),
+    "reasoning_tokens": pa.int64(),
+    "cost_usd": pa.float64(),
+    "latency_ms": pa.float64(),
+    "finished_at": pa.float64(),  # unix seconds; to_timestamp() in the INSERT
+    "line": pa.int64(),
+}
+_ARROW_SCHEMA: Final = pa.schema(
+    [(name, _ARROW_TYPES.get(name, pa.string())) for name in _RESULT_FIELDS]
+)
+_get_result_fields = operator.attrgetter(*_RESULT_FIELDS)
+
+_SCHEMA_SQL: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS schema_version (
+        version    INTEGER NOT NULL,
+        applied_at TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+    )
+    """,
+    """
+    CREATE TABLE IF NOT EXISTS runs (
+        run_id        VARCHAR PRIMARY KEY,
+        job           VARCHAR NOT NULL,
+        job_path      VARCHAR,
+        job_hash      VARCHAR,
+        job_text      VARCHAR,
+        prompt_hash   VARCHAR,
+        provider      VARCHAR,
+        model         VARCHAR,
+        mode          VARCHAR,
+        base_url      VARCHAR,
+        state         VARCHAR NOT NULL CHECK (
+                          state IN ('running', 'completed')
+                          OR (state LIKE 'stopped: _%') OR (state LIKE 'failed: _%')),
+        started_at    TIMESTAMPTZ NOT NULL,
+        finished_at   TIMESTAMPTZ,
+        rows_total    BIGINT,
+        rows_ok       BIGINT,
+        rows_failed   BIGINT,
+        input_tokens  BIGINT,
+        output_tokens BIGINT,
+        cost_usd      DOUBLE,
+        price_source  VARCHAR,
+        manifest      VARCHAR
+    )
+    """,
+    # No primary key or unique index: index upkeep slows bulk inserts and costs memory.
+    """
+    CREATE TABLE IF NOT EXISTS row_results (
+        job                VARCHAR NOT NULL,
+        run_id             VARCHAR NOT NULL,
+        row_id             VARCHAR NOT NULL,
+        request_key        VARCHAR NOT NULL,
+        prompt_hash        VARCHAR,
+        status             VARCHAR NOT NULL CHECK (status IN ('ok', 'failed', 'input_error')),
+        provider           VARCHAR,
+        model              VARCHAR,
+        mode               VARCHAR,
+        output_text        VARCHAR,
+        finish_reason      VARCHAR,
+        error_type         VARCHAR,
+        error              VARCHAR,
+        attempts           INTEGER,
+        input_tokens       BIGINT,
+        output_tokens      BIGINT,
+        cache_read_tokens  BIGINT,
+        cache_write_tokens BIGINT,
+        reasoning_tokens   BIGINT,
+        cost_usd           DOUBLE,
+        latency_ms         DOUBLE,
+        finished_at        TIMESTAMPTZ NOT NULL,
+        source             VARCHAR,
+        line               BIGINT
+    )
+    """,
+)
+
+_RESULTS_VIEW_SQL: Final = """
+    CREATE OR REPLACE VIEW results AS
+    SELECT job, run_id, row_id, status, provider, model, mode, output_text, finish_reason,
+           error_type, error, attempts, input_tokens, output_tokens, cache_read_tokens,
+           cache_write_tokens, reasoning_tokens, input_tokens + output_tokens AS total_tokens,
+           cost_usd, latency_ms, prompt_hash, request_key, finished_at, source, line
+    FROM row_results
+"""
+
+_INSERT_SQL: Final = (
+    f"INSERT INTO row_results ({', '.join(_RESULT_FIELDS)}) SELECT "
+    + ", ".join(
+        "to_timestamp(finished_at)" if name == "finished_at" else name for name in _RESULT_FIELDS
+    )
+    + " FROM arrow_table"
+)
+
+# "tokens were used but the price is unknown": NULL cost on a row that consumed tokens.
+_UNPRICED = "cost_usd IS NULL AND coalesce(input_tokens, 0) + coalesce(output_tokens, 0) > 0"
+
+_FILTER = "($job::VARCHAR IS NULL OR job = $job) AND ($run_id::VARCHAR IS NULL OR run_id = $run_id)"
+
+# runs column <- key of Store._counts(), for finish_run / update_run(refresh_counts=True)
+_RUN_COUNT_COLUMNS: Final = (
+    ("rows_ok", "ok"),
+    ("rows_failed", "failed"),
+    ("input_tokens", "input_tokens"),
+    ("output_tokens", "output_tokens"),
+    ("cost_usd", "cost_usd"),
+)
+_NULL: Final = object()  # "set this column to NULL" in update_run
+
+_STATE_RE = re.compile(r"running|completed|(stopped|failed): .+", re.DOTALL)
+_LOCK_PID_RE = re.compile(r"\(PID (\d+)\)")
+
+
+# --------------------------------------------------------------------------------------------
+# Records
+
+
+@dataclass(frozen=True, slots=True)
+class RunRecord:
+    """One run as ``start_run`` records it. Never put an API key in any field.
+
+    ``started_at`` is unix seconds (``None``: now). ``manifest`` is anything JSON can hold (or
+    a JSON string); it is stored as text. ``base_url`` is stored without user, password, query
+    or fragment, and ``job_text`` and ``manifest`` with URL passwords, ``?api_key=``-style
+    parameters and ``sk-...`` keys replaced by ``[redacted]``: a best effort, not a licence.
+    """
+
+    run_id: str
+    job: str
+    provider: str | None = None
+    model: str | None = None
+    mode: str = "online"
+    job_path: str | None = None
+    job_hash: str | None = None
+    job_text: str | None = None
+    prompt_hash: str | None = None
+    base_url: str | None = None
+    state: str = "running"
+    started_at: float | None = None
+    rows_total: int | None = None
+    price_source: str | None = None
+    manifest: Mapping[str, Any] | str | None = None
+
+    @classmethod
+    def for_job(
+        cls,
+        job: Job,
+        *,
+        run_id: str,
+        mode: str = "online",
+        prompt_hash: str | None = None,
+        price_source: str | None = None,
+        manifest: Mapping[str, Any] | str | None = None,
+        base_url: str | None = None,
+    ) -> RunRecord:
+        """The record of a run of ``job`` (base URL: ``job.resolved_base_url()`` unless given)."""
+        return cls(
+            run_id=run_id,
+            job=job.name,
+            provider=job.request.provider,
+            model=job.request.model,
+            mode=mode,
+            job_path=job.path,
+            job_hash=job.job_hash,
+            job_text=job.text,
+            prompt_hash=prompt_hash,
+            base_url=base_url if base_url is not None else job.resolved_base_url(),
+            price_source=price_source,
+            manifest=manifest,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Sums over the selected results. ``failed`` is every row not ``ok`` (input errors too).
+
+    ``cost_usd`` is ``None`` when no row had a known price; ``unpriced_rows`` counts rows that
+    used tokens at an unknown price (their cost is missing from ``cost_usd``).
+    """
+
+    rows: int
+    ok: int
+    failed: int
+    input_tokens: int
+    output_tokens: int
+    cache_read_tokens: int
+    cost_usd: float | None
+    unpriced_rows: int
+
+
+@dataclass(frozen=True, slots=True)
+class ModelGroup:
+    """Results of one (provider, model, status). Latency percentiles are over ``ok`` rows only,
+    so they are ``None`` on the other statuses' groups."""
+
+    provider: str | None
+    model: str | None
+    status: str
+    rows: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float | None
+    unpriced_rows: int
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class RunSummary:
+    """One run in a report. Row counts and cost come from the committed results, so a run that
+    is still going (or died) shows what it has written so far."""
+
+    run_id: str
+    job: str
+    provider: str | None
+    model: str | None
+    mode: str | None
+    state: str
+    started_at: datetime
+    finished_at: datetime | None
+    rows_ok: int
+    rows_failed: int
+    cost_usd: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class Report:
+    """Everything ``pipeline.report.render_report`` prints, as plain data."""
+
+    job: str | None
+    run_id: str | None
+    totals: Totals
+    groups: tuple[ModelGroup, ...]
+    runs: tuple[RunSummary, ...]
+
+
+# --------------------------------------------------------------------------------------------
+# Helpers
+
+
+def _safe_url(url: str | None) -> str | None:
+    """The URL without user, password, query or fragment (where a key could hide)."""
+    if url is None:
+        return None
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+_SECRET_PATTERNS: Final = (
+    # user:password@ in a URL
+    (re.compile(r"(?<=//)[^/\s@\"']+@"), ""),
+    # ?api_key=... / &token=... in a URL
+    (
+        re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|secret)=)[^&#\s\"']*"),
+        r"\1[redacted]",
+    ),
+    # things that look like provider keys: sk-..., sk-ant-..., sk-proj-...
+    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "[redacted]"),
+)
+
+
+def _redact(text: str | None) -> str | None:
+    """``text`` without anything that looks like a credential (job text, manifest)."""
+    if text is None:
+        return None
+    for pattern, replacement in _SECRET_PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def _check_state(state: str) -> None:
+    if not _STATE_RE.fullmatch(state):
+        raise ValueError(
+            f"bad run state {state!r}; use 'running', 'completed', 'stopped: <why>' "
+            "or 'failed: <why>'"
+        )
+
+
+def _ts(value: float | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value, tz=UTC)
+
+
+def _results_table(results: Sequence[RowResult]) -> pa.Table:
+    """Build the Arrow table column by column (fast: one ``pa.array`` per column)."""
+    columns = zip(*map(_get_result_fields, results), strict=True)
+    arrays = []
+    for column, field in zip(columns, _ARROW_SCHEMA, strict=True):
+        try:
+            arrays.append(pa.array(column, type=field.type))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            bad = _first_bad(column, field.type)
+            raise StoreError(
+                f"cannot write results: column {field.name!r} holds {bad!r}, "
+                f"which is not {field.type} ({exc})"
+            ) from exc
+    return pa.Table.from_arrays(arrays, schema=_ARROW_SCHEMA)
+
+
+def _first_bad(column: Sequence[Any], kind: pa.DataType) -> Any:
+    for value in column:
+        try:
+            pa.array([value], type=kind)
+        except (pa.ArrowException, TypeError, ValueError, OverflowError):
+            return value
+    return "?"  # pragma: no cover - only reached if the whole column fails but no single value
+
+
+def _manifest_text(manifest: Mapping[str, Any] | str | None) -> str | None:
+    if manifest is None or isinstance(manifest, str):
+        return manifest
+    try:
+        return orjson.dumps(manifest, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError as exc:
+        raise StoreError(f"cannot record the run: its manifest is not JSON ({exc})") from exc
+
+
+# --------------------------------------------------------------------------------------------
+# The store
+
+
+class Store:
+    """A DuckDB result database. Use as a context manager, or call ``close()``.
+
+    Opening creates the file, its directory and the schema if needed (idempotent), and
+    re-creates the ``results`` view so it follows the code. ``read_only=True`` opens an
+    existing file without changing it (the view is the one stored in the file).
+    """
+
+    def __init__(self, path: str | Path, *, read_only: bool = False) -> None:
+        self.path = Path(path)
+        self.read_only = read_only
+        self._lock = threading.Lock()  # guards self._con: cursor creation and close
+        self._write_lock = threading.Lock()  # one write transaction at a time
+        if not read_only:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise StoreError(
+                    f"cannot create the directory of results database {self.path}: {exc}"
+                ) from exc
+        try:
+            con = duckdb.connect(str(self.path), read_only=read_only)
+        except duckdb.Error as exc:
+            raise self._open_error(exc) from exc
+        self._con: duckdb.DuckDBPyConnection | None = con
+        try:
+            if read_only:
+                self._check_schema()
+            else:
+                self._create_schema()
+        except BaseException:
+            self.close()
+            raise
+
+    @classmethod
+    def open(cls, path: str | Path, *, read_only: bool = False) -> Store:
+        """Same as ``Store(path, read_only=...)``."""
+        return cls(path, read_only=read_only)
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mode = "read-only" if self.read_only else "read-write"
+        state = "closed" if self._con is None else "open"
+        return f"<Store {str(self.path)!r} {mode} {state}>"
+
+    def close(self) -> None:
+        """Close the database. Safe to call twice.
+
+        Waits for a write in progress; call it once no other thread is reading any more.
+        """
+        with self._write_lock, self._lock:
+            con, self._con = self._con, None
+            if con is not None:
+                with contextlib.suppress(duckdb.Error):
+                    con.close()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    def _open_error(self, exc: duckdb.Error) -> StoreError:
+        text = str(exc)
+        if "Could not set lock" in text:
+            pid = _LOCK_PID_RE.search(text)
+            who = f" (PID {pid.group(1)})" if pid else ""
+            return StoreError(
+                f"results database {self.path} is in use: another pipeline process{who} is "
+                "writing it, and DuckDB lets no other process open the file meanwhile, not even "
+                "to read. Wait for that run to finish (or stop it), then read the results with "
+                f"`duckdb -readonly {self.path}` or Store(path, read_only=True); or give this "
+                "run its own file with --db."
+            )
+        if self.read_only and "does not exist" in text:
+            return StoreError(
+                f"no results database at {self.path}; run a job first, or check the path"
+            )
+        return StoreError(f"cannot open results database {self.path}: {text}")
+
+    @contextlib.contextmanager
+    def _cursor(self, doing: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A cursor of this thread's own; duckdb errors become StoreError naming the file."""
+        with self._lock:
+            if self._con is None:
+                raise StoreError(f"cannot {doing}: results database {self.path} is closed")
+            try:
+                cur = self._con.cursor()
+            except duckdb.Error as exc:
+                raise StoreError(f"cannot {doing} in results database {self.path}: {exc}") from exc
+        try:
+            yield cur
+        except duckdb.Error as exc:
+            raise StoreError(f"cannot {doing} in results database {self.path}: {exc}") from exc
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cur.close()
+
+    @contextlib.contextmanager
+    def _transaction(self, doing: str) -> Iterator[duckdb.DuckDBPyConnection]:
+        """BEGIN ... COMMIT on a cursor; ROLLBACK and raise StoreError on any error."""
+        if self.read_only:
+            raise StoreError(f"cannot {doing}: results database {self.path} was opened read-only")
+        with self._write_lock, self._cursor(doing) as cur:
+            cur.execute("BEGIN TRANSACTION")
+            try:
+                yield cur
+                cur.execute("COMMIT")
+            except BaseException:
+                with contextlib.suppress(duckdb.Error):
+                    cur.execute("ROLLBACK")
+                raise
+
+    def _create_schema(self) -> None:
+        with self._transaction("create the schema") as cur:
+            for statement in _SCHEMA_SQL:
+                cur.execute(statement)
+            row = cur.execute("SELECT max(version) FROM schema_version").fetchone()
+            found = None if row is None else row[0]
+            if found is None:
+                cur.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
+            elif found > SCHEMA_VERSION:
+                raise StoreError(
+                    f"results database {self.path} has schema version {found}, newer than this "
+                    f"pipeline's ({SCHEMA_VERSION}); upgrade the pipeline or use another --db"
+                )
+            cur.execute(_RESULTS_VIEW_SQL)
+
+    def _check_schema(self) -> None:
+        with self._cursor("read the schema version") as cur:
+            found = cur.execute(
+                "SELECT count(*) FROM duckdb_tables() "
+                "WHERE table_name IN ('schema_version', 'runs', 'row_results')"
+            ).fetchone()
+        if found is None or found[0] != 3:
+            raise StoreError(
+                f"{self.path} is not a pipeline results database (tables schema_version, runs "
+                "and row_results are missing)"
+            )
+
+    # -- runs ----------------------------------------------------------------------------------
+
+    def start_run(self, run: RunRecord) -> None:
+        """Record a new run (state ``running`` unless the record says otherwise)."""
+        _check_state(run.state)
+        started = time.time() if run.started_at is None else run.started_at
+        with self._transaction(f"record run {run.run_id!r}") as cur:
+            cur.execute(
+                """
+                INSERT INTO runs (run_id, job, job_path, job_hash, job_text, prompt_hash,
+                                  provider, model, mode, base_url, state, started_at,
+                                  rows_total, price_source, manifest)
+                VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, to_timestamp(?), ?, ?, ?)
+                """,
+                [
+                    run.run_id,
+                    run.job,
+                    run.job_path,
+                    run.job_hash,
+                    _redact(run.job_text),
+                    run.prompt_hash,
+                    run.provider,
+                    run.model,
+                    run.mode,
+                    _safe_url(run.base_url),
+                    run.state,
+                    started,
+                    run.rows_total,
+                    run.price_source,
+                    _redact(_manifest_text(run.manifest)),
+                ],
+            )
+
+    def update_run(
+        self,
+        run_id: str,
+        *,
+        state: str | None = None,
+        rows_total: int | None = None,
+        rows_ok: int | None = None,
+        rows_failed: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: float | None = None,
+        price_source: str | None = None,
+        manifest: Mapping[str, Any] | str | None = None,
+        finished_at: float | None = None,
+        refresh_counts: bool = False,
+    ) -> None:
+        """Change the given fields of a run; ``None`` leaves a field as it is.
+
+        ``refresh_counts=True`` fills ``rows_ok``, ``rows_failed`` (every row not ok),
+        ``input_tokens``, ``output_tokens`` and ``cost_usd`` from the run's committed results,
+        except those given explicitly. ``finished_at`` is unix seconds.
+        """
+        if state is not None:
+            _check_state(state)
+        given: dict[str, Any] = {
+            "state": state,
+            "rows_total": rows_total,
+            "rows_ok": rows_ok,
+            "rows_failed": rows_failed,
+            "input_tokens": input_tokens,
+            "output_tokens": output_tokens,
+            "cost_usd": cost_usd,
+            "price_source": price_source,
+            "manifest": None if manifest is None else _redact(_manifest_text(manifest)),
+        }
+        with self._transaction(f"update run {run_id!r}") as cur:
+            found = cur.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if found is None or found[0] == 0:
+                raise StoreError(f"no run {run_id!r} in results database {self.path}")
+            if refresh_counts:
+                counts = self._counts(cur, run_id)
+                for column, key in _RUN_COUNT_COLUMNS:
+                    if given[column] is None:
+                        given[column] = counts[key]
+                        if counts[key] is None:  # cost of a run with no priced row: NULL
+                            given[column] = _NULL
+            sets = [f"{column} = ?" for column, value in given.items() if value is not None]
+            params = [None if v is _NULL else v for v in given.values() if v is not None]
+            if finished_at is not None:
+                sets.append("finished_at = to_timestamp(?)")
+                params.append(finished_at)
+            if sets:
+                cur.execute(
+                    f"UPDATE runs SET {', '.join(sets)} WHERE run_id = ?", [*params, run_id]
+                )
+
+    def finish_run(
+        self,
+        run_id: str,
+        state: str,
+        *,
+        rows_total: int | None = None,
+        rows_ok: int | None = None,
+        rows_failed: int | None = None,
+        input_tokens: int | None = None,
+        output_tokens: int | None = None,
+        cost_usd: float | None = None,
+        finished_at: float | None = None,
+    ) -> None:
+        """Mark a run finished: ``completed``, ``stopped: <why>`` or ``failed: <why>``.
+
+        Sets ``finished_at`` (unix seconds; default now). Counts, tokens and cost not given are
+        computed from the run's committed results, which is the safer choice: they count only
+        what really reached the file, and the cost stays NULL when no row had a known price.
+        ``rows_total`` is the number of input rows the run saw, if known.
+        """
+        self.update_run(
+            run_id,
+            state=state,
+            rows_total=rows_total,
+            rows_ok=rows_ok,
+            rows_failed=rows_failed,
+            input_tokens=input_tokens,
+            output_tokens=output_tokens,
+            cost_usd=cost_usd,
+            finished_at=time.time() if finished_at is None else finished_at,
+            refresh_counts=True,
+        )
+
+    # -- results -------------------------------------------------------------------------------
+
+    def write_results(self, results: Sequence[RowResult]) -> None:
+        """Insert ``results`` in one transaction: all of them are committed, or none is.
+
+        Raises StoreError (nothing written) if a value does not fit its column or the database
+        refuses the batch. Blocking: call it from a worker thread in async code.
+        """
+        if not results:
+            return
+        with self._transaction(f"write {len(results)} results (none was written)") as cur:
+            for start in range(0, len(results), _INSERT_CHUNK):
+                # DuckDB finds `arrow_table` by name (a replacement scan of this frame's locals);
+                # cheaper than register()/unregister(), which cost two more statements.
+                arrow_table = _results_table(results[start : start + _INSERT_CHUNK])
+                cur.execute(_INSERT_SQL)
+                del arrow_table
+
+    def done_request_keys(self, keys: Sequence[str]) -> set[str]:
+        """The subset of ``keys`` with an ``ok`` result in any run (a rerun skips those)."""
+        if not keys:
+            return set()
+        with self._cursor("look up finished rows") as cur:
+            rows = cur.execute(
+                "SELECT DISTINCT request_key FROM row_results "
+                "WHERE status = 'ok' AND request_key IN (SELECT unnest($keys::VARCHAR[]))",
+                {"keys": list(keys)},
+            ).fetchall()
+        return {row[0] for row in rows}
+
+    # -- reading -------------------------------------------------------------------------------
+
+    @staticmethod
+    def _counts(cur: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
+        row = cur.execute(
+            f"""
+            SELECT count(*),
+                   count(*) FILTER (WHERE status = 'ok'),
+                   count(*) FILTER (WHERE status <> 'ok'),
+                   count(*) FILTER (WHERE status = 'input_error'),
+                   coalesce(sum(input_tokens), 0),
+                   coalesce(sum(output_tokens), 0),
+                   coalesce(sum(cache_read_tokens), 0),
+                   coalesce(sum(cache_write_tokens), 0),
+                   coalesce(sum(reasoning_tokens), 0),
+                   sum(cost_usd),
+                   count(*) FILTER (WHERE {_UNPRICED})
+            FROM row_results WHERE run_id = ?
+            """,
+            [run_id],
+        ).fetchone()
+        assert row is not None  # an aggregate without GROUP BY always returns one row
+        keys = (
+            "rows",
+            "ok",
+            "failed",
+            "input_errors",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "reasoning_tokens",
+            "cost_usd",
+            "unpriced_rows",
+        )
+        return dict(zip(keys, row, strict=True))
+
+    def run_counts(self, run_id: str) -> dict[str, Any]:
+        """A run's committed results in numbers, for the final summary line.
+
+        Keys: ``rows``, ``ok``, ``failed`` (every row not ok), ``input_errors``,
+        ``input_tokens``, ``output_tokens``, ``cache_read_tokens``, ``cache_write_tokens``,
+        ``reasoning_tokens`` (ints), ``cost_usd`` (float, ``None`` if no row had a known price)
+        and ``unpriced_rows`` (rows that used tokens at an unknown price).
+        """
+        with self._cursor(f"count the results of run {run_id!r}") as cur:
+            return self._counts(cur, run_id)
+
+    def report(
+        self, *, job: str | None = None, run_id: str | None = None, last_runs: int = 10
+    ) -> Report:
+        """Totals, per (provider, model, status) groups and the latest runs, optionally for
+        one job and/or one run."""
+        params = {"job": job, "run_id": run_id}
+        with self._cursor("build the report") as cur:
+            t = cur.execute(
+                f"""
+                SELECT count(*),
+                       count(*) FILTER (WHERE status = 'ok'),
+                       count(*) FILTER (WHERE status <> 'ok'),
+                       coalesce(sum(input_tokens), 0),
+                       coalesce(sum(output_tokens), 0),
+                       coalesce(sum(cache_read_tokens), 0),
+                       sum(cost_usd),
+                       count(*) FILTER (WHERE {_UNPRICED})
+                FROM row_results WHERE {_FILTER}
+                """,
+                params,
+            ).fetchone()
+            assert t is not None
+            totals = Totals(*t)
+            group_rows = cur.execute(
+                f"""
+                SELECT provider, model, status, count(*),
+                       coalesce(sum(input_tokens), 0),
+                       coalesce(sum(output_tokens), 0),
+                       sum(cost_usd),
+                       count(*) FILTER (WHERE {_UNPRICED}),
+                       quantile_cont(latency_ms, 0.5) FILTER (WHERE status = 'ok'),
+                       quantile_cont(latency_ms, 0.95) FILTER (WHERE status = 'ok')
+                FROM row_results WHERE {_FILTER}
+                GROUP BY provider, model, status
+                ORDER BY provider, model, status
+                """,
+                params,
+            ).fetchall()
+            run_rows = cur.execute(
+                f"""
+                WITH latest AS (
+                    SELECT run_id, job, provider, model, mode, state,
+                           epoch(started_at) AS started, epoch(finished_at) AS finished
+                    FROM runs WHERE {_FILTER}
+                    ORDER BY started_at DESC, run_id
+                    LIMIT $limit
+                ), counts AS (
+                    SELECT run_id,
+                           count(*) FILTER (WHERE status = 'ok') AS ok,
+                           count(*) FILTER (WHERE status <> 'ok') AS failed,
+                           sum(cost_usd) AS cost
+                    FROM row_results
+                    WHERE run_id IN (SELECT run_id FROM latest)
+                    GROUP BY run_id
+                )
+                SELECT l.run_id, l.job, l.provider, l.model, l.mode, l.state, l.started,
+                       l.finished, coalesce(c.ok, 0), coalesce(c.failed, 0), c.cost
+                FROM latest l LEFT JOIN counts c USING (run_id)
+                ORDER BY l.started DESC, l.run_id
+                """,
+                {**params, "limit": last_runs},
+            ).fetchall()
+        runs = tuple(
+            RunSummary(
+                run_id=r[0],
+                job=r[1],
+                provider=r[2],
+                model=r[3],
+                mode=r[4],
+                state=r[5],
+                started_at=datetime.fromtimestamp(r[6], tz=UTC),
+                finished_at=_ts(r[7]),
+                rows_ok=r[8],
+                rows_failed=r[9],
+                cost_usd=r[10],
+            )
+            for r in run_rows
+        )
+        return Report(
+            job=job,
+            run_id=run_id,
+            totals=totals,
+            groups=tuple(ModelGroup(*g) for g in group_rows),
+            runs=runs,
+        )
+
+    def query(
+        self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
+    ) -> list[dict[str, Any]]:
+        """Run one SQL statement and return its rows as dicts (for ``SELECT ... FROM results``).
+
+        Fetching a TIMESTAMPTZ column (``finished_at``) in Python needs the ``pytz`` package;
+        select ``epoch(finished_at)`` to get unix seconds instead.
+        """
+        with self._cursor("run the query") as cur:
+            rel = cur.execute(sql, params)
+            if rel.description is None:
+                return []
+            names = [d[0] for d in rel.description]
+            return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
