@@ -1,0 +1,140 @@
+"""Print a :class:`pipeline.store.Report` as rich tables: what ran, what it cost, how fast.
+
+Printing only; the numbers come from ``Store.report()``. A cost that is not known (the model's
+price is not in genai-prices and the job gave none) is shown as "unknown price", never as $0.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from rich.console import Console
+from rich.table import Table
+
+from .store import ModelGroup, Report, RunSummary, Totals
+
+__all__ = ["ANALYSIS_SQL", "format_usd", "render_report"]
+
+ANALYSIS_SQL = "SELECT model, status, count(*), sum(cost_usd) FROM results GROUP BY ALL"
+"""The query the report ends with, for the user to paste into ``duckdb``."""
+
+UNKNOWN_PRICE = "unknown price"
+
+
+def format_usd(value: float | None, *, unpriced_rows: int = 0) -> str:
+    """``$1.2346`` from one dollar up, ``$0.000210`` below; ``None`` is "unknown price".
+
+    ``unpriced_rows`` (rows that used tokens at an unknown price) is appended, because the
+    amount then leaves their cost out.
+    """
+    if value is None:
+        return UNKNOWN_PRICE
+    text = f"${value:,.4f}" if abs(value) >= 1 else f"${value:.6f}"
+    if unpriced_rows:
+        text += f" + {UNKNOWN_PRICE} ({unpriced_rows:,} rows)"
+    return text
+
+
+def _int(value: int) -> str:
+    return f"{value:,}"
+
+
+def _ms(value: float | None) -> str:
+    return "–" if value is None else f"{value:,.0f} ms"
+
+
+def _when(value: datetime | None) -> str:
+    return "–" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _groups_table(groups: tuple[ModelGroup, ...]) -> Table:
+    table = Table(title="Cost and tokens by model and status", title_justify="left")
+    # model names are what the reader looks for: never shorten them
+    longest = max((len(g.model or "") for g in groups), default=5)
+    table.add_column("provider", no_wrap=True)
+    table.add_column("model", no_wrap=True, min_width=longest)
+    table.add_column("status", no_wrap=True)
+    table.add_column("rows", justify="right")
+    table.add_column("in tokens", justify="right")
+    table.add_column("out tokens", justify="right")
+    table.add_column("cost", justify="right")
+    table.add_column("p50 latency", justify="right")
+    table.add_column("p95 latency", justify="right")
+    for g in groups:
+        table.add_row(
+            g.provider or "–",
+            g.model or "–",
+            g.status,
+            _int(g.rows),
+            _int(g.input_tokens),
+            _int(g.output_tokens),
+            format_usd(g.cost_usd, unpriced_rows=g.unpriced_rows),
+            _ms(g.latency_p50_ms),
+            _ms(g.latency_p95_ms),
+        )
+    return table
+
+
+def _totals_table(totals: Totals) -> Table:
+    table = Table(title="Totals", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value", justify="right")
+    table.add_row("rows", _int(totals.rows))
+    table.add_row("ok", _int(totals.ok))
+    table.add_row("failed", _int(totals.failed))
+    table.add_row("input tokens", _int(totals.input_tokens))
+    table.add_row("  of which cache reads", _int(totals.cache_read_tokens))
+    table.add_row("output tokens", _int(totals.output_tokens))
+    table.add_row("cost", format_usd(totals.cost_usd, unpriced_rows=totals.unpriced_rows))
+    return table
+
+
+def _runs_table(runs: tuple[RunSummary, ...]) -> Table:
+    table = Table(title="Latest runs", title_justify="left")
+    table.add_column("run", no_wrap=True, min_width=max(len(r.run_id) for r in runs))
+    table.add_column("job")
+    table.add_column("model", no_wrap=True, min_width=max(len(r.model or "") for r in runs))
+    table.add_column("state")
+    table.add_column("started")
+    table.add_column("ok", justify="right")
+    table.add_column("failed", justify="right")
+    table.add_column("cost", justify="right")
+    for r in runs:
+        table.add_row(
+            r.run_id,
+            r.job,
+            r.model or "–",
+            r.state,
+            _when(r.started_at),
+            _int(r.rows_ok),
+            _int(r.rows_failed),
+            format_usd(r.cost_usd),
+        )
+    return table
+
+
+def render_report(report: Report, console: Console, *, db_path: str | None = None) -> None:
+    """Print ``report``: by model and status, totals, latest runs, then a query to paste.
+
+    With ``db_path`` the last line is a complete ``duckdb`` command line.
+    """
+    scope = [f"job {report.job}"] if report.job else []
+    if report.run_id:
+        scope.append(f"run {report.run_id}")
+    console.print(f"[bold]Results[/bold] ({', '.join(scope) or 'all jobs'})")
+    if report.totals.rows == 0:
+        console.print("No results yet.")
+    else:
+        console.print(_groups_table(report.groups))
+        console.print(_totals_table(report.totals))
+        if report.totals.unpriced_rows:
+            console.print(
+                f"{report.totals.unpriced_rows:,} rows used a model whose price is unknown; "
+                "their cost is NULL and left out of the sums."
+            )
+    if report.runs:
+        console.print(_runs_table(report.runs))
+    command = f'duckdb -readonly {db_path} "{ANALYSIS_SQL}"' if db_path else ANALYSIS_SQL
+    console.print(
+        f"Ask your own questions: {command}", highlight=False, markup=False, soft_wrap=True
+    )
