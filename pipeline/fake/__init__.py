@@ -1,0 +1,32 @@
+"""The fake LLM provider: OpenAI chat completions and Anthropic messages on loopback.
+
+No machine here can reach a real provider, so the product ships this one. It answers like the
+real APIs (shapes, headers, errors, rate limits; the official SDKs accept it), deterministically
+(the same request gets the same answer), and misbehaves on request (latency, 429s, 5xx, hangs,
+dropped connections, malformed bodies) so the pipeline's retries can be shown to work. It counts
+what it would have charged, per ``x-client-request-id``, so tests can prove nothing was paid
+twice.
+
+    async with running_fake_provider(FakeConfig(latency_ms=50, error_rate=0.1)) as fake:
+        client = openai.AsyncOpenAI(base_url=fake.openai_base_url, api_key="test-key")
+        ...
+        fake.update_config(error_rate=0.0)
+        assert fake.accounting()["duplicates_paid"] == 0
+
+From a shell: ``pipeline fake-provider --port 8765`` (``serve_forever``).
+"""
+
+from __future__ import annotations
+
+from ._accounting import AccountingSnapshot
+from ._config import FakeConfig
+from ._server import FakeProvider, create_app, running_fake_provider, serve_forever
+
+__all__ = [
+    "AccountingSnapshot",
+    "FakeConfig",
+    "FakeProvider",
+    "create_app",
+    "running_fake_provider",
+    "serve_forever",
+]
