@@ -224,6 +224,13 @@ def _no_unknown_keys(doc: Mapping[str, Any], path: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"must be a table: write [{key}]", path=path, key=key)
             for sub in value:
+                if "api_key" in sub or sub in ("key", "token", "secret"):
+                    raise ConfigError(
+                        "API keys are read from the environment only (OPENAI_API_KEY, "
+                        "ANTHROPIC_API_KEY); remove it from the job file",
+                        path=path,
+                        key=f"{key}.{sub}",
+                    )
                 if sub not in JOB_KEYS[key]:
                     known = ", ".join(JOB_KEYS[key])
                     raise ConfigError(

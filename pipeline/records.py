@@ -1,6 +1,7 @@
 """The records that flow through the pipeline, left to right.
 
-``Row`` / ``BadRow`` (sources) → ``Request`` (render) → ``Reply`` (providers) → ``RowResult`` (store).
+``Row`` / ``BadRow`` (sources) → ``Request`` (render) → ``Reply`` (providers) →
+``RowResult`` (store).
 All are frozen, slotted dataclasses: cheap to make by the million and safe to share between tasks.
 """
 

@@ -6,8 +6,7 @@ price is not in genai-prices and the job gave none) is shown as "unknown price",
 
 from __future__ import annotations
 
-from datetime import datetime
-
+from rich import box
 from rich.console import Console
 from rich.table import Table
 
@@ -43,27 +42,30 @@ def _ms(value: float | None) -> str:
     return "–" if value is None else f"{value:,.0f} ms"
 
 
-def _when(value: datetime | None) -> str:
-    return "–" if value is None else value.strftime("%Y-%m-%d %H:%M:%S UTC")
+def _table(title: str, *, header: bool = True) -> Table:
+    return Table(
+        title=title,
+        title_justify="left",
+        box=box.SIMPLE_HEAD,
+        show_header=header,
+        padding=(0, 1),
+        pad_edge=False,
+    )
 
 
 def _groups_table(groups: tuple[ModelGroup, ...]) -> Table:
-    table = Table(title="Cost and tokens by model and status", title_justify="left")
-    # model names are what the reader looks for: never shorten them
-    longest = max((len(g.model or "") for g in groups), default=5)
-    table.add_column("provider", no_wrap=True)
-    table.add_column("model", no_wrap=True, min_width=longest)
-    table.add_column("status", no_wrap=True)
-    table.add_column("rows", justify="right")
-    table.add_column("in tokens", justify="right")
-    table.add_column("out tokens", justify="right")
-    table.add_column("cost", justify="right")
-    table.add_column("p50 latency", justify="right")
-    table.add_column("p95 latency", justify="right")
+    table = _table("Cost and tokens by model and status")
+    # Nothing in this table is ever shortened: a cut number is worse than a wrapped line.
+    table.add_column("model", overflow="fold")
+    table.add_column("status", overflow="fold")
+    for name in ("rows", "tokens in", "tokens out", "cost", "p50", "p95"):
+        table.add_column(name, justify="right", overflow="fold")
     for g in groups:
+        model = g.model or "–"
+        if g.provider and len(groups) > 1 and len({x.provider for x in groups}) > 1:
+            model = f"{g.provider}/{model}"
         table.add_row(
-            g.provider or "–",
-            g.model or "–",
+            model,
             g.status,
             _int(g.rows),
             _int(g.input_tokens),
@@ -76,9 +78,9 @@ def _groups_table(groups: tuple[ModelGroup, ...]) -> Table:
 
 
 def _totals_table(totals: Totals) -> Table:
-    table = Table(title="Totals", title_justify="left", show_header=False)
-    table.add_column("what")
-    table.add_column("value", justify="right")
+    table = _table("Totals", header=False)
+    table.add_column("what", overflow="fold")
+    table.add_column("value", justify="right", overflow="fold")
     table.add_row("rows", _int(totals.rows))
     table.add_row("ok", _int(totals.ok))
     table.add_row("failed", _int(totals.failed))
@@ -90,22 +92,19 @@ def _totals_table(totals: Totals) -> Table:
 
 
 def _runs_table(runs: tuple[RunSummary, ...]) -> Table:
-    table = Table(title="Latest runs", title_justify="left")
-    table.add_column("run", no_wrap=True, min_width=max(len(r.run_id) for r in runs))
-    table.add_column("job")
-    table.add_column("model", no_wrap=True, min_width=max(len(r.model or "") for r in runs))
+    table = _table("Latest runs")
+    table.add_column("run", overflow="fold")
+    table.add_column("job / model", overflow="fold")
+    table.add_column("started", overflow="fold")
     table.add_column("state")
-    table.add_column("started")
-    table.add_column("ok", justify="right")
-    table.add_column("failed", justify="right")
-    table.add_column("cost", justify="right")
+    for name in ("ok", "failed", "cost"):
+        table.add_column(name, justify="right", overflow="fold")
     for r in runs:
         table.add_row(
             r.run_id,
-            r.job,
-            r.model or "–",
+            f"{r.job} / {r.model or '–'}",
+            "–" if r.started_at is None else r.started_at.strftime("%Y-%m-%d %H:%M"),
             r.state,
-            _when(r.started_at),
             _int(r.rows_ok),
             _int(r.rows_failed),
             format_usd(r.cost_usd),
@@ -132,7 +131,7 @@ def render_report(report: Report, console: Console, *, db_path: str | None = Non
                 f"{report.totals.unpriced_rows:,} rows used a model whose price is unknown; "
                 "their cost is NULL and left out of the sums."
             )
-    if report.runs:
+    if report.runs and not report.run_id:
         console.print(_runs_table(report.runs))
     command = f'duckdb -readonly {db_path} "{ANALYSIS_SQL}"' if db_path else ANALYSIS_SQL
     console.print(

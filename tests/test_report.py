@@ -73,7 +73,7 @@ def test_report_from_a_database_shows_models_costs_and_the_query(tmp_path: Path)
     assert "unknown price" in text  # claude-mystery-9 has no price: not $0
     assert "$0.004938 + unknown price (2 rows)" in text  # the total says it is incomplete
     assert "completed" in text and "run-1" in text
-    assert "p50 latency" in text and "215 ms" in text  # p50 of 200, 210, 220, 230
+    assert "p50" in text and "215 ms" in text  # p50 of 200, 210, 220, 230
     assert "…" not in text  # nothing shortened at 120 columns
     last = text.rstrip().splitlines()[-1]
     assert ANALYSIS_SQL in last and f"duckdb -readonly {db}" in last
@@ -114,7 +114,7 @@ def test_groups_are_printed_one_line_each_with_their_own_cost() -> None:
     new_line = next(line for line in lines if "claude-new" in line)
     assert "unknown price" in new_line and "$0" not in new_line
     assert "$1.2800 + unknown price (7 rows)" in text
-    assert "stopped: budget" in text and "2025-11-13" in text
+    assert "stopped: budget" in text and "2025-11-13 " in text
     assert "7 rows used a model whose price is unknown" in text
     assert text.rstrip().endswith(ANALYSIS_SQL)
 

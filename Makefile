@@ -1,0 +1,41 @@
+# Every target installs what it needs into .venv first, so each works on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test check bench fmt clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+## demo: the demo jobs on the built-in fake provider, then the cost report from DuckDB
+demo: $(STAMP)
+	rm -f data/demo.duckdb data/demo.duckdb.wal
+	$(BIN)/pipeline run jobs/review_sentiment.toml --fake --db data/demo.duckdb
+	$(BIN)/pipeline run jobs/review_sentiment_claude.toml --fake --db data/demo.duckdb --quiet
+	$(BIN)/pipeline report --db data/demo.duckdb
+
+## test: the whole test suite (fake provider on loopback; no network)
+test: $(STAMP)
+	$(BIN)/pytest -q
+
+## check: formatting, lint and strict typing
+check: $(STAMP)
+	$(BIN)/ruff format --check pipeline tests bench data
+	$(BIN)/ruff check pipeline tests bench data
+	$(BIN)/mypy
+
+## bench: throughput, CPU per row, rate-limit accuracy and memory; prints figures and ratios
+bench: $(STAMP)
+	$(BIN)/python bench/run.py
+
+fmt: $(STAMP)
+	$(BIN)/ruff format pipeline tests bench data
+	$(BIN)/ruff check --fix pipeline tests bench data
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data/demo.duckdb data/runs

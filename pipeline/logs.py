@@ -1,0 +1,118 @@
+"""Structured logs: snake_case events with bound context, JSON out, secrets redacted.
+
+Every run writes all its events (info and up) as JSON lines to a log file next to the database;
+the terminal gets warnings and errors only, so the progress bar stays readable. A processor
+replaces anything that looks like an API key, and the exact keys the run uses, with
+``[REDACTED]`` before anything is rendered.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+from collections.abc import MutableMapping
+from pathlib import Path
+from typing import IO, Any
+
+import orjson
+import structlog
+
+__all__ = ["configure_logging", "redact_secrets", "register_secret"]
+
+_KEY_PATTERN = re.compile(r"(sk-ant-[A-Za-z0-9_\-]{6,}|sk-[A-Za-z0-9_\-]{16,}|Bearer\s+\S+)")
+_SECRETS: set[str] = set()
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+def register_secret(value: str) -> None:
+    """Make sure ``value`` (an API key) never appears in a log line."""
+    if len(value) >= 4:
+        _SECRETS.add(value)
+
+
+def _scrub(text: str) -> str:
+    for secret in _SECRETS:
+        if secret in text:
+            text = text.replace(secret, "[REDACTED]")
+    return _KEY_PATTERN.sub("[REDACTED]", text)
+
+
+def _scrub_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return _scrub(value)
+    if isinstance(value, dict):
+        return {k: _scrub_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub_value(v) for v in value]
+    if isinstance(value, BaseException):
+        return _scrub(f"{type(value).__name__}: {value}")
+    return value
+
+
+def redact_secrets(
+    logger: Any, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: no API key survives into a rendered log line."""
+    for key, value in event_dict.items():
+        event_dict[key] = _scrub_value(value)
+    return event_dict
+
+
+class _TeeLogger:
+    """Writes every line to the run's log file and warnings and up to the terminal."""
+
+    def __init__(self, file: IO[bytes] | None, terminal_level: int) -> None:
+        self._file = file
+        self._terminal_level = terminal_level
+
+    def _emit(self, level: int, line: bytes) -> None:
+        if self._file is not None:
+            self._file.write(line + b"\n")
+            self._file.flush()
+        if level >= self._terminal_level:
+            # Look sys.stderr up each time: a live progress display swaps it for its own.
+            sys.stderr.write(line.decode() + "\n")
+
+    def debug(self, line: bytes) -> None:
+        self._emit(10, line)
+
+    def info(self, line: bytes) -> None:
+        self._emit(20, line)
+
+    def warning(self, line: bytes) -> None:
+        self._emit(30, line)
+
+    def error(self, line: bytes) -> None:
+        self._emit(40, line)
+
+    def critical(self, line: bytes) -> None:
+        self._emit(50, line)
+
+    msg = info
+    warn = warning
+    exception = error
+
+
+def configure_logging(
+    *, log_file: Path | None = None, terminal_level: str = "warning", level: str = "info"
+) -> IO[bytes] | None:
+    """Set up structlog for a CLI command. Returns the opened log file (caller closes it)."""
+    file: IO[bytes] | None = None
+    if log_file is not None:
+        log_file.parent.mkdir(parents=True, exist_ok=True)
+        file = log_file.open("ab")
+    tee = _TeeLogger(file, _LEVELS[terminal_level])
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact_secrets,
+            structlog.processors.JSONRenderer(serializer=orjson.dumps),
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(_LEVELS[level]),
+        logger_factory=lambda *args: tee,
+        cache_logger_on_first_use=False,
+    )
+    return file

@@ -1,0 +1,53 @@
+"""Providers: the only modules that touch the network.
+
+Each provider takes an ``httpx.AsyncClient`` (tests inject ``httpx.MockTransport``; the runner
+uses the aiohttp transport) and turns a normalised ``Request`` into a normalised ``Reply``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+
+import httpx
+
+from ..config import Job
+from ..errors import ConfigError
+from ._base import Provider, make_http_client
+from .anthropic import AnthropicProvider
+from .openai import OpenAIProvider
+
+__all__ = [
+    "API_KEY_ENV",
+    "AnthropicProvider",
+    "OpenAIProvider",
+    "Provider",
+    "api_key_from_env",
+    "make_http_client",
+    "make_provider",
+]
+
+API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+
+
+def api_key_from_env(provider: str, env: Mapping[str, str] | None = None) -> str:
+    """The provider's key, from the environment only; a clear ConfigError when it is missing."""
+    env = os.environ if env is None else env
+    name = API_KEY_ENV[provider]
+    key = env.get(name, "").strip()
+    if not key:
+        raise ConfigError(
+            f"{name} is not set; export it in the environment (keys are never read from "
+            "job files), or run against the built-in fake provider with --fake"
+        )
+    return key
+
+
+def make_provider(
+    job: Job, *, api_key: str, base_url: str, client: httpx.AsyncClient | None = None
+) -> Provider:
+    """The provider a job asks for, on the given (or a fresh aiohttp-backed) client."""
+    http = client or make_http_client(max_connections=job.limits.concurrency)
+    if job.request.provider == "openai":
+        return OpenAIProvider(http, base_url=base_url, api_key=api_key)
+    return AnthropicProvider(http, base_url=base_url, api_key=api_key)

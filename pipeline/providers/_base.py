@@ -1,0 +1,144 @@
+"""What every provider module shares: the Provider protocol, the HTTP client, error mapping."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any, Protocol
+
+import aiohttp
+import httpx
+import orjson
+
+from ..errors import ProviderError, TransientError
+from ..ratelimit_headers import parse_rate_limit_headers
+from ..records import Reply, Request, Usage
+from ..retry import classify_http_error
+
+__all__ = [
+    "JSONProvider",
+    "Provider",
+    "make_http_client",
+    "mapped_transport_errors",
+    "parse_json_body",
+]
+
+
+class Provider(Protocol):
+    """One async method from a normalised request to a normalised reply, plus ``aclose``.
+
+    Errors are raised as ``ProviderError`` subclasses, already classified transient, terminal
+    for the row, or fatal for the run.
+    """
+
+    name: str
+
+    async def send(self, request: Request) -> Reply: ...
+
+    async def aclose(self) -> None: ...
+
+
+def make_http_client(*, max_connections: int | None = None) -> httpx.AsyncClient:
+    """An httpx client on the aiohttp transport.
+
+    httpx's own connection pool spends CPU that grows with the number of requests in flight;
+    the aiohttp transport keeps the per-request cost flat at hundreds of concurrent requests
+    (see README, "Why this HTTP stack").
+    """
+    from httpx_aiohttp import AiohttpTransport
+
+    limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=None)
+    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), limits=limits)
+
+
+@contextmanager
+def mapped_transport_errors(provider: str) -> Iterator[None]:
+    """Turn network-level failures into transient provider errors."""
+    try:
+        yield
+    except httpx.TimeoutException as exc:
+        raise TransientError(
+            f"{provider}: request timed out ({type(exc).__name__})", error_type="timeout"
+        ) from exc
+    except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
+        raise TransientError(
+            f"{provider}: connection failed ({type(exc).__name__}: {exc})",
+            error_type="connection_error",
+        ) from exc
+
+
+def parse_json_body(provider: str, status: int, content: bytes) -> Mapping[str, Any]:
+    """The JSON object of a 200 answer; empty or malformed bodies are transient errors."""
+    if not content:
+        raise TransientError(
+            f"{provider}: empty response body (HTTP {status})",
+            status_code=status,
+            error_type="empty_response",
+        )
+    try:
+        body = orjson.loads(content)
+    except orjson.JSONDecodeError as exc:
+        raise TransientError(
+            f"{provider}: response is not valid JSON ({len(content)} bytes: {content[:80]!r})",
+            status_code=status,
+            error_type="bad_response",
+        ) from exc
+    if not isinstance(body, dict):
+        raise TransientError(
+            f"{provider}: response is not a JSON object",
+            status_code=status,
+            error_type="bad_response",
+        )
+    return body
+
+
+def raise_for_status(provider: str, response: httpx.Response) -> None:
+    if response.status_code != 200:
+        err: ProviderError = classify_http_error(
+            provider, response.status_code, response.content, response.headers
+        )
+        raise err
+
+
+class JSONProvider:
+    """One JSON POST per request: the part OpenAI and Anthropic share.
+
+    A subclass says how a ``Request`` becomes a body (``body``), how an answer becomes text,
+    finish reason and usage (``parse``), and which header carries the provider's request id.
+    """
+
+    name: str
+    request_id_header: str
+
+    def __init__(self, client: httpx.AsyncClient, *, url: str, headers: Mapping[str, str]) -> None:
+        self._client = client
+        self._url = httpx.URL(url)
+        self._headers = dict(headers)
+
+    def body(self, request: Request) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
+        raise NotImplementedError
+
+    async def send(self, request: Request) -> Reply:
+        # The request key lets a provider-side log (and the fake's accounting) tie retries and
+        # reruns of one row together.
+        headers = {**self._headers, "x-client-request-id": request.request_key}
+        content = orjson.dumps(self.body(request))
+        with mapped_transport_errors(self.name):
+            response = await self._client.post(self._url, content=content, headers=headers)
+        raise_for_status(self.name, response)
+        answer = parse_json_body(self.name, response.status_code, response.content)
+        text, finish, usage = self.parse(answer)
+        return Reply(
+            text=text,
+            finish_reason=finish,
+            usage=usage,
+            request_id=response.headers.get(self.request_id_header),
+            rate_limit=parse_rate_limit_headers(self.name, response.headers),
+            raw_usage=answer.get("usage"),
+        )
+
+    async def aclose(self) -> None:
+        await self._client.aclose()

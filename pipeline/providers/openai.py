@@ -1,0 +1,82 @@
+"""OpenAI chat completions (``POST {base_url}/chat/completions``).
+
+The system prompt is the first message, with role ``system``. Usage keeps cached prompt tokens
+(part of ``prompt_tokens``) and reasoning tokens (part of ``completion_tokens``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import httpx
+
+from ..errors import TransientError
+from ..records import Request, Usage
+from ._base import JSONProvider
+
+__all__ = ["OpenAIProvider", "chat_body", "parse_chat_completion"]
+
+
+def chat_body(request: Request) -> dict[str, Any]:
+    """The JSON body of a chat-completions request for one row."""
+    messages: list[dict[str, str]] = []
+    if request.system:
+        messages.append({"role": "system", "content": request.system})
+    messages.append({"role": "user", "content": request.prompt})
+    body: dict[str, Any] = {
+        "model": request.model,
+        "messages": messages,
+        "max_completion_tokens": request.max_tokens,
+    }
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    return body
+
+
+def _int(d: Mapping[str, Any] | None, key: str) -> int:
+    if not d:
+        return 0
+    value = d.get(key)
+    return value if isinstance(value, int) else 0
+
+
+def parse_chat_completion(body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
+    """Text, finish reason and usage of a ``chat.completion`` object."""
+    try:
+        choice = body["choices"][0]
+        message = choice["message"]
+        usage = body["usage"]
+        text = message.get("content") or message.get("refusal") or ""
+        result = Usage(
+            input_tokens=int(usage["prompt_tokens"]),
+            output_tokens=int(usage["completion_tokens"]),
+            cache_read_tokens=_int(usage.get("prompt_tokens_details"), "cached_tokens"),
+            reasoning_tokens=_int(usage.get("completion_tokens_details"), "reasoning_tokens"),
+        )
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise TransientError(
+            f"openai: answer lacks {exc!s} (not a chat.completion)", error_type="bad_response"
+        ) from exc
+    return text, choice.get("finish_reason"), result
+
+
+class OpenAIProvider(JSONProvider):
+    name = "openai"
+    request_id_header = "x-request-id"
+
+    def __init__(self, client: httpx.AsyncClient, *, base_url: str, api_key: str) -> None:
+        super().__init__(
+            client,
+            url=base_url.rstrip("/") + "/chat/completions",
+            headers={
+                "authorization": f"Bearer {api_key}",
+                "content-type": "application/json",
+            },
+        )
+
+    def body(self, request: Request) -> dict[str, Any]:
+        return chat_body(request)
+
+    def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
+        return parse_chat_completion(body)

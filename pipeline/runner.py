@@ -1,0 +1,462 @@
+"""The online job runner: wires sources → render → limits → providers → store.
+
+Shape of a run (every task lives in a task group; nothing is detached)::
+
+    reader ──(bounded stream)──▶ N workers ──(bounded stream)──▶ writer ──▶ DuckDB
+    reads a chunk in a thread,   acquire budget, send,           batches of ≤ 1,000 rows,
+    renders, drops rows already  retry transient errors,         one transaction each,
+    done for this request        record the final outcome        final flush shielded
+
+The reader never runs more than one chunk plus the stream buffer ahead of the workers, so memory
+does not grow with the input. A row counts as done only once its result is committed; a run
+that dies leaves every uncommitted row to be sent again by the next run of the same job, and
+every committed ``ok`` row is skipped by it.
+
+A fatal provider error (bad key, no quota) cancels the run at once. ``request_stop()`` (the CLI
+calls it on SIGINT/SIGTERM) stops launching new requests, lets those in flight finish for a short
+grace period, then flushes and returns.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+
+import anyio
+import structlog
+from anyio.abc import ObjectReceiveStream, ObjectSendStream
+
+from .config import Job
+from .cost import Price, cost_usd
+from .errors import FatalProviderError, InputError, ProviderError, RateLimitError, TransientError
+from .limits import RateBudget
+from .providers import Provider
+from .records import BadRow, Request, Row, RowResult
+from .render import Renderer
+from .retry import backoff_s
+from .sources import iter_row_chunks
+from .store import RunRecord, Store
+
+__all__ = ["RunOutcome", "RunStats", "Runner", "new_run_id"]
+
+log = structlog.get_logger("pipeline.runner")
+
+WRITE_BATCH = 1000
+WRITE_INTERVAL_S = 0.5
+
+
+def new_run_id() -> str:
+    """Sortable and unique: UTC start time plus a random suffix."""
+    return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
+
+
+@dataclass(slots=True)
+class RunStats:
+    """Live counters of a run; the progress display reads them, the summary prints them."""
+
+    rows_read: int = 0
+    rows_skipped: int = 0
+    rows_ok: int = 0
+    rows_failed: int = 0
+    rows_input_error: int = 0
+    rows_committed: int = 0
+    requests_sent: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cost_usd: float = 0.0
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def rows_done(self) -> int:
+        return self.rows_ok + self.rows_failed + self.rows_input_error
+
+    @property
+    def elapsed_s(self) -> float:
+        return time.monotonic() - self.started
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    run_id: str
+    state: str  # 'completed' | 'stopped: signal' | 'failed: <why>'
+    stats: RunStats
+    message: str | None = None
+
+
+class Runner:
+    """Runs one job once. Create it with the collaborators; ``await run()``."""
+
+    def __init__(
+        self,
+        job: Job,
+        *,
+        store: Store,
+        provider: Provider,
+        budget: RateBudget,
+        price: Price | None,
+        base_url: str,
+        run_id: str | None = None,
+        grace_s: float = 10.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.job = job
+        self.store = store
+        self.provider = provider
+        self.budget = budget
+        self.price = price
+        self.base_url = base_url
+        self.run_id = run_id or new_run_id()
+        self.grace_s = grace_s
+        self.stats = RunStats()
+        self._clock = clock
+        self._renderer = Renderer(job.request)
+        self._stopping = False
+        self._fatal: FatalProviderError | None = None
+        self._work_scope: anyio.CancelScope | None = None
+        self._stop_event = anyio.Event()
+        self._log = log.bind(
+            job=job.name, run_id=self.run_id, provider=job.request.provider, model=job.request.model
+        )
+
+    @property
+    def prompt_hash(self) -> str:
+        return self._renderer.prompt_hash
+
+    def request_stop(self) -> None:
+        """Stop launching requests; in-flight ones get ``grace_s`` to finish, then the run ends."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self._stop_event.set()
+        self._log.warning("stop_requested", grace_s=self.grace_s)
+
+    def cancel_now(self) -> None:
+        """Abandon in-flight requests at once (a second Ctrl-C). Committed rows stay committed."""
+        self._stopping = True
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    async def run(self) -> RunOutcome:
+        job = self.job
+        self.store.start_run(
+            RunRecord(
+                run_id=self.run_id,
+                job=job.name,
+                job_path=job.path,
+                job_hash=job.job_hash,
+                job_text=job.text,
+                prompt_hash=self.prompt_hash,
+                provider=job.request.provider,
+                model=job.request.model,
+                mode="online",
+                base_url=self.base_url,
+                state="running",
+                started_at=self._clock(),
+                price_source=self.price.source if self.price else None,
+            )
+        )
+        self._log.info(
+            "run_started", input=job.input.path, db=job.output.db, prompt_hash=self.prompt_hash
+        )
+        send_work, receive_work = anyio.create_memory_object_stream[Request](
+            max(16, job.limits.concurrency)
+        )
+        send_results, receive_results = anyio.create_memory_object_stream[RowResult](4096)
+        state = "completed"
+        try:
+            async with anyio.create_task_group() as outer:
+                outer.start_soon(self._writer, receive_results)
+                async with send_results:
+                    with anyio.CancelScope() as scope:
+                        self._work_scope = scope
+                        async with anyio.create_task_group() as watch:
+                            watch.start_soon(self._grace_watch, scope)
+                            async with anyio.create_task_group() as tg:
+                                tg.start_soon(self._reader, send_work, send_results.clone())
+                                for _ in range(job.limits.concurrency):
+                                    tg.start_soon(
+                                        self._worker, receive_work.clone(), send_results.clone()
+                                    )
+                                receive_work.close()
+                            watch.cancel_scope.cancel()
+        except BaseException:
+            state = "failed: interrupted"
+            raise
+        finally:
+            if self._fatal is not None:
+                state = f"failed: {self._fatal}"
+            elif self._stopping and state == "completed":
+                state = "stopped: signal"
+            with anyio.CancelScope(shield=True):
+                await anyio.to_thread.run_sync(self._finish_run, state)
+        self._log.info(
+            "run_finished",
+            state=state,
+            rows_ok=self.stats.rows_ok,
+            rows_failed=self.stats.rows_failed + self.stats.rows_input_error,
+            cost_usd=round(self.stats.cost_usd, 6),
+        )
+        return RunOutcome(self.run_id, state, self.stats, str(self._fatal) if self._fatal else None)
+
+    def _finish_run(self, state: str) -> None:
+        # Counts and cost come from what was committed: a NULL-priced run stays NULL, not $0.
+        self.store.finish_run(self.run_id, state, finished_at=self._clock())
+
+    # -- tasks ----------------------------------------------------------------------------------
+
+    async def _grace_watch(self, scope: anyio.CancelScope) -> None:
+        """Once a stop is requested, give in-flight requests ``grace_s``, then cancel them."""
+        await self._stop_event.wait()
+        await anyio.sleep(self.grace_s)
+        scope.cancel()
+
+    async def _reader(
+        self, work: ObjectSendStream[Request], results: ObjectSendStream[RowResult]
+    ) -> None:
+        chunks: Iterator[list[Row | BadRow]] = iter_row_chunks(self.job.input)
+        async with work, results:
+            while not self._stopping:
+                chunk = await anyio.to_thread.run_sync(next, chunks, None)
+                if chunk is None:
+                    break
+                self.stats.rows_read += len(chunk)
+                requests: list[Request] = []
+                for item in chunk:
+                    if isinstance(item, BadRow):
+                        await results.send(
+                            self._input_error(
+                                item.row_id, item.error_type, item.error, item.source, item.line
+                            )
+                        )
+                        continue
+                    try:
+                        requests.append(self._renderer.render(item))
+                    except InputError as exc:
+                        await results.send(
+                            self._input_error(
+                                item.row_id, exc.error_type, str(exc), item.source, item.line
+                            )
+                        )
+                if not requests:
+                    continue
+                done = await anyio.to_thread.run_sync(
+                    self.store.done_request_keys, [r.request_key for r in requests]
+                )
+                for request in requests:
+                    if request.request_key in done:
+                        self.stats.rows_skipped += 1
+                        continue
+                    if self._stopping:
+                        break
+                    await work.send(request)
+        if self._stopping:
+            self._log.info("reader_stopped", rows_read=self.stats.rows_read)
+
+    async def _worker(
+        self, work: ObjectReceiveStream[Request], results: ObjectSendStream[RowResult]
+    ) -> None:
+        async with work, results:
+            async for request in work:
+                if self._stopping:
+                    break  # not launched: the next run sends it
+                result = await self._process(request)
+                if result is None:
+                    return
+                await results.send(result)
+
+    async def _process(self, request: Request) -> RowResult | None:
+        """Send one request until it succeeds, fails for good, or attempts run out."""
+        limits = self.job.limits
+        reserve = request.est_total_tokens
+        attempt = 0
+        while True:
+            attempt += 1
+            await self.budget.acquire(reserve)
+            self.stats.requests_sent += 1
+            started = time.perf_counter()
+            error: ProviderError
+            try:
+                with anyio.fail_after(limits.timeout_s):
+                    reply = await self.provider.send(request)
+            except TimeoutError:
+                error = TransientError(
+                    f"no answer within timeout_s={limits.timeout_s:g}", error_type="timeout"
+                )
+            except ProviderError as exc:
+                error = exc
+            else:
+                latency_ms = (time.perf_counter() - started) * 1000
+                usage = reply.usage
+                self.budget.settle(reserve, usage.total_tokens)
+                if reply.rate_limit is not None:
+                    self.budget.observe(reply.rate_limit)
+                self.budget.reward()
+                cost = cost_usd(self.price, usage)
+                s = self.stats
+                s.rows_ok += 1
+                s.input_tokens += usage.input_tokens
+                s.output_tokens += usage.output_tokens
+                if cost is not None:
+                    s.cost_usd += cost
+                return self._result(
+                    request,
+                    "ok",
+                    attempt,
+                    output_text=reply.text,
+                    finish_reason=reply.finish_reason,
+                    usage_tokens=(
+                        usage.input_tokens,
+                        usage.output_tokens,
+                        usage.cache_read_tokens,
+                        usage.cache_write_tokens,
+                        usage.reasoning_tokens,
+                    ),
+                    cost=cost,
+                    latency_ms=latency_ms,
+                )
+            self.budget.settle(reserve, 0)
+            if error.fatal:
+                self._on_fatal(error)
+                return None
+            if isinstance(error, RateLimitError):
+                self.stats.rate_limited += 1
+                self.budget.penalize(error.retry_after)
+            if not error.transient or attempt >= limits.max_attempts:
+                self.stats.rows_failed += 1
+                self._log.warning(
+                    "row_failed",
+                    row_id=request.row_id,
+                    error_type=error.error_type,
+                    status_code=error.status_code,
+                    attempts=attempt,
+                    error=str(error),
+                )
+                return self._result(
+                    request, "failed", attempt, error_type=error.error_type, error=str(error)
+                )
+            self.stats.retries += 1
+            wait = backoff_s(attempt, retry_after=error.retry_after)
+            self._log.info(
+                "retrying",
+                row_id=request.row_id,
+                error_type=error.error_type,
+                status_code=error.status_code,
+                attempt=attempt,
+                wait_s=round(wait, 3),
+            )
+            await anyio.sleep(wait)
+            if self._stopping:
+                return None  # not finished: left for the next run
+
+    def _on_fatal(self, error: ProviderError) -> None:
+        if self._fatal is None:
+            assert isinstance(error, FatalProviderError)
+            self._fatal = error
+            self._log.error(
+                "run_aborted",
+                error_type=error.error_type,
+                status_code=error.status_code,
+                error=str(error),
+            )
+        if self._work_scope is not None:
+            self._work_scope.cancel()
+
+    async def _writer(self, results: ObjectReceiveStream[RowResult]) -> None:
+        """Commit results in batches, each one transaction; the last flush is shielded."""
+        batch: list[RowResult] = []
+        async with results:
+            while True:
+                closed = False
+                with anyio.move_on_after(WRITE_INTERVAL_S):
+                    try:
+                        while len(batch) < WRITE_BATCH:
+                            batch.append(await results.receive())
+                    except anyio.EndOfStream:
+                        closed = True
+                if batch:
+                    with anyio.CancelScope(shield=True):
+                        await anyio.to_thread.run_sync(self.store.write_results, batch)
+                    self.stats.rows_committed += len(batch)
+                    batch = []
+                if closed:
+                    return
+
+    # -- results --------------------------------------------------------------------------------
+
+    def _input_error(
+        self, row_id: str, error_type: str, error: str, source: str, line: int
+    ) -> RowResult:
+        self.stats.rows_input_error += 1
+        return RowResult(
+            job=self.job.name,
+            run_id=self.run_id,
+            row_id=row_id,
+            request_key="",
+            prompt_hash=self.prompt_hash,
+            status="input_error",
+            provider=self.job.request.provider,
+            model=self.job.request.model,
+            mode="online",
+            output_text=None,
+            finish_reason=None,
+            error_type=error_type,
+            error=error,
+            attempts=0,
+            input_tokens=0,
+            output_tokens=0,
+            cache_read_tokens=0,
+            cache_write_tokens=0,
+            reasoning_tokens=0,
+            cost_usd=None,
+            latency_ms=None,
+            finished_at=self._clock(),
+            source=source,
+            line=line,
+        )
+
+    def _result(
+        self,
+        request: Request,
+        status: str,
+        attempts: int,
+        *,
+        output_text: str | None = None,
+        finish_reason: str | None = None,
+        error_type: str | None = None,
+        error: str | None = None,
+        usage_tokens: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
+        cost: float | None = None,
+        latency_ms: float | None = None,
+    ) -> RowResult:
+        inp, out, cache_read, cache_write, reasoning = usage_tokens
+        return RowResult(
+            job=self.job.name,
+            run_id=self.run_id,
+            row_id=request.row_id,
+            request_key=request.request_key,
+            prompt_hash=request.prompt_hash,
+            status=status,
+            provider=request.provider,
+            model=request.model,
+            mode="online",
+            output_text=output_text,
+            finish_reason=finish_reason,
+            error_type=error_type,
+            error=error,
+            attempts=attempts,
+            input_tokens=inp,
+            output_tokens=out,
+            cache_read_tokens=cache_read,
+            cache_write_tokens=cache_write,
+            reasoning_tokens=reasoning,
+            cost_usd=cost,
+            latency_ms=latency_ms,
+            finished_at=self._clock(),
+            source=request.source,
+            line=request.line,
+        )
