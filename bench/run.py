@@ -47,7 +47,7 @@ def child(args: argparse.Namespace) -> None:
     from pipeline.config import parse_job
     from pipeline.cost import lookup_price
     from pipeline.limits import LocalRateBudget
-    from pipeline.providers import OpenAIProvider, make_http_client
+    from pipeline.providers import OpenAIProvider, make_transport
     from pipeline.runner import Runner
     from pipeline.store import Store
 
@@ -76,13 +76,16 @@ db = "{args.db}"
     )
 
     async def go() -> dict[str, Any]:
+        transport: httpx.AsyncBaseTransport
         if args.transport == "httpx":
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=args.concurrency), timeout=30
+            transport = httpx.AsyncHTTPTransport(
+                limits=httpx.Limits(max_connections=args.concurrency)
             )
         else:
-            client = make_http_client(max_connections=args.concurrency)
-        provider = OpenAIProvider(client, base_url=args.base_url, api_key="bench-key")
+            transport = make_transport(max_connections=args.concurrency)
+        provider = OpenAIProvider(
+            transport, base_url=args.base_url, api_key="bench-key", timeout_s=30
+        )
         with Store(job.output.db) as store:
             runner = Runner(
                 job,

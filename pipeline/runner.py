@@ -31,7 +31,7 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .config import Job
 from .cost import Price, cost_usd
-from .errors import FatalProviderError, InputError, ProviderError, RateLimitError, TransientError
+from .errors import FatalProviderError, InputError, ProviderError, RateLimitError
 from .limits import RateBudget
 from .providers import Provider
 from .records import BadRow, Request, Row, RowResult
@@ -281,12 +281,8 @@ class Runner:
             started = time.perf_counter()
             error: ProviderError
             try:
-                with anyio.fail_after(limits.timeout_s):
-                    reply = await self.provider.send(request)
-            except TimeoutError:
-                error = TransientError(
-                    f"no answer within timeout_s={limits.timeout_s:g}", error_type="timeout"
-                )
+                # The HTTP client bounds every attempt (timeout_s): a hang is a transient error.
+                reply = await self.provider.send(request)
             except ProviderError as exc:
                 error = exc
             else:

@@ -34,8 +34,8 @@ def make_request(**overrides: object) -> Request:
     return Request(**fields)  # type: ignore[arg-type]
 
 
-def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.MockTransport(handler))
+def mock_client(handler: Callable[[httpx.Request], httpx.Response]) -> httpx.MockTransport:
+    return httpx.MockTransport(handler)
 
 
 OPENAI_OK = {

@@ -1,7 +1,7 @@
 """Providers: the only modules that touch the network.
 
-Each provider takes an ``httpx.AsyncClient`` (tests inject ``httpx.MockTransport``; the runner
-uses the aiohttp transport) and turns a normalised ``Request`` into a normalised ``Reply``.
+Each provider takes an ``httpx`` transport (tests inject ``httpx.MockTransport``; jobs use the
+aiohttp transport) and turns a normalised ``Request`` into a normalised ``Reply``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import httpx
 
 from ..config import Job
 from ..errors import ConfigError
-from ._base import Provider, make_http_client
+from ._base import Provider, make_transport
 from .anthropic import AnthropicProvider
 from .openai import OpenAIProvider
 
@@ -23,8 +23,8 @@ __all__ = [
     "OpenAIProvider",
     "Provider",
     "api_key_from_env",
-    "make_http_client",
     "make_provider",
+    "make_transport",
 ]
 
 API_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
@@ -44,10 +44,13 @@ def api_key_from_env(provider: str, env: Mapping[str, str] | None = None) -> str
 
 
 def make_provider(
-    job: Job, *, api_key: str, base_url: str, client: httpx.AsyncClient | None = None
+    job: Job,
+    *,
+    api_key: str,
+    base_url: str,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> Provider:
-    """The provider a job asks for, on the given (or a fresh aiohttp-backed) client."""
-    http = client or make_http_client(max_connections=job.limits.concurrency)
-    if job.request.provider == "openai":
-        return OpenAIProvider(http, base_url=base_url, api_key=api_key)
-    return AnthropicProvider(http, base_url=base_url, api_key=api_key)
+    """The provider a job asks for, on the given (or a fresh aiohttp) transport."""
+    http = transport or make_transport(max_connections=job.limits.concurrency)
+    cls = OpenAIProvider if job.request.provider == "openai" else AnthropicProvider
+    return cls(http, base_url=base_url, api_key=api_key, timeout_s=job.limits.timeout_s)

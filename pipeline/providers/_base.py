@@ -18,7 +18,7 @@ from ..retry import classify_http_error
 __all__ = [
     "JSONProvider",
     "Provider",
-    "make_http_client",
+    "make_transport",
     "mapped_transport_errors",
     "parse_json_body",
 ]
@@ -38,17 +38,17 @@ class Provider(Protocol):
     async def aclose(self) -> None: ...
 
 
-def make_http_client(*, max_connections: int | None = None) -> httpx.AsyncClient:
-    """An httpx client on the aiohttp transport.
+def make_transport(*, max_connections: int | None = None) -> httpx.AsyncBaseTransport:
+    """The HTTP transport jobs use: httpx's interface on aiohttp's connection pool.
 
-    httpx's own connection pool spends CPU that grows with the number of requests in flight;
-    the aiohttp transport keeps the per-request cost flat at hundreds of concurrent requests
-    (see README, "Why this HTTP stack").
+    httpx's own pool spends CPU that grows with the number of requests in flight; the aiohttp
+    transport keeps the per-request cost flat at hundreds of concurrent requests (see README,
+    "Why this HTTP stack").
     """
     from httpx_aiohttp import AiohttpTransport
 
     limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=None)
-    return httpx.AsyncClient(transport=AiohttpTransport(limits=limits), limits=limits)
+    return AiohttpTransport(limits=limits)
 
 
 @contextmanager
@@ -110,10 +110,26 @@ class JSONProvider:
     name: str
     request_id_header: str
 
-    def __init__(self, client: httpx.AsyncClient, *, url: str, headers: Mapping[str, str]) -> None:
-        self._client = client
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        url: str,
+        headers: Mapping[str, str],
+        timeout_s: float = 60.0,
+    ) -> None:
+        self._transport = transport
         self._url = httpx.URL(url)
         self._headers = dict(headers)
+        # Bounds connecting and each wait for the answer: a hang costs one attempt, retried.
+        self._extensions = {
+            "timeout": {
+                "connect": timeout_s,
+                "read": timeout_s,
+                "write": timeout_s,
+                "pool": timeout_s,
+            }
+        }
 
     def body(self, request: Request) -> dict[str, Any]:
         raise NotImplementedError
@@ -126,8 +142,18 @@ class JSONProvider:
         # reruns of one row together.
         headers = {**self._headers, "x-client-request-id": request.request_key}
         content = orjson.dumps(self.body(request))
+        # The transport is called directly: the single seam between logic and network. The
+        # client layers above it (cookies, redirects, auth, URL merging) cost CPU per request
+        # and do nothing for a JSON POST to a fixed URL.
+        http_request = httpx.Request(
+            "POST", self._url, headers=headers, content=content, extensions=self._extensions
+        )
         with mapped_transport_errors(self.name):
-            response = await self._client.post(self._url, content=content, headers=headers)
+            response = await self._transport.handle_async_request(http_request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
         raise_for_status(self.name, response)
         answer = parse_json_body(self.name, response.status_code, response.content)
         text, finish, usage = self.parse(answer)
@@ -141,4 +167,4 @@ class JSONProvider:
         )
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        await self._transport.aclose()

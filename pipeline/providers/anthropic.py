@@ -61,15 +61,23 @@ class AnthropicProvider(JSONProvider):
     name = "anthropic"
     request_id_header = "request-id"
 
-    def __init__(self, client: httpx.AsyncClient, *, base_url: str, api_key: str) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout_s: float = 60.0,
+    ) -> None:
         super().__init__(
-            client,
+            transport,
             url=base_url.rstrip("/") + "/v1/messages",
             headers={
                 "x-api-key": api_key,
                 "anthropic-version": ANTHROPIC_VERSION,
                 "content-type": "application/json",
             },
+            timeout_s=timeout_s,
         )
 
     def body(self, request: Request) -> dict[str, Any]:

@@ -65,14 +65,22 @@ class OpenAIProvider(JSONProvider):
     name = "openai"
     request_id_header = "x-request-id"
 
-    def __init__(self, client: httpx.AsyncClient, *, base_url: str, api_key: str) -> None:
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        base_url: str,
+        api_key: str,
+        timeout_s: float = 60.0,
+    ) -> None:
         super().__init__(
-            client,
+            transport,
             url=base_url.rstrip("/") + "/chat/completions",
             headers={
                 "authorization": f"Bearer {api_key}",
                 "content-type": "application/json",
             },
+            timeout_s=timeout_s,
         )
 
     def body(self, request: Request) -> dict[str, Any]:
