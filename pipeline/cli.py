@@ -4,15 +4,18 @@ Library errors become one clear line on stderr and an exit code; nothing here de
 the library could decide.
 
 Exit codes: 0 the run completed (rows may still have failed: see the summary), 1 the run failed
-(bad key, no quota, a crash), 2 the job file or the command line is wrong, 3 stopped by a signal.
+(bad key, no quota, a crash), 2 the job file or the command line is wrong, 3 stopped (signal or
+budget): ``pipeline resume RUN_ID`` finishes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
+import time
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
 from pathlib import Path
@@ -21,17 +24,30 @@ from typing import Any
 import anyio
 import structlog
 from rich.console import Console
+from rich.markup import escape
 
-from .config import Job, load_job
-from .cost import lookup_price
-from .errors import ConfigError, PipelineError
+from .config import Job, load_job, parse_job
+from .cost import Price, cost_usd, lookup_price
+from .errors import ConfigError, PipelineError, StoreError
 from .limits import LocalRateBudget
 from .logs import configure_logging, register_secret
+from .manifest import (
+    changed_inputs,
+    find_manifest,
+    fingerprints,
+    latest_manifest,
+    manifest_path,
+    read_manifest,
+    resume_command,
+    runs_dir,
+)
 from .progress import count_rows, show_progress
 from .providers import api_key_from_env, make_provider
-from .report import render_report
-from .runner import Runner, RunOutcome, new_run_id
-from .sources import input_files
+from .records import Row, Usage
+from .render import Renderer
+from .report import format_usd, render_report
+from .runner import RowFilter, Runner, RunOutcome, new_run_id
+from .sources import input_files, iter_row_chunks
 from .store import Store
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -40,11 +56,16 @@ log = structlog.get_logger("pipeline.cli")
 
 COMMANDS = {
     "run": "run a job file: send every row not yet done, store results and cost in DuckDB",
+    "resume": "finish a run that was stopped, killed or crashed (by run id or manifest path)",
+    "rerun": "send again only the rows of a run that failed (--failed)",
+    "status": "show a run's progress from its manifest; works while the run is going",
+    "runs": "list past runs: job, started, rows ok/failed, cost, state",
     "report": "print cost, tokens and latency by model and status from a results database",
     "fake-provider": "serve the built-in fake OpenAI/Anthropic provider on 127.0.0.1",
 }
 
 FAKE_KEY = "fake-key-not-secret"
+DEFAULT_DB = "data/results.duckdb"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -54,99 +75,215 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help=COMMANDS["run"], description=COMMANDS["run"])
+    def command(name: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=COMMANDS[name], description=COMMANDS[name])
+
+    def sending_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--base-url", help="override [request].base_url")
+        p.add_argument(
+            "--fake",
+            action="store_true",
+            help="start the built-in fake provider in-process and send every request to it",
+        )
+        p.add_argument("--budget-usd", type=float, help="override [limits].budget_usd")
+        p.add_argument("--quiet", action="store_true", help="no progress bar and no report")
+
+    run = command("run")
     run.add_argument("job", help="job file (TOML), e.g. jobs/review_sentiment.toml")
     run.add_argument("--input", help="override [input].path")
     run.add_argument("--db", help="override [output].db")
-    run.add_argument("--base-url", help="override [request].base_url")
-    run.add_argument(
-        "--fake",
-        action="store_true",
-        help="start the built-in fake provider in-process and send every request to it",
-    )
     run.add_argument("--run-id", help="use this run id instead of a new one")
     run.add_argument(
-        "--quiet", action="store_true", help="no progress bar and no report, just the summary"
+        "--force", action="store_true", help="run even if the estimate exceeds budget_usd"
     )
+    sending_options(run)
 
-    report = sub.add_parser("report", help=COMMANDS["report"], description=COMMANDS["report"])
-    report.add_argument("--db", default="data/results.duckdb", help="results database")
+    resume = command("resume")
+    resume.add_argument("run", help="run id (see 'pipeline runs') or path of its manifest")
+    resume.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+    resume.add_argument(
+        "--allow-changed-input",
+        action="store_true",
+        help="resume even though an input file changed since the run started",
+    )
+    sending_options(resume)
+
+    rerun = command("rerun")
+    rerun.add_argument("run", help="run id (see 'pipeline runs') or path of its manifest")
+    rerun.add_argument("--failed", action="store_true", required=True, help="the failed rows")
+    rerun.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+    sending_options(rerun)
+
+    status = command("status")
+    status.add_argument("run", nargs="?", help="run id or manifest path (default: the latest)")
+    status.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+
+    runs = command("runs")
+    runs.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+    runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+
+    report = command("report")
+    report.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     report.add_argument("--job", help="only this job")
     report.add_argument("--run", dest="run_id", help="only this run id")
 
-    fake = sub.add_parser(
-        "fake-provider", help=COMMANDS["fake-provider"], description=COMMANDS["fake-provider"]
-    )
+    fake = command("fake-provider")
     fake.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
     from .fake import FakeConfig
 
     for f in dataclasses.fields(FakeConfig):
         default = getattr(FakeConfig(), f.name)
         kind: Any = type(default) if default is not None else float
+        flag = f"--{f.name.replace('_', '-')}"
         if kind is bool:
-            fake.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                action="store_true",
-                default=default,
-                help=f"(default {default})",
-            )
+            fake.add_argument(flag, action="store_true", default=default)
         else:
-            fake.add_argument(
-                f"--{f.name.replace('_', '-')}",
-                type=kind,
-                default=default,
-                help=f"(default {default})",
-            )
+            fake.add_argument(flag, type=kind, default=default, help=f"(default {default})")
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    err = Console(stderr=True)
+    handlers = {
+        "run": _run,
+        "resume": _resume,
+        "rerun": _rerun,
+        "status": _status,
+        "runs": _runs,
+        "report": _report,
+        "fake-provider": _fake_provider,
+    }
     try:
-        if args.command == "run":
-            return _run(args)
-        if args.command == "report":
-            return _report(args)
-        if args.command == "fake-provider":
-            return _fake_provider(args)
+        return handlers[args.command](args)
     except ConfigError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        _error(str(exc))
         return 2
     except PipelineError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False)
+        _error(str(exc))
         return 1
-    raise AssertionError(args.command)  # pragma: no cover
 
 
-# -- run ------------------------------------------------------------------------------------
+def _error(message: str) -> None:
+    # Plain text, one line, whatever the terminal: messages carry [table.key] names that
+    # markup would eat, and a wrapped error is two errors to grep.
+    print(f"error: {message}", file=sys.stderr)
+
+
+# -- run, resume, rerun ---------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Plan:
+    """One run to execute: which job, under which run id, and how."""
+
+    job: Job
+    run_id: str
+    fake: bool
+    quiet: bool
+    resume: bool = False
+    only: RowFilter | None = None
+    spent_usd: float = 0.0
+    force: bool = False
+    manifest: dict[str, Any] | None = None
 
 
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job).with_overrides(
-        input_path=args.input, db=args.db, base_url=args.base_url
+        input_path=args.input, db=args.db, base_url=args.base_url, budget_usd=args.budget_usd
     )
+    return _execute(
+        _Plan(job, args.run_id or new_run_id(), args.fake, args.quiet, force=args.force)
+    )
+
+
+def _job_from_manifest(manifest: dict[str, Any], args: argparse.Namespace) -> Job:
+    recorded = manifest["job"]
+    return parse_job(recorded["text"], path=recorded["path"]).with_overrides(
+        input_path=manifest["input_path"],
+        db=manifest["db"],
+        base_url=args.base_url,
+        budget_usd=args.budget_usd,
+    )
+
+
+def _resume(args: argparse.Namespace) -> int:
+    manifest = read_manifest(find_manifest(args.run, args.db))
+    run_id = manifest["run_id"]
+    if manifest["state"] == "running" and _alive(manifest.get("pid")):
+        raise ConfigError(
+            f"run {run_id} is still running (process {manifest['pid']}); "
+            f"watch it with: pipeline status {run_id} --db {manifest['db']}"
+        )
+    changes = changed_inputs(manifest["inputs"])
+    if changes and not args.allow_changed_input:
+        raise ConfigError(
+            f"the input of run {run_id} changed since it started: {'; '.join(changes)}. "
+            "Resume anyway with --allow-changed-input (rows already done are not sent again), "
+            "or start a new run with 'pipeline run'"
+        )
+    job = _job_from_manifest(manifest, args)
+    with Store(job.output.db, read_only=True) as store:
+        spent = store.run_counts(run_id)["cost_usd"] or 0.0
+    plan = _Plan(
+        job,
+        run_id,
+        args.fake or bool(manifest.get("fake")),
+        args.quiet,
+        resume=True,
+        spent_usd=spent,
+        force=True,
+        manifest=manifest,
+    )
+    return _execute(plan)
+
+
+def _rerun(args: argparse.Namespace) -> int:
+    manifest = read_manifest(find_manifest(args.run, args.db))
+    job = _job_from_manifest(manifest, args)
+    with Store(job.output.db, read_only=True) as store:
+        keys, lines = store.not_ok_rows(manifest["run_id"])
+    if not keys and not lines:
+        print(f"run {manifest['run_id']} has no failed rows: nothing to send")
+        return 0
+    only = RowFilter(frozenset(keys), frozenset(lines))
+    plan = _Plan(job, new_run_id(), args.fake or bool(manifest.get("fake")), args.quiet, only=only)
+    return _execute(plan)
+
+
+def _execute(plan: _Plan) -> int:
+    job = plan.job
     files = input_files(job.input.path)  # a missing input fails here, before anything is sent
-    if args.fake:
+    if plan.fake:
         api_key = FAKE_KEY
     else:
         api_key = api_key_from_env(job.request.provider)
         register_secret(api_key)
-    run_id = args.run_id or new_run_id()
+    price = lookup_price(job.request.provider, job.request.model)
+    if job.limits.budget_usd is not None:
+        _check_budget(job, files, price, plan)
     db = Path(job.output.db)
-    log_path = db.parent / "runs" / f"{run_id}.log.jsonl"
+    log_path = runs_dir(db) / f"{plan.run_id}.log.jsonl"
     log_file = configure_logging(log_file=log_path)
-    console = Console(stderr=True, quiet=args.quiet)
+    console = Console(stderr=True, quiet=plan.quiet)
+    manifest = _manifest_base(plan, files, price)
     try:
-        outcome = _run_async(
-            job, args, api_key=api_key, run_id=run_id, files=files, console=console
+        outcome = anyio.run(
+            _run_async,
+            plan,
+            api_key,
+            price,
+            files,
+            manifest,
+            console,
+            backend="asyncio",
+            backend_options={"use_uvloop": _have_uvloop()},
         )
     finally:
         if log_file is not None:
             log_file.close()
     out = _stdout()
     _print_summary(out, job, outcome, log_path)
-    if not args.quiet:
+    if not plan.quiet:
         with Store(job.output.db, read_only=True) as store:
             render_report(store.report(run_id=outcome.run_id), out)
     if outcome.state == "completed":
@@ -156,66 +293,139 @@ def _run(args: argparse.Namespace) -> int:
     return 1
 
 
-def _run_async(
-    job: Job,
-    args: argparse.Namespace,
-    *,
+def _manifest_base(plan: _Plan, files: list[Path], price: Price | None) -> dict[str, Any]:
+    """The static part of a run's manifest (the runner adds state, counts and cost)."""
+    job = plan.job
+    if plan.resume and plan.manifest is not None:
+        base = dict(plan.manifest)
+        base["resumed_at"] = [*base.get("resumed_at", []), time.time()]
+        return base
+    db = str(Path(job.output.db).resolve())
+    return {
+        "run_id": plan.run_id,
+        "job": {"name": job.name, "path": job.path, "hash": job.job_hash, "text": job.text},
+        "provider": job.request.provider,
+        "model": job.request.model,
+        "mode": "online",
+        "fake": plan.fake,
+        "base_url": None if plan.fake else job.resolved_base_url(),
+        "db": db,
+        "input_path": job.input.path,
+        "inputs": fingerprints(files),
+        "price_source": price.source if price else None,
+        "started_at": time.time(),
+        "rerun_of": None if plan.only is None else "failed rows",
+        "resume_command": resume_command(plan.run_id, db),
+        "batches": [],
+    }
+
+
+def _check_budget(job: Job, files: list[Path], price: Price | None, plan: _Plan) -> None:
+    """Refuse a run whose worst case already exceeds its budget, unless forced."""
+    budget = job.limits.budget_usd
+    assert budget is not None
+    if price is None:
+        raise ConfigError(
+            f"budget_usd is set but no price is known for {job.request.provider} model "
+            f"{job.request.model!r}, so the budget cannot be kept; remove budget_usd",
+            path=job.path,
+            key="limits.budget_usd",
+        )
+    if plan.force:
+        return
+    rows = count_rows(files) or 0
+    renderer = Renderer(job.request)
+    sample = []
+    for item in next(iter_row_chunks(job.input, chunk_size=200), []):
+        if isinstance(item, Row):
+            try:
+                sample.append(renderer.render(item).est_input_tokens)
+            except PipelineError:
+                continue
+    if not sample:
+        return
+    average_in = sum(sample) / len(sample)
+    per_row = (
+        cost_usd(price, Usage(input_tokens=round(average_in), output_tokens=job.request.max_tokens))
+        or 0.0
+    )
+    estimate = per_row * rows
+    if estimate > budget:
+        raise ConfigError(
+            f"the worst case for {rows:,} rows is about {format_usd(estimate)} (every answer "
+            f"at max_tokens), over budget_usd {format_usd(budget)}; raise the budget, or pass "
+            "--force to run until the budget is spent (rows already done are not counted)",
+            path=job.path,
+            key="limits.budget_usd",
+        )
+
+
+async def _run_async(
+    plan: _Plan,
     api_key: str,
-    run_id: str,
+    price: Price | None,
     files: list[Path],
+    manifest: dict[str, Any],
     console: Console,
 ) -> RunOutcome:
-    async def go() -> RunOutcome:
-        async with AsyncExitStack() as stack:
-            base_url = job.resolved_base_url()
-            if args.fake:
-                from .fake import FakeConfig, running_fake_provider
+    job = plan.job
+    async with AsyncExitStack() as stack:
+        base_url = job.resolved_base_url()
+        if plan.fake:
+            from .fake import FakeConfig, running_fake_provider
 
-                fake = await stack.enter_async_context(running_fake_provider(FakeConfig()))
-                base_url = (
-                    fake.openai_base_url
-                    if job.request.provider == "openai"
-                    else fake.anthropic_base_url
-                )
-            store = stack.enter_context(Store(job.output.db))
-            provider = make_provider(job, api_key=api_key, base_url=base_url)
-            stack.push_async_callback(provider.aclose)
-            price = lookup_price(job.request.provider, job.request.model)
-            if price is None:
-                log.warning(
-                    "unknown_price",
-                    provider=job.request.provider,
-                    model=job.request.model,
-                    hint="cost_usd will be NULL for this run",
-                )
-            budget = LocalRateBudget(
-                requests_per_minute=job.limits.requests_per_minute,
-                tokens_per_minute=job.limits.tokens_per_minute,
+            fake = await stack.enter_async_context(running_fake_provider(FakeConfig()))
+            base_url = (
+                fake.openai_base_url
+                if job.request.provider == "openai"
+                else fake.anthropic_base_url
             )
-            runner = Runner(
-                job,
-                store=store,
-                provider=provider,
-                budget=budget,
-                price=price,
-                base_url=base_url,
-                run_id=run_id,
+        store = stack.enter_context(Store(job.output.db))
+        provider = make_provider(job, api_key=api_key, base_url=base_url)
+        stack.push_async_callback(provider.aclose)
+        if price is None:
+            log.warning(
+                "unknown_price",
+                provider=job.request.provider,
+                model=job.request.model,
+                hint="cost_usd will be NULL for this run",
             )
-            console.print(
-                f"run [bold]{run_id}[/] · job {job.name} · {job.request.provider} "
-                f"{job.request.model} → {base_url}",
-                highlight=False,
-            )
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(_handle_signals, runner, console)
-                if not args.quiet:
-                    total = await anyio.to_thread.run_sync(count_rows, files)
-                    tg.start_soon(lambda: show_progress(runner.stats, total=total, console=console))
-                outcome = await runner.run()
-                tg.cancel_scope.cancel()
-            return outcome
-
-    return anyio.run(go, backend="asyncio", backend_options={"use_uvloop": _have_uvloop()})
+        budget = LocalRateBudget(
+            requests_per_minute=job.limits.requests_per_minute,
+            tokens_per_minute=job.limits.tokens_per_minute,
+        )
+        path = manifest_path(job.output.db, plan.run_id)
+        runner = Runner(
+            job,
+            store=store,
+            provider=provider,
+            budget=budget,
+            price=price,
+            base_url=base_url,
+            run_id=plan.run_id,
+            resume=plan.resume,
+            only=plan.only,
+            budget_usd=job.limits.budget_usd,
+            spent_usd=plan.spent_usd,
+            manifest_path=path,
+            manifest=manifest,
+            context_window=job.request.context_tokens,
+        )
+        verb = "resuming" if plan.resume else "run"
+        console.print(
+            f"{verb} [bold]{plan.run_id}[/] · job {escape(job.name)} · "
+            f"{job.request.provider} {escape(job.request.model)} → {base_url}\n"
+            f"manifest: {path}",
+            highlight=False,
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(_handle_signals, runner, console)
+            if not plan.quiet:
+                total = await anyio.to_thread.run_sync(count_rows, files)
+                tg.start_soon(lambda: show_progress(runner.stats, total=total, console=console))
+            outcome = await runner.run()
+            tg.cancel_scope.cancel()
+        return outcome
 
 
 async def _handle_signals(runner: Runner, console: Console) -> None:
@@ -237,7 +447,7 @@ def _print_summary(out: Console, job: Job, outcome: RunOutcome, log_path: Path) 
     s = outcome.stats
     rate = s.rows_done / s.elapsed_s if s.elapsed_s else 0.0
     colour = "green" if outcome.state == "completed" else "red"
-    out.print(f"[{colour}]{outcome.state}[/] · run {outcome.run_id}", highlight=False)
+    out.print(f"[{colour}]{escape(outcome.state)}[/] · run {outcome.run_id}", highlight=False)
     out.print(
         f"rows: {s.rows_ok:,} ok, {s.rows_failed:,} failed, {s.rows_input_error:,} bad input, "
         f"{s.rows_skipped:,} already done · {s.rows_done:,} in {s.elapsed_s:.1f}s "
@@ -249,21 +459,16 @@ def _print_summary(out: Console, job: Job, outcome: RunOutcome, log_path: Path) 
         f"tokens: {s.input_tokens:,} in, {s.output_tokens:,} out · cost: ${s.cost_usd:,.6f}",
         highlight=False,
     )
-    out.print(f"results: {job.output.db} (view 'results') · log: {log_path}", highlight=False)
+    out.print(
+        f"results: {job.output.db} (view 'results') · log: {log_path}",
+        highlight=False,
+        markup=False,
+    )
     if outcome.state != "completed":
+        db = str(Path(job.output.db).resolve())
         out.print(
-            f"to finish it, run again: pipeline run {job.path}"
-            + (f" --db {job.output.db}" if job.output.db else ""),
-            highlight=False,
+            f"to finish it: {resume_command(outcome.run_id, db)}", highlight=False, markup=False
         )
-
-
-def _stdout() -> Console:
-    """Standard output; wide when it is a file or pipe, so no figure is ever folded there."""
-    console = Console()
-    if not console.is_terminal:
-        console = Console(width=160)
-    return console
 
 
 def _have_uvloop() -> bool:
@@ -274,7 +479,115 @@ def _have_uvloop() -> bool:
     return True
 
 
-# -- report ---------------------------------------------------------------------------------
+def _stdout() -> Console:
+    """Standard output; wide when it is a file or pipe, so no figure is ever folded there."""
+    console = Console()
+    if not console.is_terminal:
+        console = Console(width=160)
+    return console
+
+
+def _alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid != os.getpid()
+
+
+# -- status, runs, report -------------------------------------------------------------------
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.run:
+        path = find_manifest(args.run, args.db)
+    else:
+        found = latest_manifest(args.db)
+        if found is None:
+            raise ConfigError(f"no runs next to {args.db} yet; start one with 'pipeline run'")
+        path = found
+    m = read_manifest(path)
+    out = _stdout()
+    state = m["state"]
+    if state == "running" and not _alive(m.get("pid")):
+        state = f"running, but process {m.get('pid')} is gone (killed or crashed)"
+    counts = m.get("counts", {})
+    elapsed = max(m["updated_at"] - m["started_at"], 1e-9)
+    done = counts.get("ok", 0) + counts.get("failed", 0) + counts.get("input_error", 0)
+    out.print(
+        f"run {m['run_id']} · job {m['job']['name']} · {m['provider']} {m['model']}",
+        highlight=False,
+        markup=False,
+    )
+    out.print(f"state: {state}", highlight=False, markup=False)
+    out.print(
+        f"rows: {counts.get('ok', 0):,} ok, {counts.get('failed', 0):,} failed, "
+        f"{counts.get('input_error', 0):,} bad input, {counts.get('skipped', 0):,} already done "
+        f"· {done / elapsed:,.0f} rows/s · {counts.get('rate_limited', 0):,} × 429",
+        highlight=False,
+    )
+    budget = m.get("budget_usd")
+    out.print(
+        f"cost so far: {format_usd(m.get('cost_usd'))}"
+        + (f" of budget {format_usd(budget)}" if budget else "")
+        + f" · updated {time.time() - m['updated_at']:,.0f}s ago",
+        highlight=False,
+    )
+    if m["state"] != "completed":
+        out.print(f"to finish it: {m['resume_command']}", highlight=False, markup=False)
+    return 0
+
+
+def _runs(args: argparse.Namespace) -> int:
+    out = _stdout()
+    try:
+        with Store(args.db, read_only=True) as store:
+            rows = store.list_runs(limit=args.limit)
+    except StoreError as exc:
+        # A run is writing the database: the manifests tell the same story.
+        print(f"note: {exc}; showing the run manifests instead", file=sys.stderr)
+        rows = []
+        for path in sorted(runs_dir(args.db).glob("*.manifest.json"), reverse=True)[: args.limit]:
+            m = read_manifest(path)
+            c = m.get("counts", {})
+            rows.append(
+                {
+                    "run_id": m["run_id"],
+                    "job": m["job"]["name"],
+                    "model": m["model"],
+                    "state": m["state"],
+                    "started_at": m["started_at"],
+                    "rows_ok": c.get("ok", 0),
+                    "rows_failed": c.get("failed", 0) + c.get("input_error", 0),
+                    "cost_usd": m.get("cost_usd"),
+                }
+            )
+    if not rows:
+        out.print("no runs yet")
+        return 0
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in ("run", "job", "model", "started", "ok", "failed", "cost", "state"):
+        table.add_column(name, justify="right" if name in ("ok", "failed", "cost") else "left")
+    for r in rows:
+        table.add_row(
+            r["run_id"],
+            r["job"],
+            r["model"] or "–",
+            time.strftime("%Y-%m-%d %H:%M", time.gmtime(r["started_at"])),
+            f"{r['rows_ok']:,}",
+            f"{r['rows_failed']:,}",
+            format_usd(r["cost_usd"]),
+            r["state"],
+        )
+    out.print(table)
+    return 0
 
 
 def _report(args: argparse.Namespace) -> int:

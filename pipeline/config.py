@@ -29,6 +29,7 @@ __all__ = [
 ]
 
 PROVIDERS = ("openai", "anthropic")
+DEFAULT_CONTEXT = {"openai": 128_000, "anthropic": 200_000}
 
 # Every key a job file may hold, by table, with a one-line description (also used by the docs test).
 JOB_KEYS: dict[str, dict[str, str]] = {
@@ -45,6 +46,7 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "max_tokens": "cap on output tokens per row (required by Anthropic, default 1024)",
         "temperature": "sampling temperature (optional)",
         "base_url": "provider URL; else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the real API",
+        "context_window": "model context in tokens; longer rows fail (default 128000 / 200000)",
     },
     "limits": {
         "concurrency": "requests in flight at most (default 64)",
@@ -52,6 +54,7 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "tokens_per_minute": "token budget per minute, input estimate + max_tokens (default: none)",
         "max_attempts": "attempts per row before it is recorded as failed (default 6)",
         "timeout_s": "seconds before one attempt is abandoned and retried (default 60)",
+        "budget_usd": "stop launching requests before the run's cost could pass this",
     },
     "output": {
         "db": "DuckDB file the results go to (default data/results.duckdb)",
@@ -74,6 +77,14 @@ class RequestSpec:
     max_tokens: int = 1024
     temperature: float | None = None
     base_url: str | None = None
+    context_window: int | None = None
+
+    @property
+    def context_tokens(self) -> int:
+        """The context window rows are checked against (the provider's usual one by default)."""
+        if self.context_window is not None:
+            return self.context_window
+        return DEFAULT_CONTEXT[self.provider]
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +94,7 @@ class LimitsSpec:
     tokens_per_minute: float | None = None
     max_attempts: int = 6
     timeout_s: float = 60.0
+    budget_usd: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,9 +123,13 @@ class Job:
         input_path: str | None = None,
         db: str | None = None,
         base_url: str | None = None,
+        budget_usd: float | None = None,
     ) -> Job:
-        """The job with command-line overrides applied (``--input``, ``--db``, ``--base-url``)."""
+        """The job with command-line overrides applied (``--input``, ``--db``, ``--base-url``,
+        ``--budget-usd``)."""
         job = self
+        if budget_usd is not None:
+            job = replace(job, limits=replace(job.limits, budget_usd=budget_usd))
         if input_path is not None:
             job = replace(job, input=replace(job.input, path=input_path))
         if db is not None:
@@ -193,6 +209,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         max_tokens=1024 if max_tokens is None else max_tokens,
         temperature=temperature,
         base_url=base_url,
+        context_window=_get(req, "request", "context_window", int, path),
     )
     _check_template(prompt, path)
 
@@ -204,6 +221,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         tokens_per_minute=_positive(lim, "tokens_per_minute", float, path, None),
         max_attempts=_positive(lim, "max_attempts", int, path, defaults.max_attempts),
         timeout_s=_positive(lim, "timeout_s", float, path, defaults.timeout_s),
+        budget_usd=_positive(lim, "budget_usd", float, path, None),
     )
     out = _table(doc, "output", path, required=False)
     output = OutputSpec(db=_get(out, "output", "db", str, path) or OutputSpec().db)

@@ -19,11 +19,14 @@ grace period, then flushes and returns.
 
 from __future__ import annotations
 
+import os
 import secrets
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
 
 import anyio
 import structlog
@@ -33,19 +36,25 @@ from .config import Job
 from .cost import Price, cost_usd
 from .errors import FatalProviderError, InputError, ProviderError, RateLimitError
 from .limits import RateBudget
+from .manifest import write_manifest
 from .providers import Provider
-from .records import BadRow, Request, Row, RowResult
-from .render import Renderer
+from .records import BadRow, Request, Row, RowResult, Usage
+from .render import Renderer, request_key
 from .retry import backoff_s
 from .sources import iter_row_chunks
 from .store import RunRecord, Store
 
-__all__ = ["RunOutcome", "RunStats", "Runner", "new_run_id"]
+__all__ = ["RowFilter", "RunOutcome", "RunStats", "Runner", "new_run_id"]
 
 log = structlog.get_logger("pipeline.runner")
 
-WRITE_BATCH = 1000
-WRITE_INTERVAL_S = 0.5
+# A kill -9 loses (and a resume pays again for) what was answered but not yet committed: at most
+# the requests in flight, the results buffer and one batch. Small batches keep that small.
+WRITE_BATCH = 256
+WRITE_INTERVAL_S = 0.25
+RESULTS_BUFFER = 256
+READ_CHUNK = 4096  # rows read, rendered and checked against the store at a time
+MANIFEST_INTERVAL_S = 2.0
 
 
 def new_run_id() -> str:
@@ -53,12 +62,24 @@ def new_run_id() -> str:
     return datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ") + "-" + secrets.token_hex(3)
 
 
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """Only these rows are sent (``pipeline rerun --failed``): request keys that failed, and
+    the (source, line) of input errors, whose keys change once the input is fixed."""
+
+    keys: frozenset[str] = frozenset()
+    lines: frozenset[tuple[str, int]] = frozenset()
+
+    def admits(self, key: str, source: str, line: int) -> bool:
+        return key in self.keys or (source, line) in self.lines
+
+
 @dataclass(slots=True)
 class RunStats:
     """Live counters of a run; the progress display reads them, the summary prints them."""
 
     rows_read: int = 0
-    rows_skipped: int = 0
+    rows_skipped: int = 0  # already done (or, for a rerun, not selected)
     rows_ok: int = 0
     rows_failed: int = 0
     rows_input_error: int = 0
@@ -83,7 +104,7 @@ class RunStats:
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
     run_id: str
-    state: str  # 'completed' | 'stopped: signal' | 'failed: <why>'
+    state: str  # 'completed' | 'stopped: signal' | 'stopped: budget' | 'failed: <why>'
     stats: RunStats
     message: str | None = None
 
@@ -101,9 +122,21 @@ class Runner:
         price: Price | None,
         base_url: str,
         run_id: str | None = None,
+        resume: bool = False,
+        only: RowFilter | None = None,
+        budget_usd: float | None = None,
+        spent_usd: float = 0.0,
+        manifest_path: Path | None = None,
+        manifest: Mapping[str, Any] | None = None,
+        context_window: int | None = None,
         grace_s: float = 10.0,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        """``resume``: continue ``run_id`` (its recorded rows are not sent again). ``only``:
+        send only the rows it admits. ``budget_usd``: stop launching before the cost committed
+        (``spent_usd`` of it from earlier parts of the run) plus the worst case of what is in
+        flight would pass it. ``manifest``: the static part of the run's manifest, rewritten
+        with live counts at ``manifest_path``."""
         self.job = job
         self.store = store
         self.provider = provider
@@ -112,7 +145,16 @@ class Runner:
         self.base_url = base_url
         self.run_id = run_id or new_run_id()
         self.grace_s = grace_s
+        self.resume = resume
+        self.only = only
+        self.budget_usd = budget_usd
+        self.spent_usd = spent_usd
+        self.manifest_path = manifest_path
+        self._manifest_base = dict(manifest or {})
+        self.context_window = context_window
         self.stats = RunStats()
+        self._inflight_worst_usd = 0.0
+        self._stop_reason = "signal"
         self._clock = clock
         self._renderer = Renderer(job.request)
         self._stopping = False
@@ -127,13 +169,14 @@ class Runner:
     def prompt_hash(self) -> str:
         return self._renderer.prompt_hash
 
-    def request_stop(self) -> None:
+    def request_stop(self, reason: str = "signal") -> None:
         """Stop launching requests; in-flight ones get ``grace_s`` to finish, then the run ends."""
         if self._stopping:
             return
         self._stopping = True
+        self._stop_reason = reason
         self._stop_event.set()
-        self._log.warning("stop_requested", grace_s=self.grace_s)
+        self._log.warning("stop_requested", reason=reason, grace_s=self.grace_s)
 
     def cancel_now(self) -> None:
         """Abandon in-flight requests at once (a second Ctrl-C). Committed rows stay committed."""
@@ -143,30 +186,38 @@ class Runner:
 
     async def run(self) -> RunOutcome:
         job = self.job
-        self.store.start_run(
-            RunRecord(
-                run_id=self.run_id,
-                job=job.name,
-                job_path=job.path,
-                job_hash=job.job_hash,
-                job_text=job.text,
-                prompt_hash=self.prompt_hash,
-                provider=job.request.provider,
-                model=job.request.model,
-                mode="online",
-                base_url=self.base_url,
-                state="running",
-                started_at=self._clock(),
-                price_source=self.price.source if self.price else None,
+        if self.resume:
+            self.store.reopen_run(self.run_id)
+        else:
+            self.store.start_run(
+                RunRecord(
+                    run_id=self.run_id,
+                    job=job.name,
+                    job_path=job.path,
+                    job_hash=job.job_hash,
+                    job_text=job.text,
+                    prompt_hash=self.prompt_hash,
+                    provider=job.request.provider,
+                    model=job.request.model,
+                    mode="online",
+                    base_url=self.base_url,
+                    state="running",
+                    started_at=self._clock(),
+                    price_source=self.price.source if self.price else None,
+                    manifest=self.manifest("running"),
+                )
             )
-        )
         self._log.info(
-            "run_started", input=job.input.path, db=job.output.db, prompt_hash=self.prompt_hash
+            "run_started",
+            input=job.input.path,
+            db=job.output.db,
+            prompt_hash=self.prompt_hash,
+            resume=self.resume,
         )
         send_work, receive_work = anyio.create_memory_object_stream[Request](
             max(16, job.limits.concurrency)
         )
-        send_results, receive_results = anyio.create_memory_object_stream[RowResult](4096)
+        send_results, receive_results = anyio.create_memory_object_stream[RowResult](RESULTS_BUFFER)
         state = "completed"
         try:
             async with anyio.create_task_group() as outer:
@@ -176,6 +227,7 @@ class Runner:
                         self._work_scope = scope
                         async with anyio.create_task_group() as watch:
                             watch.start_soon(self._grace_watch, scope)
+                            watch.start_soon(self._manifest_loop)
                             async with anyio.create_task_group() as tg:
                                 tg.start_soon(self._reader, send_work, send_results.clone())
                                 for _ in range(job.limits.concurrency):
@@ -191,7 +243,7 @@ class Runner:
             if self._fatal is not None:
                 state = f"failed: {self._fatal}"
             elif self._stopping and state == "completed":
-                state = "stopped: signal"
+                state = f"stopped: {self._stop_reason}"
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._finish_run, state)
         self._log.info(
@@ -203,9 +255,46 @@ class Runner:
         )
         return RunOutcome(self.run_id, state, self.stats, str(self._fatal) if self._fatal else None)
 
+    def manifest(self, state: str) -> dict[str, Any]:
+        """The run's manifest now: the static part given at construction plus live figures."""
+        s = self.stats
+        return {
+            **self._manifest_base,
+            "run_id": self.run_id,
+            "state": state,
+            "pid": os.getpid(),
+            "updated_at": self._clock(),
+            "prompt_hash": self.prompt_hash,
+            "budget_usd": self.budget_usd,
+            "counts": {
+                "read": s.rows_read,
+                "skipped": s.rows_skipped,
+                "ok": s.rows_ok,
+                "failed": s.rows_failed,
+                "input_error": s.rows_input_error,
+                "committed": s.rows_committed,
+                "requests": s.requests_sent,
+                "rate_limited": s.rate_limited,
+            },
+            "tokens": {"input": s.input_tokens, "output": s.output_tokens},
+            "cost_usd": self.spent_usd + s.cost_usd,
+        }
+
+    def _write_manifest(self, state: str) -> None:
+        if self.manifest_path is not None:
+            write_manifest(self.manifest_path, self.manifest(state))
+
+    async def _manifest_loop(self) -> None:
+        """Keep the manifest file current, for ``pipeline status`` in another terminal."""
+        while True:
+            await anyio.to_thread.run_sync(self._write_manifest, "running")
+            await anyio.sleep(MANIFEST_INTERVAL_S)
+
     def _finish_run(self, state: str) -> None:
+        self._write_manifest(state)
         # Counts and cost come from what was committed: a NULL-priced run stays NULL, not $0.
         self.store.finish_run(self.run_id, state, finished_at=self._clock())
+        self.store.update_run(self.run_id, manifest=self.manifest(state))
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -218,42 +307,72 @@ class Runner:
     async def _reader(
         self, work: ObjectSendStream[Request], results: ObjectSendStream[RowResult]
     ) -> None:
-        chunks: Iterator[list[Row | BadRow]] = iter_row_chunks(self.job.input)
+        chunks: Iterator[list[Row | BadRow]] = iter_row_chunks(
+            self.job.input, chunk_size=READ_CHUNK
+        )
+        ph = self.prompt_hash
         async with work, results:
             while not self._stopping:
                 chunk = await anyio.to_thread.run_sync(next, chunks, None)
                 if chunk is None:
                     break
                 self.stats.rows_read += len(chunk)
-                requests: list[Request] = []
+                # Everything of the chunk, keyed, in input order: a Request, or an input error.
+                keyed: list[tuple[str, Request | RowResult]] = []
                 for item in chunk:
                     if isinstance(item, BadRow):
-                        await results.send(
-                            self._input_error(
-                                item.row_id, item.error_type, item.error, item.source, item.line
+                        key = request_key(item.row_id, ph)
+                        keyed.append(
+                            (
+                                key,
+                                self._input_error(
+                                    key,
+                                    item.row_id,
+                                    item.error_type,
+                                    item.error,
+                                    item.source,
+                                    item.line,
+                                ),
                             )
                         )
                         continue
                     try:
-                        requests.append(self._renderer.render(item))
+                        request = self._renderer.render(item)
                     except InputError as exc:
-                        await results.send(
-                            self._input_error(
-                                item.row_id, exc.error_type, str(exc), item.source, item.line
+                        key = request_key(item.row_id, ph)
+                        keyed.append(
+                            (
+                                key,
+                                self._input_error(
+                                    key,
+                                    item.row_id,
+                                    exc.error_type,
+                                    str(exc),
+                                    item.source,
+                                    item.line,
+                                ),
                             )
                         )
-                if not requests:
-                    continue
-                done = await anyio.to_thread.run_sync(
-                    self.store.done_request_keys, [r.request_key for r in requests]
-                )
-                for request in requests:
-                    if request.request_key in done:
+                        continue
+                    if self.context_window and request.est_total_tokens > self.context_window:
+                        keyed.append((request.request_key, self._too_long(request)))
+                        continue
+                    keyed.append((request.request_key, request))
+                done = await anyio.to_thread.run_sync(self._done_keys, [k for k, _ in keyed])
+                for key, thing in keyed:
+                    if key in done or (
+                        self.only is not None
+                        and not self.only.admits(key, thing.source, thing.line)
+                    ):
                         self.stats.rows_skipped += 1
                         continue
                     if self._stopping:
                         break
-                    await work.send(request)
+                    if isinstance(thing, Request):
+                        await work.send(thing)
+                    else:
+                        self.stats.rows_input_error += 1
+                        await results.send(thing)
         if self._stopping:
             self._log.info("reader_stopped", rows_read=self.stats.rows_read)
 
@@ -264,10 +383,34 @@ class Runner:
             async for request in work:
                 if self._stopping:
                     break  # not launched: the next run sends it
-                result = await self._process(request)
+                worst = self._worst_cost(request)
+                if not self._within_budget(worst):
+                    self.request_stop("budget")
+                    break
+                self._inflight_worst_usd += worst
+                try:
+                    result = await self._process(request)
+                finally:
+                    self._inflight_worst_usd -= worst
                 if result is None:
                     return
                 await results.send(result)
+
+    def _done_keys(self, keys: list[str]) -> set[str]:
+        return self.store.done_request_keys(keys, run_id=self.run_id)
+
+    def _worst_cost(self, request: Request) -> float:
+        if self.budget_usd is None:
+            return 0.0
+        usage = Usage(input_tokens=request.est_input_tokens, output_tokens=request.max_tokens)
+        return cost_usd(self.price, usage) or 0.0
+
+    def _within_budget(self, worst: float) -> bool:
+        """Would launching a request with this worst-case cost keep the run within budget?"""
+        if self.budget_usd is None:
+            return True
+        spent = self.spent_usd + self.stats.cost_usd
+        return spent + self._inflight_worst_usd + worst <= self.budget_usd
 
     async def _process(self, request: Request) -> RowResult | None:
         """Send one request until it succeeds, fails for good, or attempts run out."""
@@ -385,14 +528,13 @@ class Runner:
     # -- results --------------------------------------------------------------------------------
 
     def _input_error(
-        self, row_id: str, error_type: str, error: str, source: str, line: int
+        self, key: str, row_id: str, error_type: str, error: str, source: str, line: int
     ) -> RowResult:
-        self.stats.rows_input_error += 1
         return RowResult(
             job=self.job.name,
             run_id=self.run_id,
             row_id=row_id,
-            request_key="",
+            request_key=key,
             prompt_hash=self.prompt_hash,
             status="input_error",
             provider=self.job.request.provider,
@@ -413,6 +555,19 @@ class Runner:
             finished_at=self._clock(),
             source=source,
             line=line,
+        )
+
+    def _too_long(self, request: Request) -> RowResult:
+        return self._input_error(
+            request.request_key,
+            request.row_id,
+            "context_exceeded",
+            f"{request.source} line {request.line} (row {request.row_id}): the prompt is about "
+            f"{request.est_input_tokens:,} tokens and max_tokens is {request.max_tokens:,}, "
+            f"more than the model's context of {self.context_window:,}; shorten the row or "
+            "the template, or lower [request].max_tokens",
+            request.source,
+            request.line,
         )
 
     def _result(

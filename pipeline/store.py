@@ -712,17 +712,76 @@ class Store:
                 cur.execute(_INSERT_SQL)
                 del arrow_table
 
-    def done_request_keys(self, keys: Sequence[str]) -> set[str]:
-        """The subset of ``keys`` with an ``ok`` result in any run (a rerun skips those)."""
+    def done_request_keys(self, keys: Sequence[str], *, run_id: str | None = None) -> set[str]:
+        """The subset of ``keys`` a run must not send again.
+
+        That is every key with an ``ok`` result in any run (a new run skips those) and, when
+        resuming ``run_id``, every key that run has already recorded in any status (a resumed
+        run finishes what is missing; it does not retry what already failed).
+        """
         if not keys:
             return set()
         with self._cursor("look up finished rows") as cur:
             rows = cur.execute(
                 "SELECT DISTINCT request_key FROM row_results "
-                "WHERE status = 'ok' AND request_key IN (SELECT unnest($keys::VARCHAR[]))",
-                {"keys": list(keys)},
+                "WHERE (status = 'ok' OR run_id = $run_id) "
+                "AND request_key IN (SELECT unnest($keys::VARCHAR[]))",
+                {"keys": list(keys), "run_id": run_id},
             ).fetchall()
         return {row[0] for row in rows}
+
+    def not_ok_rows(self, run_id: str) -> tuple[set[str], set[tuple[str, int]]]:
+        """What ``rerun --failed`` sends again: the request keys of the run's rows that are not
+        ``ok`` (and have no ``ok`` result since), and the (source, line) of its input errors,
+        which get new keys once the input is fixed."""
+        with self._cursor(f"list the failed rows of run {run_id!r}") as cur:
+            keys = cur.execute(
+                "SELECT DISTINCT request_key FROM row_results r WHERE run_id = ? "
+                "AND status = 'failed' AND NOT EXISTS (SELECT 1 FROM row_results o "
+                "WHERE o.request_key = r.request_key AND o.status = 'ok')",
+                [run_id],
+            ).fetchall()
+            lines = cur.execute(
+                "SELECT DISTINCT source, line FROM row_results "
+                "WHERE run_id = ? AND status = 'input_error'",
+                [run_id],
+            ).fetchall()
+        return {k for (k,) in keys}, {(src, int(line)) for src, line in lines}
+
+    def get_run(self, run_id: str) -> dict[str, Any] | None:
+        """The ``runs`` row of ``run_id`` as a dict (times as unix seconds), or None."""
+        rows = self.query(
+            "SELECT * EXCLUDE (started_at, finished_at), epoch(started_at) AS started_at, "
+            "epoch(finished_at) AS finished_at FROM runs WHERE run_id = ?",
+            [run_id],
+        )
+        return rows[0] if rows else None
+
+    def list_runs(self, *, limit: int = 20) -> list[dict[str, Any]]:
+        """The latest runs, newest first, with counts and cost from their committed results."""
+        return self.query(
+            """
+            SELECT r.run_id, r.job, r.model, r.mode, r.state, epoch(r.started_at) AS started_at,
+                   epoch(r.finished_at) AS finished_at,
+                   count(x.status) FILTER (WHERE x.status = 'ok') AS rows_ok,
+                   count(x.status) FILTER (WHERE x.status <> 'ok') AS rows_failed,
+                   sum(x.cost_usd) AS cost_usd
+            FROM runs r LEFT JOIN row_results x USING (run_id)
+            GROUP BY r.run_id, r.job, r.model, r.mode, r.state, r.started_at, r.finished_at
+            ORDER BY r.started_at DESC LIMIT ?
+            """,
+            [limit],
+        )
+
+    def reopen_run(self, run_id: str) -> None:
+        """Mark a stopped or dead run ``running`` again (``pipeline resume``)."""
+        with self._transaction(f"reopen run {run_id!r}") as cur:
+            found = cur.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()
+            if found is None or found[0] == 0:
+                raise StoreError(f"no run {run_id!r} in results database {self.path}")
+            cur.execute(
+                "UPDATE runs SET state = 'running', finished_at = NULL WHERE run_id = ?", [run_id]
+            )
 
     # -- reading -------------------------------------------------------------------------------
 

@@ -8,10 +8,14 @@ Token estimate: system text, message contents and (when tools are given) the too
 ``TOOL_OVERHEAD_TOKENS`` for the tool-use system prompt the real API adds. The cacheable prefix is
 the tools plus the system blocks up to the last one carrying ``cache_control`` (breakpoints inside
 messages are not modelled).
+
+Shared by the online endpoint and the batch requests (``_batches``): a batch request's ``params``
+are checked and answered by exactly the functions here.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -30,23 +34,56 @@ from ._answers import (
 from ._schema import example_for_schema
 
 __all__ = [
+    "QUOTA_MESSAGE",
     "TOOL_OVERHEAD_TOKENS",
     "AnthropicInvalid",
     "MessagesRequest",
     "answer",
+    "api_key",
+    "auth_failure",
     "error_body",
+    "error_object",
     "message_body",
     "parse_messages_request",
 ]
 
 TOOL_OVERHEAD_TOKENS: Final = 300
+QUOTA_MESSAGE: Final = (
+    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
+    "to upgrade or purchase credits."
+)
+
+
+def error_object(type_: str, message: str, request_id: str | None) -> dict[str, Any]:
+    """Anthropic's error envelope, decoded."""
+    return {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
 
 
 def error_body(type_: str, message: str, request_id: str) -> bytes:
     """Anthropic's error envelope."""
-    return orjson.dumps(
-        {"type": "error", "error": {"type": type_, "message": message}, "request_id": request_id}
-    )
+    return orjson.dumps(error_object(type_, message, request_id))
+
+
+def api_key(headers: Mapping[str, str]) -> str:
+    """The API key: ``x-api-key``, or ``Authorization: Bearer`` as the newer official SDK sends."""
+    key = headers.get("x-api-key", "").strip()
+    if not key:
+        authorization = headers.get("Authorization", "")
+        if authorization.startswith("Bearer "):
+            key = authorization[7:].strip()
+    return key
+
+
+def auth_failure(headers: Mapping[str, str], auth_fail: bool) -> tuple[int, str, str] | None:
+    """``(status, error type, message)`` of the answer to a request with these headers when
+    they do not pass (no key, ``auth_fail``, no ``anthropic-version``), else None."""
+    if not api_key(headers):
+        return 401, "authentication_error", "x-api-key header is required"
+    if auth_fail:
+        return 401, "authentication_error", "invalid x-api-key"
+    if not headers.get("anthropic-version"):
+        return 400, "invalid_request_error", "anthropic-version: header is required"
+    return None
 
 
 class AnthropicInvalid(Exception):

@@ -13,7 +13,26 @@ from dataclasses import dataclass, fields, replace
 
 __all__ = ["FakeConfig", "config_from_mapping"]
 
-_PROBABILITIES = ("error_rate", "hang_rate", "drop_rate", "malformed_rate", "empty_rate")
+_PROBABILITIES = (
+    "error_rate",
+    "hang_rate",
+    "drop_rate",
+    "malformed_rate",
+    "empty_rate",
+    "batch_error_rate",
+)
+_BATCH_SECONDS = (
+    "batch_validating_s",
+    "batch_in_progress_s",
+    "batch_finalizing_s",
+    "batch_cancelling_s",
+)
+_BATCH_LIMITS = (
+    "openai_batch_max_requests",
+    "openai_batch_max_bytes",
+    "anthropic_batch_max_requests",
+    "anthropic_batch_max_bytes",
+)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -42,7 +61,27 @@ class FakeConfig:
     Account state
         ``auth_fail`` answers every request 401 (the key is never echoed back);
         ``quota_exhausted`` answers OpenAI requests 429 ``insufficient_quota`` and Anthropic
-        requests 400 "credit balance is too low", as the real APIs do.
+        requests 400 "credit balance is too low", as the real APIs do (on the batch APIs: when
+        a batch is created).
+
+    Batch APIs (OpenAI ``/v1/batches``, Anthropic ``/v1/messages/batches``)
+        Timing: a batch waits ``batch_validating_s`` (OpenAI's ``validating``), then its lines
+        finish one after another, evenly spread over ``batch_in_progress_s``, then it spends
+        ``batch_finalizing_s`` finalizing; a cancelled batch spends ``batch_cancelling_s``
+        cancelling. The defaults end a batch of any size in about a second.
+        Faults: ``batch_error_rate`` is the share of lines answered with a server error instead
+        of an answer; ``batch_expire_after`` (a share in ``[0, 1]``, None = never) expires a
+        batch once that share of its lines is done; ``batch_fail_validation`` fails every
+        OpenAI batch's validation and refuses every Anthropic batch at creation (400).
+        Limits: ``openai_batch_max_requests`` lines per input file (more: the batch fails
+        validation with ``too_many_tasks``) and ``openai_batch_max_bytes`` per uploaded file
+        (more: 400 at upload), as the real API; ``anthropic_batch_max_requests`` requests and
+        ``anthropic_batch_max_bytes`` of request body per batch (more: 413
+        ``request_too_large``). Megabytes are decimal (200 MB = 200,000,000 bytes), the
+        stricter reading of the providers' documentation.
+        A batch takes its timing, faults and limits from the knobs as they are when it is
+        created; the draws come from a ``random.Random`` seeded from ``seed`` and the batch's
+        serial number, so the same calls give the same batches.
     """
 
     latency_ms: float = 0.0
@@ -60,9 +99,20 @@ class FakeConfig:
     empty_rate: float = 0.0
     auth_fail: bool = False
     quota_exhausted: bool = False
+    batch_validating_s: float = 0.2
+    batch_in_progress_s: float = 0.5
+    batch_finalizing_s: float = 0.2
+    batch_cancelling_s: float = 0.1
+    batch_error_rate: float = 0.0
+    batch_expire_after: float | None = None
+    batch_fail_validation: bool = False
+    openai_batch_max_requests: int = 50_000
+    openai_batch_max_bytes: int = 200_000_000
+    anthropic_batch_max_requests: int = 100_000
+    anthropic_batch_max_bytes: int = 256_000_000
 
     def __post_init__(self) -> None:
-        for name in ("latency_ms", "jitter_ms", "hang_s"):
+        for name in ("latency_ms", "jitter_ms", "hang_s", *_BATCH_SECONDS):
             value = getattr(self, name)
             if not (math.isfinite(value) and value >= 0):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
@@ -80,13 +130,26 @@ class FakeConfig:
             raise ValueError(
                 f"error_status must be an HTTP error status (400-599), got {self.error_status!r}"
             )
+        share = self.batch_expire_after
+        if share is not None and not 0.0 <= share <= 1.0:
+            raise ValueError(
+                f"batch_expire_after must be a share between 0 and 1 or None, got {share!r}"
+            )
+        for name in _BATCH_LIMITS:
+            value = getattr(self, name)
+            if value < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
 
 
-_FLOAT_KNOBS = frozenset(("latency_ms", "jitter_ms", "burst_s", "hang_s", *_PROBABILITIES))
-_OPTIONAL_FLOAT_KNOBS = frozenset(("requests_per_second", "tokens_per_second"))
-_INT_KNOBS = frozenset(("seed",))
+_FLOAT_KNOBS = frozenset(
+    ("latency_ms", "jitter_ms", "burst_s", "hang_s", *_PROBABILITIES, *_BATCH_SECONDS)
+)
+_OPTIONAL_FLOAT_KNOBS = frozenset(
+    ("requests_per_second", "tokens_per_second", "batch_expire_after")
+)
+_INT_KNOBS = frozenset(("seed", *_BATCH_LIMITS))
 _OPTIONAL_INT_KNOBS = frozenset(("error_status",))
-_BOOL_KNOBS = frozenset(("auth_fail", "quota_exhausted"))
+_BOOL_KNOBS = frozenset(("auth_fail", "quota_exhausted", "batch_fail_validation"))
 KNOBS = frozenset(f.name for f in fields(FakeConfig))
 assert KNOBS == (
     _FLOAT_KNOBS | _OPTIONAL_FLOAT_KNOBS | _INT_KNOBS | _OPTIONAL_INT_KNOBS | _BOOL_KNOBS

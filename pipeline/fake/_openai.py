@@ -1,5 +1,8 @@
 """OpenAI chat completions: request checks, answers and error bodies. Pure: no I/O.
 
+Shared by the online endpoint and the batch lines (``_batches``): a batch line is checked and
+answered by exactly the functions here.
+
 ``parse_chat_request`` checks a decoded body the way ``POST /v1/chat/completions`` does and
 raises ``OpenAIInvalid`` (a 400 ``invalid_request_error`` naming the ``param``); ``answer``
 decides the reply text; ``completion_body`` builds a ``chat.completion`` object. Parameters the
@@ -8,6 +11,7 @@ fake does not use (``seed``, ``top_p``, ``stop``, ``tools`` ...) are accepted an
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -26,12 +30,18 @@ from ._answers import (
 from ._schema import example_for_schema
 
 __all__ = [
+    "BAD_JSON_BODY",
+    "BAD_KEY_BODY",
     "DEFAULT_OUTPUT_CHARGE",
+    "NO_KEY_BODY",
+    "QUOTA_BODY",
     "ChatRequest",
     "OpenAIInvalid",
     "answer",
+    "auth_failure",
     "completion_body",
     "error_body",
+    "error_object",
     "parse_chat_request",
     "prompt_text",
 ]
@@ -57,16 +67,64 @@ class OpenAIInvalid(Exception):
         self.code = code
 
     def body(self) -> bytes:
-        return error_body(self.message, "invalid_request_error", self.param, self.code)
+        return orjson.dumps(self.error_object())
+
+    def error_object(self) -> dict[str, Any]:
+        return error_object(self.message, "invalid_request_error", self.param, self.code)
+
+
+def error_object(
+    message: str, type_: str, param: str | None = None, code: str | None = None
+) -> dict[str, Any]:
+    """OpenAI's error envelope, decoded."""
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
 
 
 def error_body(
     message: str, type_: str, param: str | None = None, code: str | None = None
 ) -> bytes:
     """OpenAI's error envelope."""
-    return orjson.dumps(
-        {"error": {"message": message, "type": type_, "param": param, "code": code}}
-    )
+    return orjson.dumps(error_object(message, type_, param, code))
+
+
+NO_KEY_BODY: Final = error_body(
+    "You didn't provide an API key. You need to provide your API key in an Authorization header "
+    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
+    "https://platform.openai.com/account/api-keys.",
+    "invalid_request_error",
+)
+# The real API echoes a masked key; the fake echoes none of it.
+BAD_KEY_BODY: Final = error_body(
+    "Incorrect API key provided. You can find your API key at "
+    "https://platform.openai.com/account/api-keys.",
+    "invalid_request_error",
+    None,
+    "invalid_api_key",
+)
+BAD_JSON_BODY: Final = error_body(
+    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
+    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was "
+    "not valid JSON.)",
+    "invalid_request_error",
+)
+QUOTA_BODY: Final = error_body(
+    "You exceeded your current quota, please check your plan and billing details. For more "
+    "information on this error, read the docs: "
+    "https://platform.openai.com/docs/guides/error-codes/api-errors.",
+    "insufficient_quota",
+    None,
+    "insufficient_quota",
+)
+
+
+def auth_failure(headers: Mapping[str, str], auth_fail: bool) -> bytes | None:
+    """The body of the 401 a request with these headers gets, or None when it may pass."""
+    authorization = headers.get("Authorization", "")
+    if not authorization.startswith("Bearer ") or not authorization[7:].strip():
+        return NO_KEY_BODY
+    if auth_fail:
+        return BAD_KEY_BODY
+    return None
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,13 @@
 Routes
     ``POST /v1/chat/completions``   OpenAI chat completions
     ``POST /v1/messages``           Anthropic messages
+    ``/v1/files...``, ``/v1/batches...``, ``/v1/messages/batches...``
+                                    the batch APIs of both providers (``_batch_routes``)
     ``GET  /_fake/health``          200 ``{"ok": true}``
     ``GET  /_fake/accounting``      the ``AccountingSnapshot``
-    ``POST /_fake/reset``           forget everything seen (accounting, buckets, prompt cache, RNG)
+    ``GET  /_fake/accounting/batches``  the ``BatchAccountingSnapshot``
+    ``POST /_fake/reset``           forget everything seen (accounting, buckets, prompt cache, RNG,
+                                    files and batches)
     ``GET  /_fake/config``          the current knobs
     ``POST /_fake/config``          change knobs: a JSON object of ``FakeConfig`` fields
     anything else                   404 in the provider's shape (Anthropic's when
@@ -15,6 +19,10 @@ One request on a provider route goes: count it → auth → decode and check the
 rate limits → draw faults → latency → answer. Rate-limit headers are sent once the buckets have
 been consulted, on every such response, and only for the limits that are configured (an unlimited
 fake sends none). Everything runs on one event loop: no locks.
+
+The batch APIs answer each line with the same helpers as the online routes
+(``_openai_completion``, ``_anthropic_message``), so a line gets the online answer and usage;
+nothing about batches sits on the online request path.
 """
 
 from __future__ import annotations
@@ -35,7 +43,15 @@ import orjson
 from aiohttp import web
 
 from . import _anthropic, _openai
-from ._accounting import CLIENT_CLOSED, DROPPED, HUNG, Accounting, AccountingSnapshot
+from ._accounting import (
+    CLIENT_CLOSED,
+    DROPPED,
+    HUNG,
+    Accounting,
+    AccountingSnapshot,
+    BatchAccountingSnapshot,
+)
+from ._batch_routes import BatchAPI
 from ._cache import MIN_CACHEABLE_TOKENS, PromptCache
 from ._config import FakeConfig, config_from_mapping
 from ._limits import RateLimits, Refusal, go_duration
@@ -46,34 +62,6 @@ _JSON: Final = "application/json"
 _MAX_BODY_BYTES: Final = 32 * 1024 * 1024
 _SHUTDOWN_TIMEOUT_S: Final = 2.0
 
-_OPENAI_NO_KEY: Final = _openai.error_body(
-    "You didn't provide an API key. You need to provide your API key in an Authorization header "
-    "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY). You can obtain an API key from "
-    "https://platform.openai.com/account/api-keys.",
-    "invalid_request_error",
-)
-# The real API echoes a masked key; the fake echoes none of it.
-_OPENAI_BAD_KEY: Final = _openai.error_body(
-    "Incorrect API key provided. You can find your API key at "
-    "https://platform.openai.com/account/api-keys.",
-    "invalid_request_error",
-    None,
-    "invalid_api_key",
-)
-_OPENAI_BAD_JSON: Final = _openai.error_body(
-    "We could not parse the JSON body of your request. (HINT: This likely means you aren't using "
-    "your HTTP library correctly. The OpenAI API expects a JSON payload, but what was sent was "
-    "not valid JSON.)",
-    "invalid_request_error",
-)
-_OPENAI_QUOTA: Final = _openai.error_body(
-    "You exceeded your current quota, please check your plan and billing details. For more "
-    "information on this error, read the docs: "
-    "https://platform.openai.com/docs/guides/error-codes/api-errors.",
-    "insufficient_quota",
-    None,
-    "insufficient_quota",
-)
 _OPENAI_ERRORS: Final = {
     500: "The server had an error while processing your request. Sorry about that!",
     502: "Bad gateway.",
@@ -94,10 +82,6 @@ _ANTHROPIC_ERRORS: Final = {
     504: ("timeout_error", "Request timed out"),
     529: ("overloaded_error", "Overloaded"),
 }
-_ANTHROPIC_QUOTA: Final = (
-    "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
-    "to upgrade or purchase credits."
-)
 _RATE_LIMITS_DOCS: Final = "https://platform.openai.com/account/rate-limits"
 
 
@@ -122,6 +106,13 @@ class FakeProvider:
         self._runner: web.AppRunner | None = None
         self._host = "127.0.0.1"
         self._port: int | None = None
+        self._batches = BatchAPI(
+            config=lambda: self._config,
+            next_id=self._next_id,
+            accounting=self._accounting,
+            openai_completion=self._openai_completion,
+            anthropic_message=self._anthropic_message,
+        )
         self.app: Final = self._build_app()
 
     # -- public ----------------------------------------------------------------------------
@@ -152,8 +143,18 @@ class FakeProvider:
         return self.url
 
     def accounting(self) -> AccountingSnapshot:
-        """What the fake saw and charged so far (the JSON of ``GET /_fake/accounting``)."""
+        """What the fake saw and charged so far (the JSON of ``GET /_fake/accounting``).
+
+        Batches are caught up to now first, so lines that are due count as paid.
+        """
+        self._batches.advance_all()
         return self._accounting.snapshot()
+
+    def batch_accounting(self) -> BatchAccountingSnapshot:
+        """What only batches have: batches created, files uploaded, the batch share of the paid
+        lines and tokens (the JSON of ``GET /_fake/accounting/batches``)."""
+        self._batches.advance_all()
+        return self._accounting.batch_snapshot()
 
     async def wait_for_requests(self, count: int) -> None:
         """Return once ``count`` requests (since the last reset) have reached a provider route.
@@ -178,13 +179,15 @@ class FakeProvider:
                     waiter.set_result(None)
 
     def reset(self) -> None:
-        """Forget everything seen: accounting, rate-limit buckets, prompt cache; reseed the RNG.
+        """Forget everything seen: accounting, rate-limit buckets, prompt cache, files and
+        batches; reseed the RNG.
 
         The knobs stay as they are. Meant for quiet moments: a request in flight during a reset
         still records its outcome afterwards.
         """
         self._accounting.clear()
         self._cache.clear()
+        self._batches.clear()
         self._rng.seed(self._config.seed)
         self._limits = self._new_limits(self._config)
 
@@ -248,8 +251,10 @@ class FakeProvider:
         app = web.Application(client_max_size=_MAX_BODY_BYTES)
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        self._batches.add_routes(app.router)
         app.router.add_get("/_fake/health", self._health)
         app.router.add_get("/_fake/accounting", self._get_accounting)
+        app.router.add_get("/_fake/accounting/batches", self._get_batch_accounting)
         app.router.add_post("/_fake/reset", self._post_reset)
         app.router.add_get("/_fake/config", self._get_config)
         app.router.add_post("/_fake/config", self._post_config)
@@ -360,21 +365,19 @@ class FakeProvider:
         ident = self._next_id()
         headers = {"Content-Type": _JSON, "x-request-id": f"req_{ident}"}
 
-        authorization = request.headers.get("Authorization", "")
-        if not authorization.startswith("Bearer ") or not authorization[7:].strip():
-            return self._respond(401, _OPENAI_NO_KEY, headers)
-        if config.auth_fail:
-            return self._respond(401, _OPENAI_BAD_KEY, headers)
+        denied = _openai.auth_failure(request.headers, config.auth_fail)
+        if denied is not None:
+            return self._respond(401, denied, headers)
         try:
             body = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
-            return self._respond(400, _OPENAI_BAD_JSON, headers)
+            return self._respond(400, _openai.BAD_JSON_BODY, headers)
         try:
             chat = _openai.parse_chat_request(body)
         except _openai.OpenAIInvalid as invalid:
             return self._respond(400, invalid.body(), headers)
         if config.quota_exhausted:
-            return self._respond(429, _OPENAI_QUOTA, headers)
+            return self._respond(429, _openai.QUOTA_BODY, headers)
 
         limits = self._limits["openai"]
         if limits.active:
@@ -395,12 +398,26 @@ class FakeProvider:
                 error_type = "server_error" if status >= 500 else "invalid_request_error"
                 return self._respond(status, _openai.error_body(message, error_type), headers)
 
+        payload, cached = self._openai_completion(chat, ident)
+        raw = orjson.dumps(payload)
+        if fault == "malformed":
+            return self._respond(200, raw[: len(raw) // 2], headers)
+        if fault == "empty":
+            return self._respond(200, b"", headers)
+        usage = payload["usage"]
+        accounting.payment(client_id, chat.prompt_tokens, usage["completion_tokens"], cached, 0)
+        return self._respond(200, raw, headers)
+
+    def _openai_completion(
+        self, chat: _openai.ChatRequest, ident: str
+    ) -> tuple[dict[str, Any], int]:
+        """The ``chat.completion`` answering ``chat`` and its cached prompt tokens (online and
+        batch lines alike)."""
         content, completion_tokens, finish_reason = _openai.answer(chat)
         cached = 0
-        now = time.monotonic()
         if chat.prompt_tokens >= MIN_CACHEABLE_TOKENS:
             cached = self._cache.openai_cached_tokens(
-                chat.model, _openai.prompt_text(chat), chat.prompt_tokens, now
+                chat.model, _openai.prompt_text(chat), chat.prompt_tokens, time.monotonic()
             )
         payload = _openai.completion_body(
             chat,
@@ -411,14 +428,7 @@ class FakeProvider:
             finish_reason=finish_reason,
             cached_tokens=cached,
         )
-        raw = orjson.dumps(payload)
-        if fault == "malformed":
-            return self._respond(200, raw[: len(raw) // 2], headers)
-        if fault == "empty":
-            return self._respond(200, b"", headers)
-        usage = payload["usage"]
-        accounting.payment(client_id, chat.prompt_tokens, usage["completion_tokens"], cached, 0)
-        return self._respond(200, raw, headers)
+        return payload, cached
 
     # -- Anthropic ---------------------------------------------------------------------------
 
@@ -431,19 +441,11 @@ class FakeProvider:
         request_id = f"req_{ident}"
         headers = {"Content-Type": _JSON, "request-id": request_id}
 
-        if not _anthropic_key(request):
-            body = _anthropic.error_body(
-                "authentication_error", "x-api-key header is required", request_id
-            )
-            return self._respond(401, body, headers)
-        if config.auth_fail:
-            body = _anthropic.error_body("authentication_error", "invalid x-api-key", request_id)
-            return self._respond(401, body, headers)
-        if not request.headers.get("anthropic-version"):
-            body = _anthropic.error_body(
-                "invalid_request_error", "anthropic-version: header is required", request_id
-            )
-            return self._respond(400, body, headers)
+        denied = _anthropic.auth_failure(request.headers, config.auth_fail)
+        if denied is not None:
+            status, error_type, text = denied
+            body = _anthropic.error_body(error_type, text, request_id)
+            return self._respond(status, body, headers)
         try:
             decoded = orjson.loads(await request.read())
         except orjson.JSONDecodeError:
@@ -457,7 +459,9 @@ class FakeProvider:
             body = _anthropic.error_body("invalid_request_error", invalid.message, request_id)
             return self._respond(400, body, headers)
         if config.quota_exhausted:
-            body = _anthropic.error_body("invalid_request_error", _ANTHROPIC_QUOTA, request_id)
+            body = _anthropic.error_body(
+                "invalid_request_error", _anthropic.QUOTA_MESSAGE, request_id
+            )
             return self._respond(400, body, headers)
 
         limits = self._limits["anthropic"]
@@ -483,6 +487,20 @@ class FakeProvider:
                 body = _anthropic.error_body(error_type, text, request_id)
                 return self._respond(status, body, headers)
 
+        payload, output_tokens, cache_read, cache_write = self._anthropic_message(message, ident)
+        raw = orjson.dumps(payload)
+        if fault == "malformed":
+            return self._respond(200, raw[: len(raw) // 2], headers)
+        if fault == "empty":
+            return self._respond(200, b"", headers)
+        accounting.payment(client_id, message.input_tokens, output_tokens, cache_read, cache_write)
+        return self._respond(200, raw, headers)
+
+    def _anthropic_message(
+        self, message: _anthropic.MessagesRequest, ident: str
+    ) -> tuple[dict[str, Any], int, int, int]:
+        """The ``Message`` answering ``message``, with its output tokens, cache reads and cache
+        writes (online and batch lines alike)."""
         content, output_tokens, stop_reason = _anthropic.answer(message, f"toolu_{ident}")
         cache_read = cache_write = 0
         if message.cache_prefix_tokens >= MIN_CACHEABLE_TOKENS:
@@ -499,13 +517,7 @@ class FakeProvider:
             cache_read=cache_read,
             cache_write=cache_write,
         )
-        raw = orjson.dumps(payload)
-        if fault == "malformed":
-            return self._respond(200, raw[: len(raw) // 2], headers)
-        if fault == "empty":
-            return self._respond(200, b"", headers)
-        accounting.payment(client_id, message.input_tokens, output_tokens, cache_read, cache_write)
-        return self._respond(200, raw, headers)
+        return payload, output_tokens, cache_read, cache_write
 
     # -- control routes ----------------------------------------------------------------------
 
@@ -514,6 +526,9 @@ class FakeProvider:
 
     async def _get_accounting(self, request: web.Request) -> web.Response:
         return _json_response(self.accounting())
+
+    async def _get_batch_accounting(self, request: web.Request) -> web.Response:
+        return _json_response(self.batch_accounting())
 
     async def _post_reset(self, request: web.Request) -> web.Response:
         self.reset()
@@ -544,16 +559,6 @@ class FakeProvider:
         else:
             body = _openai.error_body(f"Invalid URL ({where})", "invalid_request_error")
         return web.Response(body=body, status=404, content_type=_JSON)
-
-
-def _anthropic_key(request: web.BaseRequest) -> str:
-    """The API key: ``x-api-key``, or ``Authorization: Bearer`` as the newer official SDK sends."""
-    key = request.headers.get("x-api-key", "").strip()
-    if not key:
-        authorization = request.headers.get("Authorization", "")
-        if authorization.startswith("Bearer "):
-            key = authorization[7:].strip()
-    return key
 
 
 def _wake(waiter: asyncio.Future[bool], finished: bool) -> None:
