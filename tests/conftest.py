@@ -6,3 +6,116 @@ import pytest
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+# -- a fake provider in a thread of its own, for synchronous callers (the CLI) ----------------
+# (appended below the original fixtures, imports included, so concurrent edits do not collide)
+
+import asyncio  # noqa: E402
+import concurrent.futures  # noqa: E402
+import dataclasses  # noqa: E402
+import threading  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from typing import Any, TypeVar  # noqa: E402
+
+from pipeline.fake import (  # noqa: E402
+    AccountingSnapshot,
+    FakeConfig,
+    FakeProvider,
+    running_fake_provider,
+)
+
+T = TypeVar("T")
+
+
+class ThreadedFakeProvider:
+    """A fake provider serving from its own thread and event loop.
+
+    ``pipeline.cli.main`` runs its own event loop with ``anyio.run``, so a fake on the test's
+    loop could not answer it. This one can; every call that touches the provider's state runs
+    on the provider's loop (its accounting is loop-only).
+    """
+
+    def __init__(self, provider: FakeProvider, loop: asyncio.AbstractEventLoop) -> None:
+        self.provider = provider
+        self.loop = loop
+
+    @property
+    def openai_base_url(self) -> str:
+        return self.provider.openai_base_url
+
+    @property
+    def anthropic_base_url(self) -> str:
+        return self.provider.anthropic_base_url
+
+    def base_url(self, provider: str) -> str:
+        return self.openai_base_url if provider == "openai" else self.anthropic_base_url
+
+    def call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``fn(*args, **kwargs)`` on the provider's loop; its result or its exception."""
+        done: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+        def run() -> None:
+            try:
+                done.set_result(fn(*args, **kwargs))
+            except BaseException as exc:  # handed to the calling thread
+                done.set_exception(exc)
+
+        self.loop.call_soon_threadsafe(run)
+        return done.result(timeout=10)
+
+    def accounting(self) -> AccountingSnapshot:
+        return self.call(self.provider.accounting)
+
+    def update_config(self, **knobs: object) -> FakeConfig:
+        return self.call(self.provider.update_config, **knobs)
+
+    def reset(self) -> None:
+        """Default knobs, empty accounting and fresh buckets: as if just started."""
+        defaults = {f.name: getattr(FakeConfig(), f.name) for f in dataclasses.fields(FakeConfig)}
+        self.call(self.provider.update_config, **defaults)
+        self.call(self.provider.reset)
+
+
+@pytest.fixture(scope="session")
+def fake_provider_thread() -> Iterator[ThreadedFakeProvider]:
+    """One fake provider on 127.0.0.1 (port 0) for the session, served by a daemon thread."""
+    started = threading.Event()
+    state: dict[str, Any] = {}
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        async with running_fake_provider(FakeConfig()) as provider:
+            state["fake"] = ThreadedFakeProvider(provider, asyncio.get_running_loop())
+            state["stop"] = stop
+            started.set()
+            await stop.wait()
+
+    def main() -> None:
+        try:
+            asyncio.run(serve())
+        except BaseException as exc:
+            state["error"] = exc
+        finally:
+            started.set()
+
+    thread = threading.Thread(target=main, name="fake-provider", daemon=True)
+    thread.start()
+    started.wait(timeout=30)
+    if "fake" not in state:
+        raise RuntimeError(f"the fake provider did not start: {state.get('error')!r}")
+    fake: ThreadedFakeProvider = state["fake"]
+    try:
+        yield fake
+    finally:
+        fake.loop.call_soon_threadsafe(state["stop"].set)
+        thread.join(timeout=10)
+        assert not thread.is_alive(), "the fake provider's thread did not stop"
+        assert "error" not in state, state.get("error")
+
+
+@pytest.fixture
+def threaded_fake(fake_provider_thread: ThreadedFakeProvider) -> ThreadedFakeProvider:
+    """The session's threaded fake provider, reset to defaults for this test."""
+    fake_provider_thread.reset()
+    return fake_provider_thread
