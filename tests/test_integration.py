@@ -450,18 +450,7 @@ async def test_hung_requests_time_out_and_are_retried(tmp_path: Path) -> None:
         ("openai", {"error_rate": 1.0}, "server_error", "HTTP 500"),
         ("anthropic", {"error_rate": 1.0}, "overloaded", "HTTP 529"),
         ("openai", {"error_rate": 1.0, "error_status": 503}, "overloaded", "HTTP 503"),
-        pytest.param(
-            "openai",
-            {"drop_rate": 1.0},
-            "connection_error",
-            "connection",
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason="BUG: providers/_base.py mapped_transport_errors reports a dropped "
-                "connection as error_type 'timeout' ('request timed out (ConnectTimeout)'): "
-                "httpx_aiohttp maps aiohttp.ServerDisconnectedError to httpx.ConnectTimeout",
-            ),
-        ),
+        ("openai", {"drop_rate": 1.0}, "connection_error", "connection"),
         ("openai", {"malformed_rate": 1.0}, "bad_response", "not valid JSON"),
         ("anthropic", {"empty_rate": 1.0}, "empty_response", "empty response"),
         ("openai", {"hang_rate": 1.0, "hang_s": 5.0}, "timeout", "timed out|timeout"),

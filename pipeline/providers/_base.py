@@ -57,6 +57,15 @@ def mapped_transport_errors(provider: str) -> Iterator[None]:
     try:
         yield
     except httpx.TimeoutException as exc:
+        cause = exc.__cause__
+        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+            cause, aiohttp.ServerTimeoutError
+        ):
+            # httpx-aiohttp reports a dropped connection as ConnectTimeout; it is not one.
+            raise TransientError(
+                f"{provider}: connection failed ({type(cause).__name__}: {cause})",
+                error_type="connection_error",
+            ) from exc
         raise TransientError(
             f"{provider}: request timed out ({type(exc).__name__})", error_type="timeout"
         ) from exc
