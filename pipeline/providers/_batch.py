@@ -1,0 +1,118 @@
+"""The batch side of a provider: submit many requests at once, poll, collect (half price).
+
+A batch job goes: rows → one serialized line per request (``BatchProvider.line``) → part files
+no larger than the provider's limits (``pipeline.batch.split_parts``) → ``submit`` each part →
+``poll`` until it has ended → ``results`` yields one ``BatchLine`` per request, joined back to its
+row by ``custom_id`` (the row's request key). The runner commits what ``submit`` returns before
+it waits, so a run killed while waiting polls the same batches again instead of paying twice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ..records import Reply, Request
+
+__all__ = [
+    "BatchLine",
+    "BatchPart",
+    "BatchProvider",
+    "BatchState",
+    "LineError",
+    "Submitted",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class BatchPart:
+    """One prepared input file: ``count`` request lines, ``bytes`` bytes on disk at ``path``.
+
+    For OpenAI the file is the JSONL to upload; for Anthropic it holds one ``{"custom_id",
+    "params"}`` JSON object per line, which ``submit`` streams as the ``requests`` array.
+    """
+
+    index: int
+    path: Path
+    count: int
+    bytes: int
+    first_key: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Submitted:
+    """What a provider gave back for a part: commit it before waiting."""
+
+    batch_id: str
+    input_file_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class LineError:
+    """A validation error the provider reported for one input line (1-based)."""
+
+    line: int | None
+    code: str | None
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class BatchState:
+    """A batch's state, normalised across providers.
+
+    ``status`` is the provider's own word (OpenAI: validating, in_progress, finalizing,
+    completed, failed, expired, cancelling, cancelled; Anthropic: in_progress, canceling,
+    ended). ``ended`` is True once no further line will be answered, whatever the reason:
+    results (possibly partial) can then be collected. ``failed`` is True when the batch was
+    rejected as a whole (OpenAI validation failure): ``errors`` says why, line by line.
+    """
+
+    batch_id: str
+    status: str
+    ended: bool
+    failed: bool = False
+    total: int = 0
+    succeeded: int = 0
+    errored: int = 0
+    output_file_id: str | None = None
+    error_file_id: str | None = None
+    errors: tuple[LineError, ...] = ()
+    raw_counts: Mapping[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class BatchLine:
+    """The outcome of one request of a batch. ``reply`` is set when it succeeded; otherwise
+    ``error_type`` is e.g. ``expired``, ``canceled``, ``invalid_request``, ``server_error``
+    and ``error`` the provider's message."""
+
+    custom_id: str
+    reply: Reply | None = None
+    error_type: str | None = None
+    error: str | None = None
+
+
+class BatchProvider(Protocol):
+    """Provider batch endpoints. Errors are ``ProviderError`` subclasses, as online."""
+
+    name: str
+    max_requests: int  # per batch, as the provider allows (or lower, when configured)
+    max_bytes: int
+
+    def line(self, request: Request) -> bytes:
+        """One request as a line of a part file (no trailing newline); custom_id = key."""
+        ...
+
+    async def submit(self, part: BatchPart, *, metadata: Mapping[str, str]) -> Submitted: ...
+
+    async def poll(self, batch_id: str) -> BatchState: ...
+
+    def results(self, state: BatchState) -> AsyncIterator[BatchLine]:
+        """Every answered (or failed) request of an ended batch, streamed, in any order."""
+        ...
+
+    async def cancel(self, batch_id: str) -> BatchState: ...
+
+    async def aclose(self) -> None: ...
