@@ -192,6 +192,19 @@ def test_processing_order_is_a_permutation_and_never_the_input_order(count: int,
     assert order == processing_order(count, random.Random(seed))
 
 
+def test_a_budget_catches_up_in_slices_to_the_same_end() -> None:
+    sliced, whole = openai_batch(), openai_batch()
+    calls = 0
+    while not sliced.advance(500.0, budget=3):
+        calls += 1
+        assert sliced.done == 3 * calls
+        assert sliced.to_json()["status"] == "in_progress"
+    assert calls == 3  # 3 + 3 + 3 lines, then the last one and the remaining phases
+    assert whole.advance(500.0)
+    assert sliced.to_json() == whole.to_json()
+    assert [raw for _, raw in sliced.results] == [raw for _, raw in whole.results]
+
+
 def test_zero_in_progress_time_answers_every_line_at_the_start() -> None:
     timing = BatchTiming(validating_s=0.0, in_progress_s=0.0, finalizing_s=0.0, cancelling_s=0.0)
     batch = openai_batch(timing=timing)

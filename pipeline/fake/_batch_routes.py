@@ -34,15 +34,20 @@ provider's answer helpers, prompt cache included): the same params get the same 
 same usage, and a line answered with a message is paid under its ``custom_id``. Batch lines do
 not go through the online faults or rate limits: batches have their own knobs
 (``batch_error_rate``, ``batch_expire_after``, ``batch_fail_validation``). Nothing runs in the
-background (see ``_batches``): catching up happens when a batch is looked at.
+background (see ``_batches``): catching up happens when a batch is looked at, in slices of
+``_SLICE_LINES`` answered lines with a checkpoint in between, so a big batch does not hold up the
+online requests served meanwhile. (Validating an input file is still done in one go: about
+0.2 s for 50,000 lines.)
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
+import anyio
+import anyio.lowlevel
 import orjson
 from aiohttp import BodyPartReader, web
 
@@ -66,6 +71,7 @@ __all__ = ["BatchAPI"]
 
 _JSON: Final = "application/json"
 _CHUNK: Final = 1 << 16
+_SLICE_LINES: Final = 500  # lines answered between two checkpoints (about 15 ms)
 _MAX_UPLOAD_BYTES: Final = 512_000_000  # OpenAI's limit for any file, whatever its purpose
 _PURPOSES: Final = ("assistants", "batch", "fine-tune", "vision", "user_data", "evals")
 _ENDPOINT: Final = "/v1/chat/completions"
@@ -130,6 +136,7 @@ class BatchAPI:
         self._openai: dict[str, OpenAIBatch] = {}
         self._anthropic: dict[str, AnthropicBatch] = {}
         self._serial = 0
+        self._generation = 0  # bumped by ``clear``: forgotten batches stop catching up
 
     def add_routes(self, router: web.UrlDispatcher) -> None:
         router.add_post("/v1/files", self._upload_file)
@@ -153,13 +160,29 @@ class BatchAPI:
         self._openai.clear()
         self._anthropic.clear()
         self._serial = 0
+        self._generation += 1
 
     def advance_all(self) -> None:
-        """Catch every unfinished batch up to now (before accounting is read)."""
+        """Catch every unfinished batch up to now, in one go (before accounting is read)."""
         now = time.monotonic()
         for job in (*self._openai.values(), *self._anthropic.values()):
             if not job.ended:
                 job.advance(now)
+
+    async def catch_up_all(self) -> None:
+        """``advance_all`` in slices, letting other requests in between."""
+        await self._catch_up((*self._openai.values(), *self._anthropic.values()))
+
+    async def _catch_up(self, jobs: Iterable[BatchJob]) -> None:
+        """Catch ``jobs`` up to now, ``_SLICE_LINES`` answered lines at a time, with a
+        checkpoint in between; stop if the provider is reset meanwhile."""
+        now = time.monotonic()
+        generation = self._generation
+        for job in jobs:
+            while not job.ended and not job.advance(now, _SLICE_LINES):
+                await anyio.lowlevel.checkpoint()
+                if self._generation != generation:
+                    return
 
     # -- LineServices ---------------------------------------------------------------------------
 
@@ -360,30 +383,31 @@ class BatchAPI:
         )
         self._openai[batch_id] = job
         self._accounting.batch_created("openai")
-        job.advance(time.monotonic())
+        await self._catch_up((job,))
         return _openai_json(job.to_json(), ident)
 
-    def _openai_batch(self, request: web.Request) -> OpenAIBatch:
+    async def _openai_batch(self, request: web.Request) -> OpenAIBatch:
+        """The batch named in the path, caught up to now."""
         _openai_allowed(request, self._config())
         batch_id = request.match_info["batch_id"]
         job = self._openai.get(batch_id)
         if job is None:
             raise _openai_refusal(404, f"No such Batch object: {batch_id}", "batch_id")
+        await self._catch_up((job,))
         return job
 
     async def _get_openai(self, request: web.Request) -> web.Response:
         ident = self._next_id()
         try:
-            job = self._openai_batch(request)
+            job = await self._openai_batch(request)
         except _Refusal as refusal:
             return _openai_response(refusal.status, refusal.body, ident)
-        job.advance(time.monotonic())
         return _openai_json(job.to_json(), ident)
 
     async def _cancel_openai(self, request: web.Request) -> web.Response:
         ident = self._next_id()
         try:
-            job = self._openai_batch(request)
+            job = await self._openai_batch(request)
             if not job.cancel(time.monotonic()):
                 raise _openai_refusal(400, f"Cannot cancel a batch with status '{job.phase}'.")
         except _Refusal as refusal:
@@ -404,11 +428,8 @@ class BatchAPI:
             return _openai_response(refusal.status, refusal.body, ident)
         newest_first = list(reversed(self._openai.values()))
         page, has_more = _page_after(newest_first, request.query.get("after"), limit)
-        now = time.monotonic()
-        data = []
-        for job in page:
-            job.advance(now)
-            data.append(job.to_json())
+        await self._catch_up(page)
+        data = [job.to_json() for job in page]
         listing: dict[str, Any] = {"object": "list", "data": data, "has_more": has_more}
         if data:
             listing["first_id"] = data[0]["id"]
@@ -453,10 +474,11 @@ class BatchAPI:
         job = AnthropicBatch(lines=lines, **self._job_settings(config, "anthropic", batch_id))
         self._anthropic[batch_id] = job
         self._accounting.batch_created("anthropic")
-        job.advance(time.monotonic())
+        await self._catch_up((job,))
         return _anthropic_json(job.to_json(_origin(request)), request_id)
 
-    def _anthropic_batch(self, request: web.Request) -> AnthropicBatch:
+    async def _anthropic_batch(self, request: web.Request) -> AnthropicBatch:
+        """The batch named in the path, caught up to now."""
         _anthropic_allowed(request, self._config())
         batch_id = request.match_info["batch_id"]
         job = self._anthropic.get(batch_id)
@@ -464,13 +486,13 @@ class BatchAPI:
             raise _anthropic_refusal(
                 404, "not_found_error", f"No message batch found with id {batch_id}"
             )
-        job.advance(time.monotonic())
+        await self._catch_up((job,))
         return job
 
     async def _get_anthropic(self, request: web.Request) -> web.Response:
         request_id = f"req_{self._next_id()}"
         try:
-            job = self._anthropic_batch(request)
+            job = await self._anthropic_batch(request)
         except _AnthropicRefusal as refusal:
             return _anthropic_error(refusal, request_id)
         return _anthropic_json(job.to_json(_origin(request)), request_id)
@@ -478,7 +500,7 @@ class BatchAPI:
     async def _cancel_anthropic(self, request: web.Request) -> web.Response:
         request_id = f"req_{self._next_id()}"
         try:
-            job = self._anthropic_batch(request)
+            job = await self._anthropic_batch(request)
             if not job.cancel(time.monotonic()):
                 raise _anthropic_refusal(
                     400,
@@ -492,7 +514,7 @@ class BatchAPI:
     async def _delete_anthropic(self, request: web.Request) -> web.Response:
         request_id = f"req_{self._next_id()}"
         try:
-            job = self._anthropic_batch(request)
+            job = await self._anthropic_batch(request)
             if not job.ended:
                 raise _anthropic_refusal(
                     400,
@@ -508,7 +530,7 @@ class BatchAPI:
     async def _anthropic_results(self, request: web.Request) -> web.StreamResponse:
         request_id = f"req_{self._next_id()}"
         try:
-            job = self._anthropic_batch(request)
+            job = await self._anthropic_batch(request)
             data = job.results_data
             if data is None:
                 raise _anthropic_refusal(
@@ -544,12 +566,9 @@ class BatchAPI:
             page, has_more = _page_before(newest_first, before, limit)
         else:
             page, has_more = _page_after(newest_first, request.query.get("after_id"), limit)
-        now = time.monotonic()
+        await self._catch_up(page)
         origin = _origin(request)
-        data = []
-        for job in page:
-            job.advance(now)
-            data.append(job.to_json(origin))
+        data = [job.to_json(origin) for job in page]
         listing = {
             "data": data,
             "has_more": has_more,

@@ -19,7 +19,9 @@ the rest are never answered.
 ``advance(now)`` catches a batch up to ``now``: it answers the lines that are due and moves
 through every phase whose time has come. The server calls it whenever a batch is looked at (and
 before accounting is read), so a client sees what a batch running on its own would show at that
-moment; the timestamps are those of the schedule, not of the look.
+moment; the timestamps are those of the schedule, not of the look. ``advance(now, budget)``
+answers at most ``budget`` lines and says whether it got all the way, so a server can catch a big
+batch up in slices and serve other requests in between.
 
 Lines are answered in a deterministic shuffle (never the input order when there are two or more
 lines), which is also the order of the result files. Error draws (``error_rate``) come from the
@@ -323,29 +325,34 @@ class BatchJob:
     def ended(self) -> bool:
         return self.phase not in _RUNNING and self.phase != CANCELLING
 
-    def advance(self, now: float) -> None:
-        """Catch up to ``now``: answer the lines that are due, move through due phases."""
+    def advance(self, now: float, budget: int | None = None) -> bool:
+        """Catch up to ``now``: answer the lines that are due, move through due phases.
+
+        Answers at most ``budget`` lines (None: no limit). True when the batch is caught up;
+        False when the budget ran out first (call again).
+        """
         while True:
             phase = self.phase
             if phase == VALIDATING:
                 if now < self.start:
-                    return
+                    return True
                 self._begin()
             elif phase == IN_PROGRESS:
-                if not self._work(now):
-                    return
+                progress = self._work(now, budget)
+                if progress != "moved":
+                    return progress == "waiting"
             elif phase == FINALIZING:
                 finish = self.at[FINALIZING] + self.timing.finalizing_s
                 if now < finish:
-                    return
+                    return True
                 self._end(COMPLETED, finish)
             elif phase == CANCELLING:
                 finish = self.at[CANCELLING] + self.timing.cancelling_s
                 if now < finish:
-                    return
+                    return True
                 self._end(CANCELLED, finish)
             else:
-                return
+                return True
 
     def cancel(self, now: float) -> bool:
         """Start cancelling (after catching up to ``now``); False when the batch has ended."""
@@ -373,13 +380,16 @@ class BatchJob:
         self.at[IN_PROGRESS] = self.start
         self.phase = IN_PROGRESS
 
-    def _work(self, now: float) -> bool:
-        """Answer the due lines; True when the phase changed (look again)."""
+    def _work(self, now: float, budget: int | None) -> str:
+        """Answer the due lines: ``"moved"`` when the phase changed (look again), ``"waiting"``
+        when the next step is in the future, ``"budget"`` when ``budget`` lines were answered
+        and more are due."""
         total = len(self.lines)
         target = self._due(now)
         if self.expire_count is not None:
             target = min(target, self.expire_count)
-        while self.done < target:
+        stop = target if budget is None else min(target, self.done + budget)
+        while self.done < stop:
             line = self.lines[self.order[self.done]]
             inject = self.error_rate > 0 and self._rng.random() < self.error_rate
             succeeded, raw = self._answer(line, inject)
@@ -389,17 +399,19 @@ class BatchJob:
             else:
                 self.errored += 1
             self.done += 1
+        if self.done < target:
+            return "budget"
         if self.expire_count is not None and self.done == self.expire_count:
             moment = self.line_time(self.expire_count)
             if now >= moment:
                 self._end(EXPIRED, moment)
-                return True
-            return False
+                return "moved"
+            return "waiting"
         if self.done == total:
             self.at[FINALIZING] = self.line_time(total)
             self.phase = FINALIZING
-            return True
-        return False
+            return "moved"
+        return "waiting"
 
     def _end(self, phase: str, moment: float) -> None:
         self.phase = phase

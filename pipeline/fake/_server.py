@@ -525,9 +525,11 @@ class FakeProvider:
         return _json_response({"ok": True})
 
     async def _get_accounting(self, request: web.Request) -> web.Response:
+        await self._batches.catch_up_all()
         return _json_response(self.accounting())
 
     async def _get_batch_accounting(self, request: web.Request) -> web.Response:
+        await self._batches.catch_up_all()
         return _json_response(self.batch_accounting())
 
     async def _post_reset(self, request: web.Request) -> web.Response:
