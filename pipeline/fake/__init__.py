@@ -13,6 +13,16 @@ twice.
         fake.update_config(error_rate=0.0)
         assert fake.accounting()["duplicates_paid"] == 0
 
+It also serves both providers' batch APIs (OpenAI ``/v1/files`` and ``/v1/batches``, Anthropic
+``/v1/messages/batches``): batches move through their statuses on a clock set by the
+``batch_*`` knobs (about a second by default), each line is answered exactly as the online
+endpoint would answer it and paid under its ``custom_id``, and ``fake.batch_accounting()`` counts
+the batches created and files uploaded:
+
+    async with running_fake_provider(FakeConfig(batch_expire_after=0.5)) as fake:
+        ...  # client.files.create(...), client.batches.create(...), poll, read the files
+        assert fake.batch_accounting()["batches_created"]["openai"] == 1
+
 From a shell: ``pipeline fake-provider --port 8765`` (``serve_forever``).
 """
 
