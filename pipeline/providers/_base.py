@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
 
@@ -16,11 +16,14 @@ from ..records import Reply, Request, Usage
 from ..retry import classify_http_error
 
 __all__ = [
+    "APIClient",
     "JSONProvider",
     "Provider",
+    "iter_lines",
     "make_transport",
     "mapped_transport_errors",
     "parse_json_body",
+    "timeout_extensions",
 ]
 
 
@@ -109,6 +112,126 @@ def raise_for_status(provider: str, response: httpx.Response) -> None:
         raise err
 
 
+def timeout_extensions(timeout_s: float) -> dict[str, Any]:
+    """Request extensions that bound connecting, each read, each write and the wait for a pooled
+    connection: a hang costs one attempt, not the run."""
+    return {
+        "timeout": {
+            "connect": timeout_s,
+            "read": timeout_s,
+            "write": timeout_s,
+            "pool": timeout_s,
+        }
+    }
+
+
+async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
+    """The lines of a byte stream, without ``\\n`` or ``\\r\\n``; a last line without a
+    newline is a line too. Only one partial line is held at a time."""
+    partial = bytearray()  # a line split across chunks, grown without quadratic copying
+    async for chunk in chunks:
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            if partial:
+                partial += chunk[start:end]
+                line = bytes(partial)
+                partial.clear()
+            else:
+                line = chunk[start:end]
+            yield line.removesuffix(b"\r")
+            start = end + 1
+        partial += chunk[start:]
+    if partial:
+        yield bytes(partial).removesuffix(b"\r")
+
+
+class APIClient:
+    """JSON calls and streamed line-by-line downloads against one provider's API.
+
+    What the batch clients share: the same transport seam, headers, timeouts and error mapping
+    as ``JSONProvider`` (network failures through ``mapped_transport_errors``, non-200 answers
+    through ``classify_http_error``, bodies through ``parse_json_body``). ``path`` arguments are
+    appended to ``base_url``; an absolute ``http(s)://`` URL is used as it is.
+    """
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport,
+        *,
+        provider: str,
+        base_url: str,
+        headers: Mapping[str, str],
+        timeout_s: float = 60.0,
+    ) -> None:
+        self.provider = provider
+        self._transport = transport
+        self._base_url = base_url.rstrip("/")
+        self._headers = dict(headers)
+        self._extensions = timeout_extensions(timeout_s)
+
+    def url(self, path: str) -> httpx.URL:
+        if path.startswith(("http://", "https://")):
+            return httpx.URL(path)
+        return httpx.URL(self._base_url + path)
+
+    async def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: AsyncIterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Mapping[str, Any]:
+        """Send one request (``json`` encoded with orjson, or ``content`` streamed as it is
+        produced) and return the JSON object of its 200 answer."""
+        request_headers = dict(self._headers)
+        body: bytes | AsyncIterable[bytes] | None = content
+        if json is not None:
+            body = orjson.dumps(json)
+            request_headers["content-type"] = "application/json"
+        if headers:
+            request_headers.update(headers)
+        request = httpx.Request(
+            method,
+            self.url(path),
+            headers=request_headers,
+            content=body,
+            extensions=self._extensions,
+        )
+        with mapped_transport_errors(self.provider):
+            response = await self._transport.handle_async_request(request)
+            try:
+                await response.aread()
+            finally:
+                await response.aclose()
+        raise_for_status(self.provider, response)
+        return parse_json_body(self.provider, response.status_code, response.content)
+
+    async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
+        """``GET path`` and yield its body line by line as it arrives (see ``iter_lines``).
+
+        Close the iterator (``contextlib.aclosing``) when stopping early: that releases the
+        connection.
+        """
+        request = httpx.Request(
+            "GET", self.url(path), headers=self._headers, extensions=self._extensions
+        )
+        with mapped_transport_errors(self.provider):
+            response = await self._transport.handle_async_request(request)
+            try:
+                if response.status_code != 200:
+                    await response.aread()
+                    raise_for_status(self.provider, response)
+                async for line in iter_lines(response.aiter_bytes()):
+                    yield line
+            finally:
+                await response.aclose()
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
 class JSONProvider:
     """One JSON POST per request: the part OpenAI and Anthropic share.
 
@@ -131,14 +254,7 @@ class JSONProvider:
         self._url = httpx.URL(url)
         self._headers = dict(headers)
         # Bounds connecting and each wait for the answer: a hang costs one attempt, retried.
-        self._extensions = {
-            "timeout": {
-                "connect": timeout_s,
-                "read": timeout_s,
-                "write": timeout_s,
-                "pool": timeout_s,
-            }
-        }
+        self._extensions = timeout_extensions(timeout_s)
 
     def body(self, request: Request) -> dict[str, Any]:
         raise NotImplementedError
