@@ -26,6 +26,7 @@ import structlog
 from rich.console import Console
 from rich.markup import escape
 
+from .batch_runner import BatchRunner
 from .config import Job, load_job, parse_job
 from .cost import Price, cost_usd, lookup_price
 from .errors import ConfigError, PipelineError, StoreError
@@ -42,7 +43,7 @@ from .manifest import (
     runs_dir,
 )
 from .progress import count_rows, show_progress
-from .providers import api_key_from_env, make_provider
+from .providers import api_key_from_env, make_batch_provider, make_provider
 from .records import Row, Usage
 from .render import Renderer
 from .report import format_usd, render_report
@@ -60,6 +61,8 @@ COMMANDS = {
     "rerun": "send again only the rows of a run that failed (--failed)",
     "status": "show a run's progress from its manifest; works while the run is going",
     "runs": "list past runs: job, started, rows ok/failed, cost, state",
+    "batches": "list submitted batches: run, provider, batch id, status, counts, age",
+    "cancel": "cancel a run's open batches; 'pipeline resume RUN' then collects what finished",
     "report": "print cost, tokens and latency by model and status from a results database",
     "fake-provider": "serve the built-in fake OpenAI/Anthropic provider on 127.0.0.1",
 }
@@ -96,6 +99,14 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--force", action="store_true", help="run even if the estimate exceeds budget_usd"
     )
+    run.add_argument(
+        "--mode", choices=["online", "batch"], help="override [request].mode (batch: half price)"
+    )
+    run.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="batch mode: submit and return; 'pipeline resume RUN_ID' collects the results",
+    )
     sending_options(run)
 
     resume = command("resume")
@@ -122,6 +133,15 @@ def build_parser() -> argparse.ArgumentParser:
     runs.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
 
+    batches = command("batches")
+    batches.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+    batches.add_argument("--run", dest="run_id", help="only this run id")
+
+    cancel = command("cancel")
+    cancel.add_argument("run", help="run id (see 'pipeline runs') or path of its manifest")
+    cancel.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+    cancel.add_argument("--base-url", help="override the provider URL the run used")
+
     report = command("report")
     report.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     report.add_argument("--job", help="only this job")
@@ -133,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     for f in dataclasses.fields(FakeConfig):
         default = getattr(FakeConfig(), f.name)
-        kind: Any = type(default) if default is not None else float
+        # The annotation, not the default, says the type: `int | None` stays an int.
+        annotation = str(f.type)
+        kind: Any = next(
+            (t for t in (bool, int, float, str) if t.__name__ in annotation.split(" | ")), float
+        )
         flag = f"--{f.name.replace('_', '-')}"
         if kind is bool:
             fake.add_argument(flag, action="store_true", default=default)
@@ -150,6 +174,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "rerun": _rerun,
         "status": _status,
         "runs": _runs,
+        "batches": _batches,
+        "cancel": _cancel,
         "report": _report,
         "fake-provider": _fake_provider,
     }
@@ -185,15 +211,33 @@ class _Plan:
     spent_usd: float = 0.0
     force: bool = False
     manifest: dict[str, Any] | None = None
+    wait: bool = True
 
 
 def _run(args: argparse.Namespace) -> int:
     job = load_job(args.job).with_overrides(
-        input_path=args.input, db=args.db, base_url=args.base_url, budget_usd=args.budget_usd
+        input_path=args.input,
+        db=args.db,
+        base_url=args.base_url,
+        budget_usd=args.budget_usd,
+        mode=args.mode,
     )
-    return _execute(
-        _Plan(job, args.run_id or new_run_id(), args.fake, args.quiet, force=args.force)
+    if args.no_wait and job.request.mode != "batch":
+        raise ConfigError("--no-wait is for batch mode; add --mode batch")
+    if args.no_wait and args.fake:
+        raise ConfigError(
+            "--no-wait needs a provider that outlives this command, and --fake stops with it; "
+            "start 'pipeline fake-provider' and pass --base-url instead"
+        )
+    plan = _Plan(
+        job,
+        args.run_id or new_run_id(),
+        args.fake,
+        args.quiet,
+        force=args.force,
+        wait=not args.no_wait,
     )
+    return _execute(plan)
 
 
 def _job_from_manifest(manifest: dict[str, Any], args: argparse.Namespace) -> Job:
@@ -306,7 +350,7 @@ def _manifest_base(plan: _Plan, files: list[Path], price: Price | None) -> dict[
         "job": {"name": job.name, "path": job.path, "hash": job.job_hash, "text": job.text},
         "provider": job.request.provider,
         "model": job.request.model,
-        "mode": "online",
+        "mode": job.request.mode,
         "fake": plan.fake,
         "base_url": None if plan.fake else job.resolved_base_url(),
         "db": db,
@@ -395,22 +439,50 @@ async def _run_async(
             tokens_per_minute=job.limits.tokens_per_minute,
         )
         path = manifest_path(job.output.db, plan.run_id)
-        runner = Runner(
-            job,
-            store=store,
-            provider=provider,
-            budget=budget,
-            price=price,
-            base_url=base_url,
-            run_id=plan.run_id,
-            resume=plan.resume,
-            only=plan.only,
-            budget_usd=job.limits.budget_usd,
-            spent_usd=plan.spent_usd,
-            manifest_path=path,
-            manifest=manifest,
-            context_window=job.request.context_tokens,
-        )
+
+        def online_runner(resume: bool, only: RowFilter | None) -> Runner:
+            return Runner(
+                job,
+                store=store,
+                provider=provider,
+                budget=budget,
+                price=price,
+                base_url=base_url,
+                run_id=plan.run_id,
+                resume=resume,
+                only=only,
+                budget_usd=job.limits.budget_usd,
+                spent_usd=plan.spent_usd,
+                manifest_path=path,
+                manifest=manifest,
+                context_window=job.request.context_tokens,
+            )
+
+        runner: Runner | BatchRunner
+        if job.request.mode == "batch":
+            batch_provider = make_batch_provider(job, api_key=api_key, base_url=base_url)
+            stack.push_async_callback(batch_provider.aclose)
+
+            async def online_pass(only: RowFilter) -> RunOutcome:
+                return await online_runner(True, only).run()
+
+            runner = BatchRunner(
+                job,
+                store=store,
+                provider=batch_provider,
+                price=lookup_price(job.request.provider, job.request.model, batch=True),
+                base_url=base_url,
+                run_id=plan.run_id,
+                parts_dir=runs_dir(job.output.db) / f"{plan.run_id}.parts",
+                online=online_pass,
+                resume=plan.resume,
+                wait=plan.wait,
+                manifest_path=path,
+                manifest=manifest,
+                context_window=job.request.context_tokens,
+            )
+        else:
+            runner = online_runner(plan.resume, plan.only)
         verb = "resuming" if plan.resume else "run"
         console.print(
             f"{verb} [bold]{plan.run_id}[/] · job {escape(job.name)} · "
@@ -428,7 +500,7 @@ async def _run_async(
         return outcome
 
 
-async def _handle_signals(runner: Runner, console: Console) -> None:
+async def _handle_signals(runner: Runner | BatchRunner, console: Console) -> None:
     with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
         count = 0
         async for signum in signals:
@@ -436,7 +508,7 @@ async def _handle_signals(runner: Runner, console: Console) -> None:
             if count == 1:
                 console.print(
                     f"[yellow]{signal.Signals(signum).name}: stopping; requests in flight get "
-                    f"{runner.grace_s:g}s to finish. Press Ctrl-C again to stop at once.[/]"
+                    "a short grace to finish. Press Ctrl-C again to stop at once.[/]"
                 )
                 runner.request_stop()
             else:
@@ -587,6 +659,97 @@ def _runs(args: argparse.Namespace) -> int:
             r["state"],
         )
     out.print(table)
+    return 0
+
+
+def _batches(args: argparse.Namespace) -> int:
+    if not Path(args.db).exists():
+        raise ConfigError(f"no results database at {args.db}; run a job first or pass --db")
+    with Store(args.db, read_only=True) as store:
+        rows = store.list_batches(run_id=args.run_id)
+    out = _stdout()
+    if not rows:
+        out.print("no batches yet")
+        return 0
+    from rich import box
+    from rich.table import Table
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for name in (
+        "run",
+        "part",
+        "provider",
+        "batch id",
+        "status",
+        "requests",
+        "ok",
+        "errored",
+        "age",
+        "collected",
+    ):
+        table.add_column(
+            name, justify="right" if name in ("part", "requests", "ok", "errored") else "left"
+        )
+    now = time.time()
+    for r in rows:
+        age = "–" if r["submitted_at"] is None else _age(now - r["submitted_at"])
+        table.add_row(
+            r["run_id"],
+            str(r["part"]),
+            r["provider"],
+            r["batch_id"] or "(not submitted)",
+            r["status"],
+            f"{r['requests']:,}",
+            "–" if r["succeeded"] is None else f"{r['succeeded']:,}",
+            "–" if r["errored"] is None else f"{r['errored']:,}",
+            age,
+            "yes" if r["collected"] else "no",
+        )
+    out.print(table)
+    return 0
+
+
+def _age(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f}s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f}m"
+    return f"{seconds / 3600:.1f}h"
+
+
+def _cancel(args: argparse.Namespace) -> int:
+    manifest = read_manifest(find_manifest(args.run, args.db))
+    if manifest.get("fake") and not args.base_url:
+        raise ConfigError(
+            f"run {manifest['run_id']} used the in-process fake provider, which stopped with "
+            "it; there is nothing to cancel"
+        )
+    job = _job_from_manifest(manifest, argparse.Namespace(base_url=args.base_url, budget_usd=None))
+    api_key = api_key_from_env(job.request.provider)
+    register_secret(api_key)
+    base_url = args.base_url or manifest.get("base_url") or job.resolved_base_url()
+
+    async def go() -> list[tuple[str, str]]:
+        provider = make_batch_provider(job, api_key=api_key, base_url=base_url)
+        done = []
+        try:
+            with Store(job.output.db) as store:
+                for part in store.batch_parts(manifest["run_id"]):
+                    if part["batch_id"] and not part["collected"]:
+                        state = await provider.cancel(part["batch_id"])
+                        store.update_batch(manifest["run_id"], part["part"], status=state.status)
+                        done.append((part["batch_id"], state.status))
+        finally:
+            await provider.aclose()
+        return done
+
+    cancelled = anyio.run(go)
+    for batch_id, status in cancelled:
+        print(f"{batch_id}: {status}")
+    if not cancelled:
+        print(f"run {manifest['run_id']} has no open batches")
+    else:
+        print(f"collect what finished with: {resume_command(manifest['run_id'], manifest['db'])}")
     return 0
 
 

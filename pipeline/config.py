@@ -19,6 +19,7 @@ from .errors import ConfigError
 __all__ = [
     "JOB_KEYS",
     "PROVIDERS",
+    "BatchSpec",
     "InputSpec",
     "Job",
     "LimitsSpec",
@@ -29,6 +30,8 @@ __all__ = [
 ]
 
 PROVIDERS = ("openai", "anthropic")
+MODES = ("online", "batch")
+ON_UNFINISHED = ("online", "record")
 DEFAULT_CONTEXT = {"openai": 128_000, "anthropic": 200_000}
 
 # Every key a job file may hold, by table, with a one-line description (also used by the docs test).
@@ -47,6 +50,7 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "temperature": "sampling temperature (optional)",
         "base_url": "provider URL; else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the real API",
         "context_window": "model context in tokens; longer rows fail (default 128000 / 200000)",
+        "mode": "online (default) | batch: the provider's batch endpoints, at half price",
     },
     "limits": {
         "concurrency": "requests in flight at most (default 64)",
@@ -55,6 +59,12 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "max_attempts": "attempts per row before it is recorded as failed (default 6)",
         "timeout_s": "seconds before one attempt is abandoned and retried (default 60)",
         "budget_usd": "stop launching requests before the run's cost could pass this",
+    },
+    "batch": {
+        "poll_interval_s": "polling backs off up to this many seconds (default 30)",
+        "on_unfinished": "rows a batch did not answer: online (rerun them online) | record",
+        "max_requests": "requests per batch at most (default: the provider's limit)",
+        "max_bytes": "bytes per batch input at most (default: the provider's limit)",
     },
     "output": {
         "db": "DuckDB file the results go to (default data/results.duckdb)",
@@ -78,6 +88,7 @@ class RequestSpec:
     temperature: float | None = None
     base_url: str | None = None
     context_window: int | None = None
+    mode: str = "online"
 
     @property
     def context_tokens(self) -> int:
@@ -98,6 +109,14 @@ class LimitsSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchSpec:
+    poll_interval_s: float = 30.0
+    on_unfinished: str = "online"
+    max_requests: int | None = None
+    max_bytes: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class OutputSpec:
     db: str = "data/results.duckdb"
 
@@ -109,6 +128,7 @@ class Job:
     request: RequestSpec
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
+    batch: BatchSpec = field(default_factory=BatchSpec)
     path: str = "<inline>"
     text: str = ""
 
@@ -124,10 +144,13 @@ class Job:
         db: str | None = None,
         base_url: str | None = None,
         budget_usd: float | None = None,
+        mode: str | None = None,
     ) -> Job:
         """The job with command-line overrides applied (``--input``, ``--db``, ``--base-url``,
         ``--budget-usd``)."""
         job = self
+        if mode is not None:
+            job = replace(job, request=replace(job.request, mode=mode))
         if budget_usd is not None:
             job = replace(job, limits=replace(job.limits, budget_usd=budget_usd))
         if input_path is not None:
@@ -210,6 +233,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         temperature=temperature,
         base_url=base_url,
         context_window=_get(req, "request", "context_window", int, path),
+        mode=_choice(req, "request", "mode", MODES, path) or "online",
     )
     _check_template(prompt, path)
 
@@ -223,6 +247,13 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         timeout_s=_positive(lim, "timeout_s", float, path, defaults.timeout_s),
         budget_usd=_positive(lim, "budget_usd", float, path, None),
     )
+    bat = _table(doc, "batch", path, required=False)
+    batch = BatchSpec(
+        poll_interval_s=_positive(bat, "poll_interval_s", float, path, 30.0, table_name="batch"),
+        on_unfinished=_choice(bat, "batch", "on_unfinished", ON_UNFINISHED, path) or "online",
+        max_requests=_positive(bat, "max_requests", int, path, None, table_name="batch"),
+        max_bytes=_positive(bat, "max_bytes", int, path, None, table_name="batch"),
+    )
     out = _table(doc, "output", path, required=False)
     output = OutputSpec(db=_get(out, "output", "db", str, path) or OutputSpec().db)
     return Job(
@@ -231,6 +262,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         request=request_spec,
         limits=limits,
         output=output,
+        batch=batch,
         path=path,
         text=text,
     )
@@ -296,12 +328,33 @@ def _get(
     return value
 
 
-def _positive(table: Mapping[str, Any], key: str, kind: type, path: str, default: Any) -> Any:
-    value = _get(table, "limits", key, kind, path)
+def _positive(
+    table: Mapping[str, Any],
+    key: str,
+    kind: type,
+    path: str,
+    default: Any,
+    *,
+    table_name: str = "limits",
+) -> Any:
+    value = _get(table, table_name, key, kind, path)
     if value is None:
         return default
     if value <= 0:
-        raise ConfigError(f"must be greater than 0, got {value!r}", path=path, key=f"limits.{key}")
+        raise ConfigError(
+            f"must be greater than 0, got {value!r}", path=path, key=f"{table_name}.{key}"
+        )
+    return value
+
+
+def _choice(
+    table: Mapping[str, Any], table_name: str, key: str, choices: tuple[str, ...], path: str
+) -> str | None:
+    value: str | None = _get(table, table_name, key, str, path)
+    if value is not None and value not in choices:
+        raise ConfigError(
+            f"{value!r} is not one of: {', '.join(choices)}", path=path, key=f"{table_name}.{key}"
+        )
     return value
 
 

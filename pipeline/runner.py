@@ -155,6 +155,7 @@ class Runner:
         self.stats = RunStats()
         self._inflight_worst_usd = 0.0
         self._stop_reason = "signal"
+        self._look_up = True  # whether rows may be done already (see _reader)
         self._clock = clock
         self._renderer = Renderer(job.request)
         self._stopping = False
@@ -307,74 +308,90 @@ class Runner:
     async def _reader(
         self, work: ObjectSendStream[Request], results: ObjectSendStream[RowResult]
     ) -> None:
+        # Reading the next chunk (Python, in one thread) overlaps with looking up the current
+        # one's finished rows (DuckDB, which releases the GIL, in another).
+        send_chunks, receive_chunks = anyio.create_memory_object_stream[list[Row | BadRow]](1)
+        self._look_up = self.resume or await anyio.to_thread.run_sync(
+            self.store.has_results, self.prompt_hash
+        )
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._read_chunks, send_chunks)
+            async with work, results, receive_chunks:
+                async for chunk in receive_chunks:
+                    await self._dispatch(chunk, work, results)
+                    if self._stopping:
+                        break
+            tg.cancel_scope.cancel()
+        if self._stopping:
+            self._log.info("reader_stopped", rows_read=self.stats.rows_read)
+
+    async def _read_chunks(self, chunks_out: ObjectSendStream[list[Row | BadRow]]) -> None:
         chunks: Iterator[list[Row | BadRow]] = iter_row_chunks(
             self.job.input, chunk_size=READ_CHUNK
         )
-        ph = self.prompt_hash
-        async with work, results:
+        async with chunks_out:
             while not self._stopping:
                 chunk = await anyio.to_thread.run_sync(next, chunks, None)
                 if chunk is None:
-                    break
-                self.stats.rows_read += len(chunk)
-                # Everything of the chunk, keyed, in input order: a Request, or an input error.
-                keyed: list[tuple[str, Request | RowResult]] = []
-                for item in chunk:
-                    if isinstance(item, BadRow):
-                        key = request_key(item.row_id, ph)
-                        keyed.append(
-                            (
-                                key,
-                                self._input_error(
-                                    key,
-                                    item.row_id,
-                                    item.error_type,
-                                    item.error,
-                                    item.source,
-                                    item.line,
-                                ),
-                            )
-                        )
-                        continue
-                    try:
-                        request = self._renderer.render(item)
-                    except InputError as exc:
-                        key = request_key(item.row_id, ph)
-                        keyed.append(
-                            (
-                                key,
-                                self._input_error(
-                                    key,
-                                    item.row_id,
-                                    exc.error_type,
-                                    str(exc),
-                                    item.source,
-                                    item.line,
-                                ),
-                            )
-                        )
-                        continue
-                    if self.context_window and request.est_total_tokens > self.context_window:
-                        keyed.append((request.request_key, self._too_long(request)))
-                        continue
-                    keyed.append((request.request_key, request))
-                done = await anyio.to_thread.run_sync(self._done_keys, [k for k, _ in keyed])
-                for key, thing in keyed:
-                    if key in done or (
-                        self.only is not None
-                        and not self.only.admits(key, thing.source, thing.line)
-                    ):
-                        self.stats.rows_skipped += 1
-                        continue
-                    if self._stopping:
-                        break
-                    if isinstance(thing, Request):
-                        await work.send(thing)
-                    else:
-                        self.stats.rows_input_error += 1
-                        await results.send(thing)
-        if self._stopping:
-            self._log.info("reader_stopped", rows_read=self.stats.rows_read)
+                    return
+                await chunks_out.send(chunk)
+
+    async def _dispatch(
+        self,
+        chunk: list[Row | BadRow],
+        work: ObjectSendStream[Request],
+        results: ObjectSendStream[RowResult],
+    ) -> None:
+        """Render a chunk, drop what is done, send requests to the workers and input errors
+        to the writer, in input order."""
+        ph = self.prompt_hash
+        self.stats.rows_read += len(chunk)
+        keyed: list[tuple[str, Request | RowResult]] = []
+        for item in chunk:
+            if isinstance(item, BadRow):
+                key = request_key(item.row_id, ph)
+                keyed.append(
+                    (
+                        key,
+                        self._input_error(
+                            key, item.row_id, item.error_type, item.error, item.source, item.line
+                        ),
+                    )
+                )
+                continue
+            try:
+                request = self._renderer.render(item)
+            except InputError as exc:
+                key = request_key(item.row_id, ph)
+                keyed.append(
+                    (
+                        key,
+                        self._input_error(
+                            key, item.row_id, exc.error_type, str(exc), item.source, item.line
+                        ),
+                    )
+                )
+                continue
+            if self.context_window and request.est_total_tokens > self.context_window:
+                keyed.append((request.request_key, self._too_long(request)))
+                continue
+            keyed.append((request.request_key, request))
+        done: set[str] = set()
+        if self._look_up and keyed:
+            done = await anyio.to_thread.run_sync(self._done_keys, chunk, keyed)
+        for key, thing in keyed:
+            if key in done or (
+                self.only is not None and not self.only.admits(key, thing.source, thing.line)
+            ):
+                self.stats.rows_skipped += 1
+                continue
+            if self._stopping:
+                return
+            if isinstance(thing, Request):
+                await work.send(thing)
+            else:
+                self.stats.rows_input_error += 1
+                await results.send(thing)
 
     async def _worker(
         self, work: ObjectReceiveStream[Request], results: ObjectSendStream[RowResult]
@@ -396,8 +413,12 @@ class Runner:
                     return
                 await results.send(result)
 
-    def _done_keys(self, keys: list[str]) -> set[str]:
-        return self.store.done_request_keys(keys, run_id=self.run_id)
+    def _done_keys(
+        self, chunk: list[Row | BadRow], keyed: list[tuple[str, Request | RowResult]]
+    ) -> set[str]:
+        first, last = chunk[0], chunk[-1]
+        near = (first.source, first.line, last.line) if first.source == last.source else None
+        return self.store.done_request_keys([k for k, _ in keyed], run_id=self.run_id, near=near)
 
     def _worst_cost(self, request: Request) -> float:
         if self.budget_usd is None:

@@ -14,15 +14,18 @@ import httpx
 from ..config import Job
 from ..errors import ConfigError
 from ._base import Provider, make_transport
+from ._batch import BatchProvider
 from .anthropic import AnthropicProvider
 from .openai import OpenAIProvider
 
 __all__ = [
     "API_KEY_ENV",
     "AnthropicProvider",
+    "BatchProvider",
     "OpenAIProvider",
     "Provider",
     "api_key_from_env",
+    "make_batch_provider",
     "make_provider",
     "make_transport",
 ]
@@ -54,3 +57,30 @@ def make_provider(
     http = transport or make_transport(max_connections=job.limits.concurrency)
     cls = OpenAIProvider if job.request.provider == "openai" else AnthropicProvider
     return cls(http, base_url=base_url, api_key=api_key, timeout_s=job.limits.timeout_s)
+
+
+def make_batch_provider(
+    job: Job,
+    *,
+    api_key: str,
+    base_url: str,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> BatchProvider:
+    """The batch endpoints of the job's provider, within the job's [batch] size limits."""
+    http = transport or make_transport(max_connections=8)
+    limits: dict[str, int] = {}
+    if job.batch.max_requests is not None:
+        limits["max_requests"] = job.batch.max_requests
+    if job.batch.max_bytes is not None:
+        limits["max_bytes"] = job.batch.max_bytes
+    if job.request.provider == "openai":
+        from .openai_batch import OpenAIBatchProvider
+
+        return OpenAIBatchProvider(
+            http, base_url=base_url, api_key=api_key, timeout_s=job.limits.timeout_s, **limits
+        )
+    from .anthropic_batch import AnthropicBatchProvider
+
+    return AnthropicBatchProvider(
+        http, base_url=base_url, api_key=api_key, timeout_s=job.limits.timeout_s, **limits
+    )
