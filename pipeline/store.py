@@ -378,7 +378,7 @@ class Report:
 # Helpers
 
 
-def _config(read_only: bool) -> dict[str, str | int]:
+def _config(read_only: bool) -> dict[str, Any]:
     """DuckDB settings. A job's writer does small inserts and key look-ups while the rest of
     the process does the work, so it gets one thread and a small cache: by default DuckDB keeps
     written blocks cached up to 80% of RAM, and a job's memory grew with its row count (346 MB
