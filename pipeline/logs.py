@@ -71,7 +71,9 @@ class _TeeLogger:
             self._file.flush()
         if level >= self._terminal_level:
             # Look sys.stderr up each time: a live progress display swaps it for its own.
-            sys.stderr.write(line.decode() + "\n")
+            stream = sys.stderr
+            text = _for_people(line) if stream.isatty() else line.decode()
+            stream.write(text + "\n")
 
     def debug(self, line: bytes) -> None:
         self._emit(10, line)
@@ -91,6 +93,19 @@ class _TeeLogger:
     msg = info
     warn = warning
     exception = error
+
+
+_QUIET_KEYS = ("event", "level", "timestamp", "job", "run_id", "provider", "model")
+
+
+def _for_people(line: bytes) -> str:
+    """A log line for a terminal: ``warning row_failed: row_id=r7 error_type=timeout``.
+
+    The run's log file keeps the full JSON; the terminal does not repeat the job's context.
+    """
+    event = orjson.loads(line)
+    rest = " ".join(f"{k}={v}" for k, v in event.items() if k not in _QUIET_KEYS)
+    return f"{event.get('level', '')} {event.get('event', '')}" + (f": {rest}" if rest else "")
 
 
 def configure_logging(

@@ -45,3 +45,20 @@ def test_events_carry_bound_context() -> None:
     assert logs == [
         {"job": "j", "run_id": "r", "row_id": "7", "event": "row_failed", "log_level": "warning"}
     ]
+
+
+def test_a_terminal_gets_a_short_line_and_the_file_keeps_the_json() -> None:
+    from pipeline.logs import _for_people
+
+    line = orjson.dumps(
+        {
+            "job": "j",
+            "run_id": "r",
+            "row_id": "r7",
+            "error_type": "timeout",
+            "event": "row_failed",
+            "level": "warning",
+            "timestamp": "2026-11-22T00:00:00Z",
+        }
+    )
+    assert _for_people(line) == "warning row_failed: row_id=r7 error_type=timeout"
