@@ -1039,7 +1039,7 @@ async def test_anthropic_results_map_every_result_type() -> None:
 
 
 @pytest.mark.anyio
-async def test_anthropic_results_follow_results_url_else_the_results_path() -> None:
+async def test_anthropic_results_follow_results_url_on_the_apis_own_origin() -> None:
     seen: list[str] = []
     data = jsonl([result("ok", "succeeded", message=message("x"))])
 
@@ -1049,12 +1049,52 @@ async def test_anthropic_results_follow_results_url_else_the_results_path() -> N
         return httpx.Response(200, content=data)
 
     provider = anthropic_provider(handler)
-    elsewhere = "http://results.fake.test/v1/messages/batches/msgbatch_1/results?page=1"
-    assert len(await collect(provider, ended_anthropic(elsewhere))) == 1
-    assert len(await collect(provider, ended_anthropic(None))) == 1
-    assert seen == [elsewhere, f"{ANTHROPIC_URL}/v1/messages/batches/msgbatch_1/results"]
+    given = f"{ANTHROPIC_URL}/v1/messages/batches/msgbatch_1/results?page=1"
+    default = f"{ANTHROPIC_URL}/v1/messages/batches/msgbatch_1/results"
+    for results_url in (given, None, "https://api.anthropic.com/v1/messages/batches/x/results"):
+        assert len(await collect(provider, ended_anthropic(results_url))) == 1
+    # A results_url elsewhere (behind a gateway: the API's own host) is not followed: the
+    # configured base_url is asked, and the key never leaves it.
+    assert seen == [given, default, default]
     with pytest.raises(ValueError, match="has not ended"):
         await collect(provider, BatchState(batch_id="b", status="in_progress", ended=False))
+
+
+@pytest.mark.anyio
+async def test_anthropic_results_follow_redirects_without_taking_the_key_elsewhere() -> None:
+    data = jsonl([result("ok", "succeeded", message=message("x"))])
+    seen: list[httpx.Request] = []
+    moves = {
+        "/v1/messages/batches/msgbatch_1/results": f"{ANTHROPIC_URL}/moved/results",
+        "/moved/results": "http://storage.test/signed/results?sig=abc",
+    }
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path in moves:
+            return httpx.Response(302, headers={"location": moves[request.url.path]})
+        return httpx.Response(200, content=data)
+
+    lines = await collect(anthropic_provider(handler), ended_anthropic())
+    assert [line.custom_id for line in lines] == ["ok"]
+    assert [str(r.url) for r in seen] == [
+        f"{ANTHROPIC_URL}/v1/messages/batches/msgbatch_1/results",
+        f"{ANTHROPIC_URL}/moved/results",
+        "http://storage.test/signed/results?sig=abc",
+    ]
+    assert [r.headers.get("x-api-key") for r in seen] == [KEY, KEY, None]
+    assert all(r.headers["accept"] == "application/binary" for r in seen)
+
+
+@pytest.mark.anyio
+async def test_a_redirect_loop_is_a_transient_error() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(307, headers={"location": str(request.url)})
+
+    with pytest.raises(TransientError, match="more than 5 redirects"):
+        await collect(anthropic_provider(handler), ended_anthropic())
+    with pytest.raises(TransientError, match="more than 5 redirects"):
+        await collect(openai_provider(handler), ended_openai())
 
 
 @pytest.mark.anyio
@@ -1258,6 +1298,7 @@ async def test_a_batch_round_trip_gives_exactly_the_online_answers(
         seen: list[str] = []
         state, lines = await run_batch(batch, tmp_path, requests, seen=seen)
         paid = fake.batch_accounting()
+        base_url = fake.anthropic_base_url
         expected = {request.request_key: await online.send(request) for request in requests}
 
     assert state.ended and not state.failed
@@ -1279,6 +1320,8 @@ async def test_a_batch_round_trip_gives_exactly_the_online_answers(
         }
     assert lines["row-cut"].reply is not None
     assert lines["row-cut"].reply.finish_reason in ("length", "max_tokens")
+    if api == "anthropic":  # the results came from the results_url the fake gave
+        assert state.output_file_id == f"{base_url}/v1/messages/batches/{state.batch_id}/results"
     assert paid["batches_created"][api] == 1
     assert paid["lines_paid"][api] == len(requests)
     assert paid["files_uploaded"] == (1 if api == "openai" else 0)

@@ -16,6 +16,7 @@ from ..records import Reply, Request, Usage
 from ..retry import classify_http_error
 
 __all__ = [
+    "MAX_REDIRECTS",
     "APIClient",
     "JSONProvider",
     "Provider",
@@ -145,6 +146,10 @@ async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         yield bytes(partial).removesuffix(b"\r")
 
 
+MAX_REDIRECTS = 5
+_REDIRECTS = frozenset((301, 302, 303, 307, 308))
+
+
 class APIClient:
     """JSON calls and streamed line-by-line downloads against one provider's API.
 
@@ -173,6 +178,16 @@ class APIClient:
         if path.startswith(("http://", "https://")):
             return httpx.URL(path)
         return httpx.URL(self._base_url + path)
+
+    def is_own(self, url: str | httpx.URL) -> bool:
+        """Whether ``url`` (relative, or absolute) is on the API's own origin."""
+        target = self.url(url) if isinstance(url, str) else url
+        origin = httpx.URL(self._base_url)
+        return (target.scheme, target.host, target.port) == (
+            origin.scheme,
+            origin.host,
+            origin.port,
+        )
 
     async def call(
         self,
@@ -208,17 +223,36 @@ class APIClient:
         raise_for_status(self.provider, response)
         return parse_json_body(self.provider, response.status_code, response.content)
 
-    async def lines(self, path: str) -> AsyncGenerator[bytes, None]:
+    async def lines(
+        self, path: str, *, headers: Mapping[str, str] | None = None
+    ) -> AsyncGenerator[bytes, None]:
         """``GET path`` and yield its body line by line as it arrives (see ``iter_lines``).
 
-        Close the iterator (``contextlib.aclosing``) when stopping early: that releases the
-        connection.
+        Redirects are followed (up to ``MAX_REDIRECTS``), as the official SDKs do for
+        downloads; the API's own headers (the key among them) go only to the API's origin, never
+        to another host a redirect names. Close the iterator (``contextlib.aclosing``) when
+        stopping early: that releases the connection.
         """
-        request = httpx.Request(
-            "GET", self.url(path), headers=self._headers, extensions=self._extensions
-        )
+        url = self.url(path)
         with mapped_transport_errors(self.provider):
-            response = await self._transport.handle_async_request(request)
+            for _ in range(MAX_REDIRECTS + 1):
+                request_headers = dict(self._headers) if self.is_own(url) else {}
+                if headers:
+                    request_headers.update(headers)
+                request = httpx.Request(
+                    "GET", url, headers=request_headers, extensions=self._extensions
+                )
+                response = await self._transport.handle_async_request(request)
+                location = response.headers.get("location")
+                if response.status_code not in _REDIRECTS or not location:
+                    break
+                await response.aclose()
+                url = url.join(location)
+            else:
+                raise TransientError(
+                    f"{self.provider}: more than {MAX_REDIRECTS} redirects from {self.url(path)}",
+                    error_type="bad_response",
+                )
             try:
                 if response.status_code != 200:
                     await response.aread()

@@ -38,6 +38,7 @@ __all__ = ["AnthropicBatchProvider", "batch_state", "result_line"]
 
 _BATCHES: Final = "/v1/messages/batches"
 _CHUNK: Final = 1 << 20  # bytes read from the part file, and sent, at a time
+_RESULTS_HEADERS: Final = {"accept": "application/binary"}  # as the official SDK asks
 _COUNTS: Final = ("processing", "succeeded", "errored", "canceled", "expired")
 # The HTTP status Anthropic documents for each error type: an ``errored`` result is classified
 # as that answer would have been online.
@@ -115,7 +116,8 @@ class AnthropicBatchProvider:
 
     async def results(self, state: BatchState) -> AsyncGenerator[BatchLine, None]:
         """Every request's result, streamed from the batch's ``results_url`` (as the official
-        SDK does) or, when the state has none, from ``.../{id}/results``.
+        SDK does) when it is on ``base_url``'s origin, else from ``base_url``'s
+        ``.../{id}/results``. Redirects are followed; the key goes only to ``base_url``'s origin.
 
         Raises ``TransientError`` (naming the batch and line) for a line that is not a result
         line at all; a ``succeeded`` line whose message cannot be read fails only its own row
@@ -123,9 +125,13 @@ class AnthropicBatchProvider:
         """
         if not state.ended:
             raise ValueError(f"batch {state.batch_id} has not ended (status {state.status!r})")
-        url = state.output_file_id or f"{_BATCHES}/{quote(state.batch_id, safe='')}/results"
+        url = state.output_file_id
+        if url is None or not self._http.is_own(url):
+            # Behind a gateway, results_url may name the API's host rather than the gateway,
+            # which the configured key may not open: ask the configured base_url instead.
+            url = f"{_BATCHES}/{quote(state.batch_id, safe='')}/results"
         number = 0
-        async with aclosing(self._http.lines(url)) as lines:
+        async with aclosing(self._http.lines(url, headers=_RESULTS_HEADERS)) as lines:
             async for raw in lines:
                 number += 1
                 line = result_line(raw, batch_id=state.batch_id, number=number)
