@@ -323,6 +323,8 @@ def _execute(plan: _Plan) -> int:
             backend_options={"use_uvloop": _have_uvloop()},
         )
     finally:
+        # Nothing may log into the closed file afterwards (a library caller, the next test).
+        configure_logging(log_file=None)
         if log_file is not None:
             log_file.close()
     out = _stdout()
