@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test check bench fmt clean
+.PHONY: demo test check bench chaos fmt clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,10 @@ check: $(STAMP)
 ## bench: throughput, CPU per row, rate-limit accuracy and memory; prints figures and ratios
 bench: $(STAMP)
 	$(BIN)/python bench/run.py
+
+## chaos: the fault matrix: 20 seeds of faults, kills and resumes; one table row per seed
+chaos: $(STAMP)
+	$(BIN)/python tests/chaos.py --seeds 20
 
 fmt: $(STAMP)
 	$(BIN)/ruff format pipeline tests bench data
