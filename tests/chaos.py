@@ -283,10 +283,6 @@ class FakeClient:
         result: dict[str, Any] = self._request("GET", "/_fake/config")
         return result
 
-    def set_config(self, **knobs: object) -> dict[str, Any]:
-        result: dict[str, Any] = self._request("POST", "/_fake/config", orjson.dumps(knobs))
-        return result
-
     def chat(self) -> int:
         """One OpenAI chat completion on a connection of its own; its status (0: dropped)."""
         conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
@@ -315,24 +311,10 @@ def _knob_flags(knobs: Mapping[str, float | int]) -> list[str]:
     return flags
 
 
-# BUG (pipeline/cli.py, build_parser): a knob whose default is None gets ``type=float``, so
-# ``pipeline fake-provider --error-status 503`` runs with error_status 503.0; once a float status
-# and a "dropped"/"hung" outcome are both counted, GET /_fake/accounting fails with HTTP 500
-# (TypeError sorting by_status in pipeline/fake/_accounting.py). Until it is fixed these knobs
-# are set through POST /_fake/config (JSON keeps the integer) before anything is sent;
-# ``fake_cli_problem()`` reports the bug and tests/test_chaos.py holds an xfail for it.
-VIA_CONFIG = frozenset({"error_status"})
-
-
 @contextlib.contextmanager
-def running_fake(
-    knobs: Mapping[str, float | int], log: Path, *, via_config: frozenset[str] = VIA_CONFIG
-) -> Iterator[FakeClient]:
-    """``pipeline fake-provider`` on a free loopback port with ``knobs`` (those named in
-    ``via_config`` set through ``POST /_fake/config`` instead of flags), healthy; terminated on
-    exit."""
-    flags = {k: v for k, v in knobs.items() if k not in via_config}
-    late = {k: v for k, v in knobs.items() if k in via_config}
+def running_fake(knobs: Mapping[str, float | int], log: Path) -> Iterator[FakeClient]:
+    """``pipeline fake-provider`` on a free loopback port, started with ``knobs`` as flags and
+    checked to run with them, healthy; terminated on exit."""
     for _ in range(3):  # another process may take the free port before the fake binds it
         port = _free_port()
         with log.open("ab") as out:
@@ -344,7 +326,7 @@ def running_fake(
                     "fake-provider",
                     "--port",
                     str(port),
-                    *_knob_flags(flags),
+                    *_knob_flags(knobs),
                 ],
                 cwd=ROOT,
                 stdout=out,
@@ -358,8 +340,6 @@ def running_fake(
                     raise RuntimeError(f"the fake provider did not answer /_fake/health: {log}")
                 time.sleep(POLL_S)
             if proc.poll() is None:
-                if late:
-                    client.set_config(**late)
                 config = client.config()
                 wrong = {k: config.get(k) for k, v in knobs.items() if config.get(k) != v}
                 if wrong:
@@ -372,25 +352,6 @@ def running_fake(
     raise RuntimeError(f"the fake provider would not start: {_tail(log)}")
 
 
-def fake_cli_problem() -> str | None:
-    """What is wrong with ``pipeline fake-provider --error-status``, or None when nothing is:
-    the knob must stay an integer, and the accounting must still answer once errors and
-    dropped connections have both happened."""
-    knobs = {"error_rate": 0.5, "error_status": 503, "drop_rate": 0.5, "seed": 1}
-    with tempfile.TemporaryDirectory(prefix="chaos-cli-") as folder:
-        log = Path(folder) / "fake.log"
-        try:
-            with running_fake(knobs, log, via_config=frozenset()) as fake:
-                statuses = [fake.chat() for _ in range(12)]
-                kind = type(fake.config()["error_status"]).__name__
-                fake.accounting()
-        except RuntimeError as exc:
-            return f"pipeline fake-provider --error-status 503: {exc}"
-    if kind != "int":
-        return f"--error-status 503 gives error_status of type {kind} (answers {statuses})"
-    return None
-
-
 def _stop(proc: subprocess.Popen[bytes], signum: int) -> None:
     if proc.poll() is None:
         proc.send_signal(signum)
@@ -401,12 +362,15 @@ def _stop(proc: subprocess.Popen[bytes], signum: int) -> None:
             proc.wait(timeout=10)
 
 
-def _tail(path: Path, lines: int = 8) -> str:
+def _tail(path: Path) -> str:
+    """The gist of a process's output: its last error line, else its last line."""
     try:
-        text = path.read_text(errors="replace").strip().splitlines()
+        lines = [line.strip() for line in path.read_text(errors="replace").splitlines()]
     except OSError:
         return "(no output)"
-    return " | ".join(text[-lines:]) or "(no output)"
+    lines = [line for line in lines if line and not set(line) <= set("|+-^ ")]
+    errors = [line for line in lines if "error" in line.lower()]
+    return (errors or lines or ["(no output)"])[-1].lstrip("| ")
 
 
 # -- one seed -------------------------------------------------------------------------------
@@ -830,6 +794,28 @@ def format_row(cells: tuple[str, ...], widths: tuple[int, ...]) -> str:
     ).rstrip()
 
 
+def _harness_failure(plan: Plan, exc: Exception) -> SeedResult:
+    return SeedResult(
+        seed=plan.seed,
+        provider=plan.provider,
+        faults=plan.fault_summary(),
+        rows=plan.rows,
+        requests=0,
+        rate_limited=0,
+        lost=plan.rows,
+        dup_rows=0,
+        not_ok=0,
+        extra_paid=0,
+        bound=0,
+        kills=0,
+        graceful=0,
+        state="?",
+        cost_check="not checked",
+        elapsed_s=0.0,
+        violations=(f"the harness failed: {type(exc).__name__}: {exc}",),
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, default=20, help="how many seeds (default 20)")
@@ -839,16 +825,16 @@ def main(argv: list[str] | None = None) -> int:
         "--keep", action="store_true", help="keep each seed's folder (job, database, logs)"
     )
     args = parser.parse_args(argv)
-    problem = fake_cli_problem()
-    if problem is not None:
-        print(f"note: BUG in the fake provider's command line, worked around: {problem}")
     seeds = range(args.start, args.start + args.seeds)
     widths = table_widths([plan_for_seed(seed, args.rows) for seed in seeds])
     print(format_row(tuple(name for name, _ in _COLUMNS), widths), flush=True)
     results = []
     began = time.monotonic()
     for seed in seeds:
-        result = run_seed(seed, args.rows, keep=args.keep)
+        try:
+            result = run_seed(seed, args.rows, keep=args.keep)
+        except Exception as exc:  # the harness itself failed: a failed row, and go on
+            result = _harness_failure(plan_for_seed(seed, args.rows), exc)
         results.append(result)
         print(format_row(_cells(result), widths), flush=True)
         for violation in result.violations:

@@ -13,6 +13,7 @@ can fail.
 from __future__ import annotations
 
 import concurrent.futures
+from pathlib import Path
 
 import pytest
 from chaos import (
@@ -21,9 +22,9 @@ from chaos import (
     SeedResult,
     Snapshot,
     evaluate,
-    fake_cli_problem,
     plan_for_seed,
     run_seed,
+    running_fake,
 )
 
 from pipeline.cost import cost_usd, lookup_price
@@ -216,16 +217,14 @@ def test_a_cost_that_does_not_add_up_is_caught() -> None:
 # -- the fake provider's command line -----------------------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BUG: pipeline/cli.py build_parser gives knobs whose default is None type=float, so "
-        "`pipeline fake-provider --error-status 503` runs with error_status 503.0; after an "
-        "error and a dropped connection GET /_fake/accounting answers 500 (TypeError sorting "
-        "by_status in pipeline/fake/_accounting.py). tests/chaos.py sets error_status through "
-        "POST /_fake/config until it is fixed."
-    ),
-)
-def test_the_fake_provider_command_line_keeps_error_status_an_integer() -> None:
-    problem = fake_cli_problem()
-    assert problem is None, problem
+def test_the_fake_provider_runs_with_the_knobs_its_flags_give(tmp_path: Path) -> None:
+    """Regression: ``--error-status 503`` once gave error_status 503.0, and GET
+    /_fake/accounting then answered 500 once an error and a dropped connection were counted."""
+    knobs = {"error_rate": 0.5, "error_status": 503, "drop_rate": 0.5, "seed": 1}
+    with running_fake(knobs, tmp_path / "fake.log") as fake:
+        statuses = {fake.chat() for _ in range(12)}
+        config = fake.config()
+        accounting = fake.accounting()
+    assert type(config["error_status"]) is int, config["error_status"]
+    assert {0, 503} <= statuses, statuses  # 0: the connection was dropped
+    assert accounting["by_status"].get("503", 0) > 0, accounting["by_status"]
