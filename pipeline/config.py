@@ -14,6 +14,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import orjson
+
 from .errors import ConfigError
 
 __all__ = [
@@ -51,6 +53,13 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "base_url": "provider URL; else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the real API",
         "context_window": "model context in tokens; longer rows fail (default 128000 / 200000)",
         "mode": "online (default) | batch: the provider's batch endpoints, at half price",
+        "schema": "JSON Schema the answer must match: a .json file path (relative to the cwd) "
+        "or an inline table",
+        "schema_mode": "enforce (default): the provider is made to follow the schema | json: "
+        "the model is asked for JSON, for schemas a provider cannot enforce",
+        "examples": "few-shot pairs [{ input = ..., output = ... }] sent before the row",
+        "invalid_retries": "follow-up turns telling the model why its answer was invalid "
+        "(default 2)",
     },
     "limits": {
         "concurrency": "requests in flight at most (default 64)",
@@ -89,6 +98,13 @@ class RequestSpec:
     base_url: str | None = None
     context_window: int | None = None
     mode: str = "online"
+    schema: Mapping[str, Any] | None = None
+    """The JSON Schema answers must match, loaded (from ``schema_path`` or inline) and checked."""
+    schema_path: str | None = None
+    schema_mode: str = "enforce"
+    examples: tuple[tuple[str, str], ...] = ()
+    """Few-shot (input, output) pairs; an output given as a table is stored as compact JSON."""
+    invalid_retries: int = 2
 
     @property
     def context_tokens(self) -> int:
@@ -234,6 +250,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         base_url=base_url,
         context_window=_get(req, "request", "context_window", int, path),
         mode=_choice(req, "request", "mode", MODES, path) or "online",
+        **_structured(req, path),
     )
     _check_template(prompt, path)
 
@@ -376,3 +393,140 @@ def _check_template(prompt: str, path: str) -> None:
             path=path,
             key="request.prompt",
         ) from exc
+
+
+# -- structured answers: schema, schema_mode, examples, invalid_retries ---------------------------
+
+
+def _structured(req: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """The ``RequestSpec`` fields of a structured-answer job, checked; {} for a text job."""
+    from .extract import SCHEMA_MODES
+
+    schema, schema_path = _schema(req, path)
+    mode = _choice(req, "request", "schema_mode", SCHEMA_MODES, path)
+    retries = _get(req, "request", "invalid_retries", int, path)
+    if schema is None:
+        for key, value in (("schema_mode", mode), ("invalid_retries", retries)):
+            if value is not None:
+                raise ConfigError(
+                    "only answers with a schema are checked; add request.schema, or remove this",
+                    path=path,
+                    key=f"request.{key}",
+                )
+    if retries is not None and retries < 0:
+        raise ConfigError(
+            f"must be 0 or more, got {retries}", path=path, key="request.invalid_retries"
+        )
+    out: dict[str, Any] = {}
+    if schema is not None:
+        out.update(
+            schema=schema,
+            schema_path=schema_path,
+            schema_mode=mode or "enforce",
+            invalid_retries=2 if retries is None else retries,
+        )
+    examples = _examples(req, schema, path)
+    if examples:
+        out["examples"] = examples
+    return out
+
+
+def _schema(req: Mapping[str, Any], path: str) -> tuple[dict[str, Any] | None, str | None]:
+    """``request.schema``: a JSON Schema file (relative to the cwd) or an inline table."""
+    from .extract import check_schema
+
+    value = req.get("schema")
+    if value is None:
+        return None, None
+    key = "request.schema"
+    schema_path: str | None = None
+    if isinstance(value, str):
+        schema_path = value
+        try:
+            raw = Path(value).read_bytes()
+        except FileNotFoundError:
+            raise ConfigError(
+                f"schema file {value!r} not found (the path is relative to the directory "
+                "pipeline runs in, like input.path); fix the path",
+                path=path,
+                key=key,
+            ) from None
+        except OSError as exc:
+            raise ConfigError(
+                f"cannot read schema file {value!r}: {exc}", path=path, key=key
+            ) from exc
+        try:
+            value = orjson.loads(raw)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(
+                f"schema file {value!r} is not valid JSON ({exc}); fix the file",
+                path=path,
+                key=key,
+            ) from exc
+    elif not isinstance(value, dict):
+        raise ConfigError(
+            f"must be the path of a JSON Schema file or an inline table, got {value!r}",
+            path=path,
+            key=key,
+        )
+    problem = check_schema(value)
+    if problem is not None:
+        where = f"schema file {schema_path!r}" if schema_path else "the inline schema"
+        raise ConfigError(f"{where}: {problem}", path=path, key=key)
+    return value, schema_path
+
+
+def _examples(
+    req: Mapping[str, Any], schema: Mapping[str, Any] | None, path: str
+) -> tuple[tuple[str, str], ...]:
+    """``request.examples``: a list of ``{ input = "...", output = "..." | { ... } }``."""
+    value = req.get("examples")
+    if value is None:
+        return ()
+    key = "request.examples"
+    if not isinstance(value, list):
+        raise ConfigError(
+            'must be a list of tables: examples = [{ input = "...", output = "..." }]',
+            path=path,
+            key=key,
+        )
+    extractor = None
+    if schema is not None:
+        from .extract import Extractor
+
+        extractor = Extractor(schema)
+    pairs: list[tuple[str, str]] = []
+    for number, example in enumerate(value, start=1):
+        where = f"example {number}"
+        if not isinstance(example, dict) or set(example) != {"input", "output"}:
+            raise ConfigError(
+                f"{where} must be a table with exactly the keys input and output, got {example!r}",
+                path=path,
+                key=key,
+            )
+        user, answer = example["input"], example["output"]
+        if not isinstance(user, str) or not user.strip():
+            raise ConfigError(
+                f"{where}: input must be a non-empty string (the user turn, as sent)",
+                path=path,
+                key=key,
+            )
+        if isinstance(answer, dict):
+            answer = orjson.dumps(answer).decode()
+        if not isinstance(answer, str) or not answer.strip():
+            raise ConfigError(
+                f"{where}: output must be a non-empty string or a table (the answer)",
+                path=path,
+                key=key,
+            )
+        if extractor is not None:
+            verdict = extractor.check(answer, None)
+            if not verdict.ok:
+                raise ConfigError(
+                    f"{where}: output does not match the schema ({verdict.error}); a few-shot "
+                    "answer teaches the model, so it must be valid",
+                    path=path,
+                    key=key,
+                )
+        pairs.append((user, answer))
+    return tuple(pairs)

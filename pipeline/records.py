@@ -11,7 +11,17 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["BadRow", "RateLimitInfo", "Reply", "Request", "Row", "RowResult", "Usage"]
+__all__ = [
+    "AnswerSchema",
+    "BadRow",
+    "Framing",
+    "RateLimitInfo",
+    "Reply",
+    "Request",
+    "Row",
+    "RowResult",
+    "Usage",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,12 +46,49 @@ class BadRow:
 
 
 @dataclass(frozen=True, slots=True)
+class AnswerSchema:
+    """The JSON Schema an answer must match (``[request].schema``), as providers are told it.
+
+    ``enforce``: OpenAI gets it as a ``json_schema`` response format (``strict`` when the schema
+    qualifies for OpenAI's strict mode) and Anthropic as the input schema of one tool it must
+    call; otherwise (``json`` mode) the system prompt asks for JSON and OpenAI gets
+    ``{"type": "json_object"}``. ``name`` is OpenAI's ``json_schema.name``.
+    """
+
+    schema: Mapping[str, Any]
+    name: str
+    enforce: bool = True
+    strict: bool = False
+    description: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Framing:
+    """What every request of a job shares around its row, made once per job by the renderer.
+
+    ``examples``: few-shot (user, assistant) turns sent before the row. ``answer``: the schema
+    the answer must match. ``cache_system`` / ``cache_examples``: put Anthropic's
+    ``cache_control`` breakpoint on the system prompt / the last example (the renderer decides,
+    from the prefix's length and the model's minimum). A plain text job has no framing at all.
+    """
+
+    examples: tuple[tuple[str, str], ...] = ()
+    answer: AnswerSchema | None = None
+    cache_system: bool = False
+    cache_examples: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """A provider-neutral request for one row.
 
     ``prompt_hash`` identifies the request *version* (template, system prompt, model,
     parameters); ``request_key`` identifies this row under this version and is what makes a
     rerun skip work already paid for.
+
+    ``framing`` is the job's shared examples, answer schema and cache breakpoints (None for a
+    plain text job). ``followups`` are (assistant answer, user reply) turns after the row's
+    prompt: an invalid answer and what was wrong with it, one pair per follow-up attempt.
     """
 
     row_id: str
@@ -56,6 +103,8 @@ class Request:
     est_input_tokens: int
     source: str = ""
     line: int = 0
+    framing: Framing | None = None
+    followups: tuple[tuple[str, str], ...] = ()
 
     @property
     def est_total_tokens(self) -> int:
@@ -120,7 +169,7 @@ class RowResult:
     row_id: str
     request_key: str
     prompt_hash: str
-    status: str  # 'ok' | 'failed' | 'input_error'
+    status: str  # 'ok' | 'failed' | 'input_error' | 'invalid'
     provider: str
     model: str
     mode: str  # 'online' | 'batch'
@@ -139,3 +188,4 @@ class RowResult:
     finished_at: float  # unix seconds
     source: str
     line: int
+    output_json: str | None = None  # the answer as JSON, when the job has a schema and it is ok

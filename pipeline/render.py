@@ -4,8 +4,9 @@ The job's ``[request]`` table is compiled once into a ``Renderer``; ``Renderer.r
 the prompt template from a row's fields and attaches the two keys that make reruns cheap:
 
 - ``prompt_hash(spec)`` names the request *version*: provider, model, system prompt, prompt
-  template, max_tokens and temperature. Changing any of them makes every row new work; changing
-  only ``base_url`` (where requests go) does not.
+  template, max_tokens and temperature, and, when the job has them, the answer schema (and
+  ``schema_mode``) and the few-shot examples. Changing any of them makes every row new work;
+  changing only ``base_url`` (where requests go) or ``invalid_retries`` does not.
 - ``request_key(row_id, prompt_hash)`` names one row under one version. A row whose key already
   has a result in the store is not sent again.
 
@@ -13,6 +14,19 @@ Both are SHA-256 based, so they are the same in every process and on every machi
 
 Token counts here are *estimates* for rate-limit budgeting (see ``estimate_tokens``); billing
 uses the usage the provider reports.
+
+Structured answers and the prompt cache
+    A job with a schema or few-shot examples gets one ``Framing`` shared by all its requests
+    (``Request.framing``): the examples, the answer schema as the provider is told it
+    (``pipeline.extract``), and where Anthropic's ``cache_control`` breakpoints go. The stable
+    part of every request (tools, system prompt, examples) comes first, so both providers can
+    cache it. Anthropic caches only what is marked, and only from a minimum length
+    (``pipeline.extract.anthropic_cache_minimum``: 1,024 tokens for Sonnet/Opus-class models,
+    2,048 for Haiku-class): the system prompt is marked when the tool schema plus the system
+    prompt reach that minimum by this module's estimate, and the last example when everything up
+    to it does. OpenAI caches prompts of 1,024 tokens or more by itself. ``Renderer.warm_cache``
+    says the prefix is long enough to be cached: the runner then sends one request alone
+    first, so the rest read the cache instead of all writing it at once.
 """
 
 from __future__ import annotations
@@ -26,13 +40,21 @@ import orjson
 
 from .config import RequestSpec
 from .errors import ConfigError, InputError
-from .records import Request, Row
+from .extract import (
+    anthropic_cache_minimum,
+    json_instruction,
+    openai_strict,
+    schema_name,
+)
+from .records import AnswerSchema, Framing, Request, Row
 
 __all__ = [
     "MESSAGE_OVERHEAD_TOKENS",
+    "OPENAI_CACHE_MINIMUM",
     "REPLY_OVERHEAD_TOKENS",
     "Renderer",
     "estimate_tokens",
+    "framing",
     "prompt_hash",
     "request_key",
     "template_fields",
@@ -42,6 +64,8 @@ __all__ = [
 # reply with a few more; OpenAI documents 3 + 3. Rounded up so the estimate errs high.
 MESSAGE_OVERHEAD_TOKENS = 4
 REPLY_OVERHEAD_TOKENS = 3
+# OpenAI caches prompts from this many tokens on (automatically, no marking).
+OPENAI_CACHE_MINIMUM = 1024
 
 # Bump when the meaning of a rendered request changes (e.g. how fields are formatted), so that
 # reruns do not reuse results made under the old rendering.
@@ -64,18 +88,75 @@ def estimate_tokens(text: str) -> int:
 def prompt_hash(spec: RequestSpec) -> str:
     """16 hex chars naming the request version (everything that shapes the answer, not base_url)."""
     temperature = None if spec.temperature is None else float(spec.temperature)
-    payload = orjson.dumps(
-        [
-            _RENDER_VERSION,
-            spec.provider,
-            spec.model,
-            spec.system,
-            spec.prompt,
-            int(spec.max_tokens),
-            temperature,
-        ]
-    )
+    parts: list[Any] = [
+        _RENDER_VERSION,
+        spec.provider,
+        spec.model,
+        spec.system,
+        spec.prompt,
+        int(spec.max_tokens),
+        temperature,
+    ]
+    # Only present when used, so that a text job's version stays what it always was.
+    if spec.schema is not None:
+        parts += ["schema", spec.schema, spec.schema_mode, _schema_name(spec)]
+    if spec.examples:
+        parts += ["examples", [list(pair) for pair in spec.examples]]
+    payload = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()[:16]
+
+
+def _schema_name(spec: RequestSpec) -> str:
+    assert spec.schema is not None
+    stem = spec.schema_path.rsplit("/", 1)[-1].split(".")[0] if spec.schema_path else None
+    return schema_name(spec.schema, stem)
+
+
+def framing(spec: RequestSpec) -> tuple[Framing | None, str | None, int, int]:
+    """What every request of the job shares: ``(framing, system prompt as sent, tokens of the
+    stable prefix, tokens the framing adds to each prompt)``.
+
+    The framing is None for a plain text job whose prefix is too short to cache. In ``json``
+    mode the system prompt gains the instruction to answer with JSON only, and the schema.
+    """
+    system = spec.system
+    answer: AnswerSchema | None = None
+    schema_tokens = 0
+    if spec.schema is not None:
+        enforce = spec.schema_mode == "enforce"
+        description = spec.schema.get("description")
+        answer = AnswerSchema(
+            schema=spec.schema,
+            name=_schema_name(spec),
+            enforce=enforce,
+            strict=enforce and openai_strict(spec.schema),
+            description=description if isinstance(description, str) else "",
+        )
+        if enforce:
+            schema_tokens = estimate_tokens(orjson.dumps(spec.schema).decode())
+        else:
+            instruction = json_instruction(spec.schema)
+            system = f"{system}\n\n{instruction}" if system else instruction
+    system_tokens = estimate_tokens(system) if system else 0
+    example_tokens = sum(
+        estimate_tokens(user) + estimate_tokens(reply) + 2 * MESSAGE_OVERHEAD_TOKENS
+        for user, reply in spec.examples
+    )
+    prefix_tokens = schema_tokens + system_tokens + example_tokens
+    cache_system = cache_examples = False
+    if spec.provider == "anthropic":
+        minimum = anthropic_cache_minimum(spec.model)
+        cache_system = bool(system) and schema_tokens + system_tokens >= minimum
+        cache_examples = bool(spec.examples) and prefix_tokens >= minimum
+    if answer is None and not spec.examples and not cache_system:
+        return None, system, prefix_tokens, 0
+    shared = Framing(
+        examples=spec.examples,
+        answer=answer,
+        cache_system=cache_system,
+        cache_examples=cache_examples,
+    )
+    return shared, system, prefix_tokens, schema_tokens + example_tokens
 
 
 def request_key(row_id: str, prompt_hash: str) -> str:
@@ -97,6 +178,7 @@ class Renderer:
         "_fixed_tokens",
         "_template",
         "fields",
+        "framing",
         "max_tokens",
         "model",
         "prompt_hash",
@@ -104,6 +186,7 @@ class Renderer:
         "spec",
         "system",
         "temperature",
+        "warm_cache",
     )
 
     def __init__(self, spec: RequestSpec) -> None:
@@ -113,14 +196,23 @@ class Renderer:
         self.prompt_hash = prompt_hash(spec)
         self.provider = spec.provider
         self.model = spec.model
-        self.system = spec.system
+        self.framing, self.system, prefix_tokens, framing_tokens = framing(spec)
         self.max_tokens = spec.max_tokens
         self.temperature = spec.temperature
-        messages = 2 if spec.system else 1
-        system_tokens = estimate_tokens(spec.system) if spec.system else 0
+        messages = 2 if self.system else 1
+        system_tokens = estimate_tokens(self.system) if self.system else 0
         self._fixed_tokens = (
-            system_tokens + messages * MESSAGE_OVERHEAD_TOKENS + REPLY_OVERHEAD_TOKENS
+            system_tokens
+            + framing_tokens
+            + messages * MESSAGE_OVERHEAD_TOKENS
+            + REPLY_OVERHEAD_TOKENS
         )
+        if spec.provider == "anthropic":
+            self.warm_cache = self.framing is not None and (
+                self.framing.cache_system or self.framing.cache_examples
+            )
+        else:
+            self.warm_cache = prefix_tokens >= OPENAI_CACHE_MINIMUM
 
     def render(self, row: Row) -> Request:
         """The request for one row. Raises InputError if the row cannot fill the template."""
@@ -153,6 +245,7 @@ class Renderer:
             self._fixed_tokens + (len(prompt) + 3) // 4,
             row.source,
             row.line,
+            self.framing,
         )
 
     def _missing(self, row: Row, name: str) -> InputError:
