@@ -298,8 +298,12 @@ class JSONProvider:
 
     async def send(self, request: Request) -> Reply:
         # The request key lets a provider-side log (and the fake's accounting) tie retries and
-        # reruns of one row together.
-        headers = {**self._headers, "x-client-request-id": request.request_key}
+        # reruns of one row together. A follow-up turn (after an invalid answer) is another
+        # request, paid for once more: it carries the key with the follow-up's number.
+        client_id = request.request_key
+        if request.followups:
+            client_id = f"{client_id}.{len(request.followups)}"
+        headers = {**self._headers, "x-client-request-id": client_id}
         content = orjson.dumps(self.body(request))
         # The transport is called directly: the single seam between logic and network. The
         # client layers above it (cookies, redirects, auth, URL merging) cost CPU per request

@@ -1,8 +1,18 @@
 """Anthropic messages (``POST {base_url}/v1/messages``).
 
-The system prompt is the top-level ``system``; ``max_tokens`` is required. Usage is normalised so
-that ``input_tokens`` counts every prompt token: Anthropic reports uncached, cache-write and
-cache-read input tokens separately.
+The system prompt is the top-level ``system``; ``max_tokens`` is required. Few-shot examples are
+user/assistant turns before the row, follow-up turns come after it. An answer schema in
+``enforce`` mode is one tool, ``record``, whose ``input_schema`` is the schema, and
+``tool_choice`` forces it: the answer is that ``tool_use`` block's ``input`` (``parse_message``
+returns it as JSON text). In ``json`` mode the system prompt asks for JSON only (no prefill).
+
+Prompt caching: when the renderer says the stable prefix is long enough (``Framing``), the system
+prompt is sent as a text block with ``cache_control: {"type": "ephemeral"}``, and so is the last
+example's answer: Anthropic then caches tools + system (+ examples) and later rows read them at a
+tenth of the input price.
+
+Usage is normalised so that ``input_tokens`` counts every prompt token: Anthropic reports
+uncached, cache-write and cache-read input tokens separately.
 """
 
 from __future__ import annotations
@@ -11,35 +21,91 @@ from collections.abc import Mapping
 from typing import Any
 
 import httpx
+import orjson
 
 from ..errors import TransientError
-from ..records import Request, Usage
+from ..extract import ANSWER_TOOL
+from ..records import AnswerSchema, Request, Usage
 from ._base import JSONProvider
 
-__all__ = ["ANTHROPIC_VERSION", "AnthropicProvider", "messages_body", "parse_message"]
+__all__ = [
+    "ANTHROPIC_VERSION",
+    "AnthropicProvider",
+    "answer_tool",
+    "messages_body",
+    "parse_message",
+]
 
 ANTHROPIC_VERSION = "2023-06-01"
+EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
 
 
 def messages_body(request: Request) -> dict[str, Any]:
     """The JSON body of a messages request for one row."""
-    body: dict[str, Any] = {
-        "model": request.model,
-        "max_tokens": request.max_tokens,
-        "messages": [{"role": "user", "content": request.prompt}],
-    }
+    framing = request.framing
+    if framing is None and not request.followups:
+        body: dict[str, Any] = {
+            "model": request.model,
+            "max_tokens": request.max_tokens,
+            "messages": [{"role": "user", "content": request.prompt}],
+        }
+        if request.system:
+            body["system"] = request.system
+        if request.temperature is not None:
+            body["temperature"] = request.temperature
+        return body
+    messages: list[dict[str, Any]] = []
+    body = {"model": request.model, "max_tokens": request.max_tokens, "messages": messages}
     if request.system:
-        body["system"] = request.system
+        if framing is not None and framing.cache_system:
+            body["system"] = [{"type": "text", "text": request.system, "cache_control": EPHEMERAL}]
+        else:
+            body["system"] = request.system
+    if framing is not None:
+        last = len(framing.examples) - 1
+        for index, (user, assistant) in enumerate(framing.examples):
+            messages.append({"role": "user", "content": user})
+            if index == last and framing.cache_examples:
+                block = {"type": "text", "text": assistant, "cache_control": EPHEMERAL}
+                messages.append({"role": "assistant", "content": [block]})
+            else:
+                messages.append({"role": "assistant", "content": assistant})
+    messages.append({"role": "user", "content": request.prompt})
+    for assistant, user in request.followups:
+        messages.append({"role": "assistant", "content": assistant})
+        messages.append({"role": "user", "content": user})
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if framing is not None and framing.answer is not None and framing.answer.enforce:
+        body["tools"] = [answer_tool(framing.answer)]
+        body["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
     return body
 
 
+def answer_tool(answer: AnswerSchema) -> dict[str, Any]:
+    """The one tool an ``enforce``-mode request must call; its input is the answer."""
+    description = answer.description or (
+        "Record the answer: call this tool once, with input that follows its schema."
+    )
+    return {"name": ANSWER_TOOL, "description": description, "input_schema": answer.schema}
+
+
 def parse_message(body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
-    """Text, stop reason and usage of a ``message`` object."""
+    """Text, stop reason and usage of a ``message`` object.
+
+    The text is that of the text blocks; when the message calls a tool (a structured answer),
+    it is the first ``tool_use`` block's ``input``, as JSON.
+    """
     try:
-        blocks = body["content"]
-        text = "".join(b.get("text", "") for b in blocks if b.get("type") == "text")
+        texts: list[str] = []
+        tool_input: Any = None
+        for block in body["content"]:
+            kind = block.get("type")
+            if kind == "text":
+                texts.append(block.get("text", ""))
+            elif kind == "tool_use" and tool_input is None:
+                tool_input = block["input"]
+        text = "".join(texts) if tool_input is None else orjson.dumps(tool_input).decode()
         usage = body["usage"]
         uncached = int(usage["input_tokens"])
         write = int(usage.get("cache_creation_input_tokens") or 0)

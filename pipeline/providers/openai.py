@@ -1,7 +1,11 @@
 """OpenAI chat completions (``POST {base_url}/chat/completions``).
 
-The system prompt is the first message, with role ``system``. Usage keeps cached prompt tokens
-(part of ``prompt_tokens``) and reasoning tokens (part of ``completion_tokens``).
+The system prompt is the first message, with role ``system``; few-shot examples follow as
+user/assistant turns, then the row, then any follow-up turns: the stable part first, so that
+OpenAI's automatic prompt cache can reuse it. An answer schema becomes the ``response_format``:
+``json_schema`` (``strict`` when the schema qualifies) in ``enforce`` mode, ``json_object`` in
+``json`` mode. Usage keeps cached prompt tokens (part of ``prompt_tokens``) and reasoning tokens
+(part of ``completion_tokens``).
 """
 
 from __future__ import annotations
@@ -12,10 +16,10 @@ from typing import Any
 import httpx
 
 from ..errors import TransientError
-from ..records import Request, Usage
+from ..records import AnswerSchema, Request, Usage
 from ._base import JSONProvider
 
-__all__ = ["OpenAIProvider", "chat_body", "parse_chat_completion"]
+__all__ = ["OpenAIProvider", "chat_body", "parse_chat_completion", "response_format"]
 
 
 def chat_body(request: Request) -> dict[str, Any]:
@@ -23,7 +27,15 @@ def chat_body(request: Request) -> dict[str, Any]:
     messages: list[dict[str, str]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
+    framing = request.framing
+    if framing is not None:
+        for user, assistant in framing.examples:
+            messages.append({"role": "user", "content": user})
+            messages.append({"role": "assistant", "content": assistant})
     messages.append({"role": "user", "content": request.prompt})
+    for assistant, user in request.followups:
+        messages.append({"role": "assistant", "content": assistant})
+        messages.append({"role": "user", "content": user})
     body: dict[str, Any] = {
         "model": request.model,
         "messages": messages,
@@ -31,7 +43,20 @@ def chat_body(request: Request) -> dict[str, Any]:
     }
     if request.temperature is not None:
         body["temperature"] = request.temperature
+    if framing is not None and framing.answer is not None:
+        body["response_format"] = response_format(framing.answer)
     return body
+
+
+def response_format(answer: AnswerSchema) -> dict[str, Any]:
+    """The ``response_format`` asking for ``answer``: its JSON Schema in ``enforce`` mode (strict
+    only when the schema qualifies), JSON mode otherwise (the system prompt then says JSON)."""
+    if not answer.enforce:
+        return {"type": "json_object"}
+    spec: dict[str, Any] = {"name": answer.name, "schema": answer.schema, "strict": answer.strict}
+    if answer.description:
+        spec["description"] = answer.description
+    return {"type": "json_schema", "json_schema": spec}
 
 
 def _int(d: Mapping[str, Any] | None, key: str) -> int:
