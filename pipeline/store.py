@@ -19,7 +19,7 @@ column                 type         meaning
 job                    VARCHAR      the job's ``name``
 run_id                 VARCHAR      the run that wrote the row (see table ``runs``)
 row_id                 VARCHAR      the row's id (the ``[input] id`` column, or a hash of the row)
-status                 VARCHAR      ``ok`` | ``failed`` | ``input_error``
+status                 VARCHAR      ``ok`` | ``failed`` | ``input_error`` | ``invalid``
 provider, model, mode  VARCHAR      ``openai``/``anthropic``, the model name, ``online``/``batch``
 output_text            VARCHAR      the model's answer (NULL unless ok)
 finish_reason          VARCHAR      as the provider said (``stop``, ``end_turn``, ``length``, ...)
@@ -37,7 +37,17 @@ prompt_hash            VARCHAR      the request version (template, system prompt
 request_key            VARCHAR      this row under that version; a rerun skips keys already ok
 finished_at            TIMESTAMPTZ  when the row's outcome was decided
 source, line           VARCHAR/INT  the input file and its 1-based line (or Parquet row number)
+output_json            JSON         a schema job's answer, parsed and valid (NULL otherwise)
 =====================  ===========  ================================================================
+
+``invalid`` rows are answers of a job with ``[request].schema`` that did not match it (or were
+cut off: ``error_type`` ``truncated``); ``output_text`` keeps the raw answer and ``error`` says
+what was wrong. Each such job also gets a view ``extract_<job>`` (``create_extract_view``): the
+latest ``ok`` answer per ``row_id``, one typed column per top-level property of the schema.
+
+Schema version 2 added ``output_json`` and the status ``invalid``. DuckDB cannot change a CHECK
+constraint in place, so a version-1 file is migrated when it is first opened for writing: the
+table ``row_results`` is rebuilt with the new CHECK and column, in one transaction.
 
 A row that failed in one run and succeeded in a rerun appears once per run: ``sum(cost_usd)``
 is what was paid. Table ``runs`` holds one row per run (job file, hashes, state, counts, cost,
@@ -88,7 +98,7 @@ __all__ = [
     "Totals",
 ]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 
 RUN_STATES: Final = ("running", "completed", "stopped: <why>", "failed: <why>")
 """What ``runs.state`` may hold; ``<why>`` is e.g. ``budget`` or ``signal``."""
@@ -157,7 +167,8 @@ _SCHEMA_SQL: Final = (
         row_id             VARCHAR NOT NULL,
         request_key        VARCHAR NOT NULL,
         prompt_hash        VARCHAR,
-        status             VARCHAR NOT NULL CHECK (status IN ('ok', 'failed', 'input_error')),
+        status             VARCHAR NOT NULL
+                           CHECK (status IN ('ok', 'failed', 'input_error', 'invalid')),
         provider           VARCHAR,
         model              VARCHAR,
         mode               VARCHAR,
@@ -175,7 +186,8 @@ _SCHEMA_SQL: Final = (
         latency_ms         DOUBLE,
         finished_at        TIMESTAMPTZ NOT NULL,
         source             VARCHAR,
-        line               BIGINT
+        line               BIGINT,
+        output_json        JSON
     )
     """,
 )
@@ -220,7 +232,8 @@ _RESULTS_VIEW_SQL: Final = """
     SELECT job, run_id, row_id, status, provider, model, mode, output_text, finish_reason,
            error_type, error, attempts, input_tokens, output_tokens, cache_read_tokens,
            cache_write_tokens, reasoning_tokens, input_tokens + output_tokens AS total_tokens,
-           cost_usd, latency_ms, prompt_hash, request_key, finished_at, source, line
+           cost_usd, latency_ms, prompt_hash, request_key, finished_at, source, line,
+           output_json
     FROM row_results
 """
 
@@ -465,6 +478,63 @@ def _manifest_text(manifest: Mapping[str, Any] | str | None) -> str | None:
         raise StoreError(f"cannot record the run: its manifest is not JSON ({exc})") from exc
 
 
+def _migrate_row_results(cur: duckdb.DuckDBPyConnection) -> bool:
+    """Rebuild a schema-version-1 ``row_results`` (no ``output_json``, a CHECK without
+    ``invalid``) in the current shape, keeping every row; True when it did. DuckDB cannot alter a
+    CHECK constraint, so the table is renamed, created anew, copied and dropped, inside the
+    caller's transaction."""
+    found = cur.execute(
+        "SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' "
+        "AND table_name = 'row_results' AND column_name = 'output_json'"
+    ).fetchone()
+    if found is not None and found[0]:
+        return False
+    create = next(sql for sql in _SCHEMA_SQL if "TABLE IF NOT EXISTS row_results" in sql)
+    old_columns = ", ".join(name for name in _RESULT_FIELDS if name != "output_json")
+    cur.execute("ALTER TABLE row_results RENAME TO row_results_v1")
+    cur.execute(create)
+    cur.execute(f"INSERT INTO row_results ({old_columns}) SELECT {old_columns} FROM row_results_v1")
+    cur.execute("DROP TABLE row_results_v1")
+    return True
+
+
+_EXTRACT_TYPES: Final = frozenset({"VARCHAR", "BIGINT", "DOUBLE", "BOOLEAN", "JSON"})
+
+
+def _ident(name: str) -> str:
+    """``name`` as a quoted SQL identifier."""
+    return '"' + name.replace('"', '""') + '"'
+
+
+def _literal(text: str) -> str:
+    """``text`` as a SQL string literal."""
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _extract_select(columns: Sequence[tuple[str, str]]) -> list[str]:
+    """The typed select list of an extract view: one expression per (property, type), named
+    after the property (made unique: DuckDB names ignore case)."""
+    taken = {"row_id", "run_id"}
+    out = ["row_id", "run_id"]
+    for prop, sql_type in columns:
+        if sql_type not in _EXTRACT_TYPES:
+            raise ValueError(f"extract column {prop!r}: unknown type {sql_type!r}")
+        path = _literal("$." + orjson.dumps(prop).decode())
+        if sql_type == "JSON":
+            expr = f"output_json -> {path}"
+        elif sql_type == "VARCHAR":
+            expr = f"output_json ->> {path}"
+        else:
+            expr = f"TRY_CAST(output_json ->> {path} AS {sql_type})"
+        name, n = prop, 1
+        while name.lower() in taken:
+            n += 1
+            name = f"{prop}_{n}"
+        taken.add(name.lower())
+        out.append(f"{expr} AS {_ident(name)}")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # The store
 
@@ -592,9 +662,10 @@ class Store:
         with self._transaction("create the schema") as cur:
             for statement in (*_SCHEMA_SQL, *_BATCH_SCHEMA_SQL):
                 cur.execute(statement)
+            migrated = _migrate_row_results(cur)
             row = cur.execute("SELECT max(version) FROM schema_version").fetchone()
             found = None if row is None else row[0]
-            if found is None:
+            if found is None or (migrated and found < SCHEMA_VERSION):
                 cur.execute("INSERT INTO schema_version (version) VALUES (?)", [SCHEMA_VERSION])
             elif found > SCHEMA_VERSION:
                 raise StoreError(
@@ -817,7 +888,7 @@ class Store:
         with self._cursor(f"list the failed rows of run {run_id!r}") as cur:
             keys = cur.execute(
                 "SELECT DISTINCT request_key FROM row_results r WHERE run_id = ? "
-                "AND status = 'failed' AND NOT EXISTS (SELECT 1 FROM row_results o "
+                "AND status IN ('failed', 'invalid') AND NOT EXISTS (SELECT 1 FROM row_results o "
                 "WHERE o.request_key = r.request_key AND o.status = 'ok')",
                 [run_id],
             ).fetchall()
@@ -1123,6 +1194,58 @@ class Store:
             groups=tuple(ModelGroup(*g) for g in group_rows),
             runs=runs,
         )
+
+    # -- structured answers, export ------------------------------------------------------------
+
+    def create_extract_view(self, job: str, columns: Sequence[tuple[str, str]]) -> str:
+        """Create or replace the view ``extract_<job>`` and return its name (see
+        ``pipeline.extract.extract_view_name``).
+
+        One row per ``row_id`` of the job: its latest ``ok`` result that has an ``output_json``,
+        as ``row_id``, ``run_id`` and one column per ``(property, type)`` of ``columns`` (type
+        VARCHAR, BIGINT, DOUBLE, BOOLEAN or JSON), read from ``output_json``; a value that does
+        not fit its type is NULL.
+        """
+        from .extract import extract_view_name
+
+        name = extract_view_name(job)
+        select = ",\n               ".join(_extract_select(columns))
+        sql = f"""
+            CREATE OR REPLACE VIEW {_ident(name)} AS
+            SELECT {select}
+            FROM row_results
+            WHERE job = {_literal(job)} AND status = 'ok' AND output_json IS NOT NULL
+            QUALIFY row_number() OVER (PARTITION BY row_id ORDER BY finished_at DESC, run_id DESC)
+                    = 1
+        """
+        with self._transaction(f"create view {name}") as cur:
+            cur.execute(sql)
+        return name
+
+    def export_parquet(self, run_id: str, path: str | Path) -> int:
+        """Write every column of the run's rows of ``results`` to a Parquet file at ``path``
+        (DuckDB's COPY), in input order; returns the number of rows written."""
+        query = (
+            f"SELECT * FROM results WHERE run_id = {_literal(run_id)} ORDER BY source, line, row_id"
+        )
+        with self._cursor(f"export run {run_id!r} to {path}") as cur:
+            row = cur.execute(
+                f"COPY ({query}) TO {_literal(str(path))} (FORMAT parquet)"
+            ).fetchone()
+        return int(row[0]) if row else 0
+
+    def iter_results(self, run_id: str, *, chunk: int = 1000) -> Iterator[list[dict[str, Any]]]:
+        """The run's rows of ``results`` as dicts, in input order, ``chunk`` at a time;
+        ``finished_at`` is unix seconds."""
+        with self._cursor(f"read the results of run {run_id!r}") as cur:
+            rel = cur.execute(
+                "SELECT * EXCLUDE (finished_at), epoch(finished_at) AS finished_at FROM results "
+                "WHERE run_id = ? ORDER BY source, line, row_id",
+                [run_id],
+            )
+            names = [d[0] for d in rel.description or ()]
+            while rows := rel.fetchmany(chunk):
+                yield [dict(zip(names, row, strict=True)) for row in rows]
 
     def query(
         self, sql: str, params: Sequence[Any] | Mapping[str, Any] | None = None
