@@ -11,6 +11,10 @@ resume``), and a rerun skips rows a batch already returned. What a batch did not
 (expired, cancelled, errored) is sent online by the same run when ``on_unfinished = "online"``,
 or recorded as failed with ``"record"``. A part the provider rejects as a whole (failed
 validation) is recorded row by row with the provider's line-numbered errors.
+
+With an answer schema, every answer a batch returns is checked as online (``pipeline.extract``);
+one that does not match is recorded ``invalid`` at once (a batch cannot hold a conversation's
+follow-up turn; ``pipeline rerun RUN --failed`` sends such rows again).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from .batch import PartWriter
 from .config import Job
 from .cost import Price, cost_usd
 from .errors import InputError, ProviderError
+from .extract import Extractor
 from .manifest import write_manifest
 from .providers._batch import BatchLine, BatchPart, BatchProvider, BatchState
 from .records import BadRow, RowResult
@@ -83,6 +88,8 @@ class BatchRunner:
         self.stats = RunStats()
         self._clock = clock
         self._renderer = Renderer(job.request)
+        schema = job.request.schema
+        self._extractor = None if schema is None else Extractor(schema)
         self._stopping = False
         self._log = log.bind(job=job.name, run_id=run_id, provider=job.request.provider)
 
@@ -113,6 +120,8 @@ class BatchRunner:
                     base_url=self.base_url,
                 )
             )
+        if self._extractor is not None:
+            self.store.create_extract_view(job.name, self._extractor.columns)
         state = "completed"
         message = None
         try:
@@ -338,11 +347,14 @@ class BatchRunner:
                     results.append(result)
         await anyio.to_thread.run_sync(self.store.collect_batch, self.run_id, part, results)
         for r in results:
-            if r.status == "ok":
-                self.stats.rows_ok += 1
+            if r.status in ("ok", "invalid"):
                 self.stats.input_tokens += r.input_tokens
                 self.stats.output_tokens += r.output_tokens
                 self.stats.cost_usd += r.cost_usd or 0.0
+            if r.status == "ok":
+                self.stats.rows_ok += 1
+            elif r.status == "invalid":
+                self.stats.rows_invalid += 1
             else:
                 self.stats.rows_failed += 1
         self.stats.rows_committed += len(results)
@@ -371,20 +383,25 @@ class BatchRunner:
                 answer.error or "",
             )
         usage = answer.reply.usage
+        status, error_type, error, output_json = "ok", None, None, None
+        if self._extractor is not None:
+            verdict = self._extractor.check(answer.reply.text, answer.reply.finish_reason)
+            output_json, error_type, error = verdict.value_json, verdict.error_type, verdict.error
+            status = "ok" if verdict.ok else "invalid"
         return RowResult(
             job=self.job.name,
             run_id=self.run_id,
             row_id=row_id,
             request_key=answer.custom_id,
             prompt_hash=self.prompt_hash,
-            status="ok",
+            status=status,
             provider=self.job.request.provider,
             model=self.job.request.model,
             mode="batch",
             output_text=answer.reply.text,
             finish_reason=answer.reply.finish_reason,
-            error_type=None,
-            error=None,
+            error_type=error_type,
+            error=error,
             attempts=1,
             input_tokens=usage.input_tokens,
             output_tokens=usage.output_tokens,
@@ -396,6 +413,7 @@ class BatchRunner:
             finished_at=self._clock(),
             source=source,
             line=line,
+            output_json=output_json,
         )
 
     async def _unfinished(self) -> RunOutcome | None:
@@ -410,6 +428,7 @@ class BatchRunner:
         s, o = self.stats, outcome.stats
         s.rows_ok += o.rows_ok
         s.rows_failed += o.rows_failed
+        s.rows_invalid += o.rows_invalid
         s.input_tokens += o.input_tokens
         s.output_tokens += o.output_tokens
         s.cost_usd += o.cost_usd
@@ -471,6 +490,7 @@ class BatchRunner:
                 "ok": s.rows_ok,
                 "failed": s.rows_failed,
                 "input_error": s.rows_input_error,
+                "invalid": s.rows_invalid,
                 "committed": s.rows_committed,
                 "requests": s.requests_sent,
                 "rate_limited": s.rate_limited,

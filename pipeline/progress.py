@@ -52,6 +52,8 @@ def _line(stats: RunStats) -> str:
         f"[green]{stats.rows_ok:,} ok[/]",
         f"[red]{failed:,} failed[/]" if failed else "0 failed",
     ]
+    if stats.rows_invalid:
+        parts.append(f"[yellow]{stats.rows_invalid:,} invalid[/]")
     if stats.rows_skipped:
         parts.append(f"{stats.rows_skipped:,} already done")
     parts += [

@@ -15,6 +15,13 @@ every committed ``ok`` row is skipped by it.
 A fatal provider error (bad key, no quota) cancels the run at once. ``request_stop()`` (the CLI
 calls it on SIGINT/SIGTERM) stops launching new requests, lets those in flight finish for a short
 grace period, then flushes and returns.
+
+A job with an answer schema (``[request].schema``) has every answer checked
+(``pipeline.extract``): an invalid one gets up to ``invalid_retries`` follow-up turns saying what
+was wrong, then the row is recorded ``invalid``; a truncated one is recorded ``invalid`` at once.
+When the job's stable prompt prefix is long enough to be cached (``Renderer.warm_cache``), the
+first request is sent alone, so that the others read the provider's prompt cache instead of all
+writing it at the same time.
 """
 
 from __future__ import annotations
@@ -23,7 +30,7 @@ import os
 import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,12 +41,13 @@ from anyio.abc import ObjectReceiveStream, ObjectSendStream
 
 from .config import Job
 from .cost import Price, cost_usd
-from .errors import FatalProviderError, InputError, ProviderError, RateLimitError
+from .errors import FatalProviderError, InputError, PipelineError, ProviderError, RateLimitError
+from .extract import Extractor, Verdict, followup_prompt
 from .limits import RateBudget
 from .manifest import write_manifest
 from .providers import Provider
 from .records import BadRow, Request, Row, RowResult, Usage
-from .render import Renderer, request_key
+from .render import MESSAGE_OVERHEAD_TOKENS, Renderer, estimate_tokens, request_key
 from .retry import backoff_s
 from .sources import iter_row_chunks
 from .store import RunRecord, Store
@@ -55,6 +63,18 @@ WRITE_INTERVAL_S = 0.25
 RESULTS_BUFFER = 256
 READ_CHUNK = 4096  # rows read, rendered and checked against the store at a time
 MANIFEST_INTERVAL_S = 2.0
+_NO_USAGE = Usage()
+
+
+def _first_pipeline_error(group: BaseExceptionGroup[BaseException]) -> PipelineError | None:
+    for exc in group.exceptions:
+        if isinstance(exc, PipelineError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_pipeline_error(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def new_run_id() -> str:
@@ -83,6 +103,7 @@ class RunStats:
     rows_ok: int = 0
     rows_failed: int = 0
     rows_input_error: int = 0
+    rows_invalid: int = 0  # answers that did not match the job's schema
     rows_committed: int = 0
     requests_sent: int = 0
     retries: int = 0
@@ -94,7 +115,7 @@ class RunStats:
 
     @property
     def rows_done(self) -> int:
-        return self.rows_ok + self.rows_failed + self.rows_input_error
+        return self.rows_ok + self.rows_failed + self.rows_input_error + self.rows_invalid
 
     @property
     def elapsed_s(self) -> float:
@@ -158,6 +179,11 @@ class Runner:
         self._look_up = True  # whether rows may be done already (see _reader)
         self._clock = clock
         self._renderer = Renderer(job.request)
+        schema = job.request.schema
+        self._extractor = None if schema is None else Extractor(schema)
+        # Set once the first request of a run whose prefix can be cached has been answered.
+        self._warm: anyio.Event | None = anyio.Event() if self._renderer.warm_cache else None
+        self._warm_leader = False
         self._stopping = False
         self._fatal: FatalProviderError | None = None
         self._work_scope: anyio.CancelScope | None = None
@@ -208,6 +234,8 @@ class Runner:
                     manifest=self.manifest("running"),
                 )
             )
+        if self._extractor is not None:
+            self.store.create_extract_view(job.name, self._extractor.columns)
         self._log.info(
             "run_started",
             input=job.input.path,
@@ -237,6 +265,13 @@ class Runner:
                                     )
                                 receive_work.close()
                             watch.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            # A task failed (e.g. DuckDB refused a write): one clear error, not a traceback.
+            error = _first_pipeline_error(group)
+            state = f"failed: {error}" if error else "failed: interrupted"
+            if error is None:
+                raise
+            raise error from group
         except BaseException:
             state = "failed: interrupted"
             raise
@@ -252,6 +287,7 @@ class Runner:
             state=state,
             rows_ok=self.stats.rows_ok,
             rows_failed=self.stats.rows_failed + self.stats.rows_input_error,
+            rows_invalid=self.stats.rows_invalid,
             cost_usd=round(self.stats.cost_usd, 6),
         )
         return RunOutcome(self.run_id, state, self.stats, str(self._fatal) if self._fatal else None)
@@ -273,6 +309,7 @@ class Runner:
                 "ok": s.rows_ok,
                 "failed": s.rows_failed,
                 "input_error": s.rows_input_error,
+                "invalid": s.rows_invalid,
                 "committed": s.rows_committed,
                 "requests": s.requests_sent,
                 "rate_limited": s.rate_limited,
@@ -406,7 +443,10 @@ class Runner:
                     break
                 self._inflight_worst_usd += worst
                 try:
-                    result = await self._process(request)
+                    if self._warm is None:
+                        result = await self._process(request)
+                    else:
+                        result = await self._first_alone(request)
                 finally:
                     self._inflight_worst_usd -= worst
                 if result is None:
@@ -433,13 +473,37 @@ class Runner:
         spent = self.spent_usd + self.stats.cost_usd
         return spent + self._inflight_worst_usd + worst <= self.budget_usd
 
+    async def _first_alone(self, request: Request) -> RowResult | None:
+        """Send the run's first request alone and hold the others until it is answered: it
+        writes the prompt cache, and they read it (at a tenth of the price) instead of all
+        writing it at once (at a premium)."""
+        gate = self._warm
+        assert gate is not None
+        if self._warm_leader:
+            await gate.wait()
+            return await self._process(request)
+        self._warm_leader = True
+        try:
+            return await self._process(request)
+        finally:
+            gate.set()
+            self._warm = None
+
     async def _process(self, request: Request) -> RowResult | None:
-        """Send one request until it succeeds, fails for good, or attempts run out."""
+        """Send one request until it succeeds, fails for good, or attempts run out.
+
+        With an answer schema, an invalid answer is followed up (``_followup``) and the usage
+        and cost recorded for the row add up every answer paid for.
+        """
         limits = self.job.limits
         reserve = request.est_total_tokens
-        attempt = 0
+        attempt = 0  # requests sent for the row
+        tries = 0  # attempts of the current request; a follow-up starts again
+        paid = _NO_USAGE  # answers already paid for (invalid ones that were followed up)
+        paid_cost: float | None = None
         while True:
             attempt += 1
+            tries += 1
             await self.budget.acquire(reserve)
             self.stats.requests_sent += 1
             started = time.perf_counter()
@@ -458,11 +522,46 @@ class Runner:
                 self.budget.reward()
                 cost = cost_usd(self.price, usage)
                 s = self.stats
-                s.rows_ok += 1
                 s.input_tokens += usage.input_tokens
                 s.output_tokens += usage.output_tokens
                 if cost is not None:
                     s.cost_usd += cost
+                if self._extractor is not None:
+                    if attempt > 1:
+                        usage = _add_usage(paid, usage)
+                        cost = _add_cost(paid_cost, cost)
+                    verdict = self._extractor.check(reply.text, reply.finish_reason)
+                    followup = None if verdict.ok else self._followup(request, reply.text, verdict)
+                    if followup is not None:
+                        request, paid, paid_cost = followup, usage, cost
+                        reserve = request.est_total_tokens
+                        tries = 0
+                        continue
+                    if verdict.ok:
+                        s.rows_ok += 1
+                    else:
+                        s.rows_invalid += 1
+                        self._log.warning(
+                            "row_invalid",
+                            row_id=request.row_id,
+                            error_type=verdict.error_type,
+                            attempts=attempt,
+                            error=verdict.error,
+                        )
+                    return self._result(
+                        request,
+                        "ok" if verdict.ok else "invalid",
+                        attempt,
+                        output_text=reply.text,
+                        finish_reason=reply.finish_reason,
+                        error_type=verdict.error_type,
+                        error=verdict.error,
+                        usage_tokens=_tokens(usage),
+                        cost=cost,
+                        latency_ms=latency_ms,
+                        output_json=verdict.value_json,
+                    )
+                s.rows_ok += 1
                 return self._result(
                     request,
                     "ok",
@@ -486,7 +585,7 @@ class Runner:
             if isinstance(error, RateLimitError):
                 self.stats.rate_limited += 1
                 self.budget.penalize(error.retry_after)
-            if not error.transient or attempt >= limits.max_attempts:
+            if not error.transient or tries >= limits.max_attempts:
                 self.stats.rows_failed += 1
                 self._log.warning(
                     "row_failed",
@@ -497,7 +596,13 @@ class Runner:
                     error=str(error),
                 )
                 return self._result(
-                    request, "failed", attempt, error_type=error.error_type, error=str(error)
+                    request,
+                    "failed",
+                    attempt,
+                    error_type=error.error_type,
+                    error=str(error),
+                    usage_tokens=_tokens(paid),
+                    cost=paid_cost,
                 )
             self.stats.retries += 1
             wait = backoff_s(attempt, retry_after=error.retry_after)
@@ -512,6 +617,34 @@ class Runner:
             await anyio.sleep(wait)
             if self._stopping:
                 return None  # not finished: left for the next run
+
+    def _followup(self, request: Request, answer: str, verdict: Verdict) -> Request | None:
+        """The request again, with the invalid answer and what was wrong with it as two more
+        turns; None when it is not worth sending (truncated, follow-ups used up, stopping, or
+        over the budget or the context window)."""
+        done = len(request.followups)
+        if not verdict.retryable or done >= self.job.request.invalid_retries or self._stopping:
+            return None
+        reply = followup_prompt(verdict)
+        extra = estimate_tokens(answer) + estimate_tokens(reply) + 2 * MESSAGE_OVERHEAD_TOKENS
+        again = replace(
+            request,
+            followups=(*request.followups, (answer, reply)),
+            est_input_tokens=request.est_input_tokens + extra,
+        )
+        if self.context_window and again.est_total_tokens > self.context_window:
+            return None
+        if not self._within_budget(self._worst_cost(again)):
+            self.request_stop("budget")
+            return None
+        self._log.info(
+            "answer_invalid",
+            row_id=request.row_id,
+            error_type=verdict.error_type,
+            followup=done + 1,
+            error=verdict.error,
+        )
+        return again
 
     def _on_fatal(self, error: ProviderError) -> None:
         if self._fatal is None:
@@ -604,6 +737,7 @@ class Runner:
         usage_tokens: tuple[int, int, int, int, int] = (0, 0, 0, 0, 0),
         cost: float | None = None,
         latency_ms: float | None = None,
+        output_json: str | None = None,
     ) -> RowResult:
         inp, out, cache_read, cache_write, reasoning = usage_tokens
         return RowResult(
@@ -631,4 +765,31 @@ class Runner:
             finished_at=self._clock(),
             source=request.source,
             line=request.line,
+            output_json=output_json,
         )
+
+
+def _tokens(usage: Usage) -> tuple[int, int, int, int, int]:
+    return (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read_tokens,
+        usage.cache_write_tokens,
+        usage.reasoning_tokens,
+    )
+
+
+def _add_usage(a: Usage, b: Usage) -> Usage:
+    return Usage(
+        input_tokens=a.input_tokens + b.input_tokens,
+        output_tokens=a.output_tokens + b.output_tokens,
+        cache_read_tokens=a.cache_read_tokens + b.cache_read_tokens,
+        cache_write_tokens=a.cache_write_tokens + b.cache_write_tokens,
+        reasoning_tokens=a.reasoning_tokens + b.reasoning_tokens,
+    )
+
+
+def _add_cost(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else a + b
