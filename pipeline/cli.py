@@ -64,6 +64,7 @@ COMMANDS = {
     "batches": "list submitted batches: run, provider, batch id, status, counts, age",
     "cancel": "cancel a run's open batches; 'pipeline resume RUN' then collects what finished",
     "report": "print cost, tokens and latency by model and status from a results database",
+    "export": "write a run's results to a file: JSONL in OpenAI's batch-output shape, or Parquet",
     "fake-provider": "serve the built-in fake OpenAI/Anthropic provider on 127.0.0.1",
 }
 
@@ -142,6 +143,16 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     cancel.add_argument("--base-url", help="override the provider URL the run used")
 
+    export = command("export")
+    export.add_argument("run", help="run id (see 'pipeline runs')")
+    export.add_argument(
+        "--format", choices=["jsonl", "parquet"], default="jsonl", help="file format (jsonl)"
+    )
+    export.add_argument(
+        "--out", help="file to write (default: runs/RUN_ID.results.FORMAT next to the database)"
+    )
+    export.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+
     report = command("report")
     report.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     report.add_argument("--job", help="only this job")
@@ -177,6 +188,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batches": _batches,
         "cancel": _cancel,
         "report": _report,
+        "export": _export,
         "fake-provider": _fake_provider,
     }
     try:
@@ -266,6 +278,12 @@ def _resume(args: argparse.Namespace) -> int:
             "or start a new run with 'pipeline run'"
         )
     job = _job_from_manifest(manifest, args)
+    if job.request.schema_path and Renderer(job.request).prompt_hash != manifest.get("prompt_hash"):
+        raise ConfigError(
+            f"the schema file {job.request.schema_path} of run {run_id} changed since it "
+            "started, so the rest of its rows would be a new request version; restore the "
+            "file, or start a new run with 'pipeline run'"
+        )
     with Store(job.output.db, read_only=True) as store:
         spent = store.run_counts(run_id)["cost_usd"] or 0.0
     plan = _Plan(
@@ -524,7 +542,8 @@ def _print_summary(out: Console, job: Job, outcome: RunOutcome, log_path: Path) 
     out.print(f"[{colour}]{escape(outcome.state)}[/] · run {outcome.run_id}", highlight=False)
     out.print(
         f"rows: {s.rows_ok:,} ok, {s.rows_failed:,} failed, {s.rows_input_error:,} bad input, "
-        f"{s.rows_skipped:,} already done · {s.rows_done:,} in {s.elapsed_s:.1f}s "
+        + (f"{s.rows_invalid:,} invalid, " if s.rows_invalid else "")
+        + f"{s.rows_skipped:,} already done · {s.rows_done:,} in {s.elapsed_s:.1f}s "
         f"({rate:,.0f} rows/s)",
         highlight=False,
     )
@@ -591,7 +610,7 @@ def _status(args: argparse.Namespace) -> int:
         state = f"running, but process {m.get('pid')} is gone (killed or crashed)"
     counts = m.get("counts", {})
     elapsed = max(m["updated_at"] - m["started_at"], 1e-9)
-    done = counts.get("ok", 0) + counts.get("failed", 0) + counts.get("input_error", 0)
+    done = sum(counts.get(k, 0) for k in ("ok", "failed", "input_error", "invalid"))
     out.print(
         f"run {m['run_id']} · job {m['job']['name']} · {m['provider']} {m['model']}",
         highlight=False,
@@ -760,6 +779,20 @@ def _report(args: argparse.Namespace) -> int:
         raise ConfigError(f"no results database at {args.db}; run a job first or pass --db")
     with Store(args.db, read_only=True) as store:
         render_report(store.report(job=args.job, run_id=args.run_id), _stdout())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    if not Path(args.db).exists():
+        raise ConfigError(f"no results database at {args.db}; run a job first or pass --db")
+    from .export import export_run
+
+    out = args.out or str(runs_dir(args.db) / f"{args.run}.results.{args.format}")
+    with Store(args.db, read_only=True) as store:
+        if store.get_run(args.run) is None:
+            raise ConfigError(f"no run {args.run!r} in {args.db}; 'pipeline runs' lists them")
+        count = export_run(store, args.run, out, args.format)
+    print(f"wrote {count:,} rows of run {args.run} to {out}")
     return 0
 
 
