@@ -3,6 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+CHROMIUM := $(VENV)/.chromium
 
 .PHONY: demo test check bench chaos fmt clean
 
@@ -12,6 +13,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
 	@touch $(STAMP)
 
+# The headless browser the HTML report's tests draw it in (Debian's package; CI runs as root).
+$(CHROMIUM): | $(STAMP)
+	command -v chromium >/dev/null || \
+		(apt-get update && apt-get install -y --no-install-recommends chromium)
+	@touch $(CHROMIUM)
+
 ## demo: the demo jobs on the built-in fake provider, then the cost report from DuckDB
 demo: $(STAMP)
 	rm -f data/demo.duckdb data/demo.duckdb.wal
@@ -20,7 +27,7 @@ demo: $(STAMP)
 	$(BIN)/pipeline report --db data/demo.duckdb
 
 ## test: the whole test suite (fake provider on loopback; no network)
-test: $(STAMP)
+test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
 
 ## check: formatting, lint and strict typing

@@ -157,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     report.add_argument("--job", help="only this job")
     report.add_argument("--run", dest="run_id", help="only this run id")
+    report.add_argument(
+        "--html", metavar="PATH", help="write the report as one self-contained HTML page of charts"
+    )
 
     fake = command("fake-provider")
     fake.add_argument("--port", type=int, default=8765, help="port on 127.0.0.1 (default 8765)")
@@ -777,6 +780,17 @@ def _cancel(args: argparse.Namespace) -> int:
 def _report(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise ConfigError(f"no results database at {args.db}; run a job first or pass --db")
+    if args.html:
+        from .report_html import collect_html_report, render_html
+
+        with Store(args.db, read_only=True) as store:
+            data = collect_html_report(store, job=args.job, run_id=args.run_id, db_path=args.db)
+        try:
+            Path(args.html).write_text(render_html(data), encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError(f"cannot write {args.html}: {exc.strerror or exc}") from exc
+        print(args.html)
+        return 0
     with Store(args.db, read_only=True) as store:
         render_report(store.report(job=args.job, run_id=args.run_id), _stdout())
     return 0

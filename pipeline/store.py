@@ -1261,3 +1261,90 @@ class Store:
                 return []
             names = [d[0] for d in rel.description]
             return [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+
+    # -- charts (pipeline report --html) -------------------------------------------------------
+
+    def chart_data(
+        self, *, job: str | None = None, run_id: str | None = None
+    ) -> dict[str, list[dict[str, Any]]]:
+        """The numbers behind the charts of ``pipeline report --html``, as rows (dicts).
+
+        * ``cost_by_day``: ``day`` (days since 1970-01-01, UTC), ``provider``, ``model``,
+          ``rows``, ``cost_usd`` (``None``: no row had a known price), ``unpriced_rows``.
+        * ``failures``: rows that are not ok by ``status`` and ``error_type``: ``rows`` and
+          one ``example`` error message; most frequent first.
+        * ``cache``: ``provider``, ``model``, ``mode``, ``input_tokens``,
+          ``cache_read_tokens``, ``cache_write_tokens``.
+        * ``latency``: one row over the ok rows' latencies: ``rows``, ``min_ms``, ``p50_ms``,
+          ``p95_ms``, ``p99_ms``, ``max_ms`` (``None`` when there are none).
+        """
+        params = {"job": job, "run_id": run_id}
+        return {
+            "cost_by_day": self.query(
+                f"""
+                SELECT floor(epoch(finished_at) / 86400)::BIGINT AS day, provider, model,
+                       count(*) AS rows, sum(cost_usd) AS cost_usd,
+                       count(*) FILTER (WHERE {_UNPRICED}) AS unpriced_rows
+                FROM row_results WHERE {_FILTER}
+                GROUP BY ALL ORDER BY day, provider, model
+                """,
+                params,
+            ),
+            "failures": self.query(
+                f"""
+                SELECT status, coalesce(error_type, 'unknown') AS error_type,
+                       count(*) AS rows, min(error) AS example
+                FROM row_results WHERE status <> 'ok' AND {_FILTER}
+                GROUP BY ALL ORDER BY rows DESC, status, error_type
+                """,
+                params,
+            ),
+            "cache": self.query(
+                f"""
+                SELECT provider, model, mode,
+                       coalesce(sum(input_tokens), 0) AS input_tokens,
+                       coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
+                       coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens
+                FROM row_results WHERE {_FILTER}
+                GROUP BY ALL ORDER BY provider, model, mode
+                """,
+                params,
+            ),
+            "latency": self.query(
+                f"""
+                SELECT count(latency_ms) AS rows, min(latency_ms) AS min_ms,
+                       quantile_cont(latency_ms, 0.5) AS p50_ms,
+                       quantile_cont(latency_ms, 0.95) AS p95_ms,
+                       quantile_cont(latency_ms, 0.99) AS p99_ms, max(latency_ms) AS max_ms
+                FROM row_results WHERE status = 'ok' AND {_FILTER}
+                """,
+                params,
+            ),
+        }
+
+    def latency_histogram(
+        self,
+        *,
+        start_ms: float,
+        width_ms: float,
+        bins: int,
+        job: str | None = None,
+        run_id: str | None = None,
+    ) -> list[int]:
+        """How many ok rows took ``[start_ms + i * width_ms, start_ms + (i + 1) * width_ms)``,
+        for ``i`` in ``range(bins)``, then how many took longer: ``bins + 1`` counts."""
+        rows = self.query(
+            f"""
+            SELECT least(greatest(floor((latency_ms - $start) / $width), 0), $bins)::BIGINT
+                       AS bin,
+                   count(*) AS rows
+            FROM row_results
+            WHERE status = 'ok' AND latency_ms IS NOT NULL AND {_FILTER}
+            GROUP BY bin
+            """,
+            {"job": job, "run_id": run_id, "start": start_ms, "width": width_ms, "bins": bins},
+        )
+        counts = [0] * (bins + 1)
+        for r in rows:
+            counts[r["bin"]] = r["rows"]
+        return counts

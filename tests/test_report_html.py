@@ -1,0 +1,434 @@
+"""``pipeline report --html``: one self-contained page whose charts a browser really draws.
+
+The browser tests open the page in headless Chromium (Debian's ``chromium``; ``make test``
+installs it) and fail, not skip, when it is missing: a chart nobody saw render is untested.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import struct
+import subprocess
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pipeline.cli import main
+from pipeline.cost import Price, lookup_price
+from pipeline.records import RowResult
+from pipeline.report_html import (
+    PALETTE,
+    cache_saving_usd,
+    collect_html_report,
+    latency_bins,
+    nice_ticks,
+    render_html,
+)
+from pipeline.store import RunRecord, Store
+
+T0 = 1_763_000_000.0  # 2025-11-13 02:13 UTC
+DAY = 86_400.0
+
+
+def _result(
+    i: int,
+    *,
+    model: str = "gpt-4o-mini",
+    provider: str = "openai",
+    day: int = 0,
+    cost: float | None = 0.0002,
+    status: str = "ok",
+    error_type: str | None = None,
+    error: str | None = None,
+    cache_read: int = 0,
+    latency_ms: float | None = None,
+) -> RowResult:
+    ok = status == "ok"
+    return RowResult(
+        job="reviews",
+        run_id="run-1",
+        row_id=f"r{i}",
+        request_key=f"k{i}",
+        prompt_hash="p",
+        status=status,
+        provider=provider,
+        model=model,
+        mode="online",
+        output_text="positive" if ok else None,
+        finish_reason="stop" if ok else None,
+        error_type=error_type,
+        error=error,
+        attempts=1,
+        input_tokens=1_000 if ok else 0,
+        output_tokens=10 if ok else 0,
+        cache_read_tokens=cache_read,
+        cache_write_tokens=0,
+        reasoning_tokens=0,
+        cost_usd=cost if ok else None,
+        latency_ms=(latency_ms if latency_ms is not None else 200.0 + (i * 37) % 400)
+        if ok
+        else None,
+        finished_at=T0 + day * DAY + i,
+        source="in.jsonl",
+        line=i + 1,
+    )
+
+
+def _db(tmp_path: Path, results: list[RowResult]) -> Path:
+    db = tmp_path / "results.duckdb"
+    with Store(db) as store:
+        store.start_run(RunRecord(run_id="run-1", job="reviews", started_at=T0))
+        if results:
+            store.write_results(results)
+        store.finish_run("run-1", "completed", finished_at=T0 + 3 * DAY)
+    return db
+
+
+def _html(db: Path) -> str:
+    with Store(db, read_only=True) as store:
+        return render_html(collect_html_report(store, db_path=str(db)))
+
+
+def _busy_results() -> list[RowResult]:
+    """Three days of two priced models with cache reads, a model of unknown price, three kinds
+    of failure and one very slow answer."""
+    results: list[RowResult] = []
+    for day in range(3):
+        for _ in range(30 + 10 * day):
+            results.append(_result(len(results), day=day, cache_read=400))
+        for _ in range(10):
+            results.append(
+                _result(
+                    len(results),
+                    model="claude-3-5-haiku-latest",
+                    provider="anthropic",
+                    day=day,
+                    cost=0.001,
+                    cache_read=800,
+                )
+            )
+        for _ in range(3):
+            results.append(_result(len(results), model="mystery-model", day=day, cost=None))
+    failures = [("failed", "server_error")] * 6 + [("failed", "timeout")] * 3
+    failures += [("input_error", "missing_field")] * 2
+    for status, error_type in failures:
+        results.append(
+            _result(
+                len(results),
+                day=1,
+                status=status,
+                error_type=error_type,
+                error=f"{error_type}: the provider said no",
+            )
+        )
+    results.append(_result(len(results), day=2, latency_ms=30_000.0))
+    return results
+
+
+# -- pure arithmetic --------------------------------------------------------------------------
+
+
+def test_cache_savings_are_the_cached_tokens_at_input_minus_cache_read_price() -> None:
+    mini = Price(input_mtok=0.15, output_mtok=0.6, cache_read_mtok=0.075)
+    assert cache_saving_usd(mini, 1_000_000) == pytest.approx(0.075)
+    assert cache_saving_usd(mini, 0) == 0
+    # no separate cache-read rate: cache reads are charged as input and save nothing
+    assert cache_saving_usd(Price(input_mtok=1.0, output_mtok=2.0), 1_000_000) == 0
+    assert cache_saving_usd(None, 1_000_000) is None  # unknown price: unknown, not $0
+
+
+@given(st.floats(min_value=1e-6, max_value=1e9))
+def test_axis_ticks_start_at_zero_cover_the_top_in_a_few_round_steps(top: float) -> None:
+    ticks = nice_ticks(top)
+    assert ticks[0] == 0 and ticks[-1] >= top * (1 - 1e-9)
+    assert 2 <= len(ticks) <= 7
+    step = ticks[1]
+    mantissa = step / 10 ** math.floor(math.log10(step))
+    assert any(math.isclose(mantissa, m) for m in (1, 2, 2.5, 5, 10))
+
+
+@given(st.floats(min_value=0, max_value=1e6), st.floats(min_value=0, max_value=1e6))
+def test_latency_bins_hold_everything_up_to_the_99th_percentile(a: float, b: float) -> None:
+    low, p99 = min(a, b), max(a, b)
+    start, width, bins = latency_bins(low, p99)
+    assert start <= low < start + width * bins + 1e-9
+    assert start + width * bins > p99  # p99 is in a regular bin, not the overflow one
+    assert 1 <= bins <= 41
+
+
+# -- the page ---------------------------------------------------------------------------------
+
+
+def test_every_value_from_the_database_is_escaped(tmp_path: Path) -> None:
+    evil = "<script>alert('x')</script>"
+    db = _db(
+        tmp_path,
+        [
+            _result(0, model=evil),
+            _result(1, model=evil, status="failed", error_type="<b>bold</b>", error='"><img>'),
+        ],
+    )
+    html = _html(db)
+    assert "<script" not in html and "<img" not in html and "<b>bold" not in html
+    assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in html
+    assert "&lt;b&gt;bold&lt;/b&gt;" in html
+
+
+def test_one_day_one_unpriced_model_no_failures_no_cache_says_so(tmp_path: Path) -> None:
+    db = _db(tmp_path, [_result(i, model="mystery-model", cost=None) for i in range(5)])
+    html = _html(db)
+    assert "2025-11-13" in html  # the one day
+    assert "No row has a known price, so there is nothing to chart" in html
+    assert 'data-chart="cost-per-day"' not in html
+    assert "5 rows used a model whose price is unknown" in html
+    assert "No failures: every row was answered." in html
+    assert "No prompt-cache reads in these results, so caching saved nothing." in html
+    assert 'data-chart="latency"' in html  # the answers still have latencies
+    assert "$0.0" not in html  # an unknown price is never shown as zero dollars
+    assert "unknown price" in html
+
+
+def test_an_empty_database_renders_a_page_that_says_there_is_nothing_yet(tmp_path: Path) -> None:
+    html = _html(_db(tmp_path, []))
+    assert "<svg" not in html
+    assert "No results yet" in html
+    assert "No ok rows with a latency yet." in html
+    assert "unknown price" not in html and "$" not in html  # no cost, rather than a made-up one
+
+
+def test_the_cli_writes_one_self_contained_file_and_prints_its_path(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _db(tmp_path, _busy_results())
+    out = tmp_path / "report.html"
+    assert main(["report", "--db", str(db), "--html", str(out)]) == 0
+    assert capsys.readouterr().out.strip() == str(out)
+    html = out.read_text(encoding="utf-8")
+    assert html.startswith("<!doctype html>")
+    # nothing to fetch when it is opened: no scripts, stylesheets, images, fonts or links
+    for needle in ("<script", "<link", "<img", "src=", "href=", "@import", "http:", "https:"):
+        assert needle not in html, needle
+    assert "url(" not in html.replace("url(#tail)", "")
+
+
+def test_the_cli_says_when_it_cannot_write_the_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    db = _db(tmp_path, [_result(0)])
+    target = tmp_path / "no-such-dir" / "report.html"
+    assert main(["report", "--db", str(db), "--html", str(target)]) == 2
+    assert f"cannot write {target}" in capsys.readouterr().err
+
+
+# -- in a real browser ------------------------------------------------------------------------
+
+
+def _chromium() -> str:
+    path = shutil.which(os.environ.get("CHROMIUM", "chromium"))
+    if path is None:
+        pytest.fail(
+            "chromium is not installed, so the HTML report cannot be checked in a browser: "
+            "run 'make test' (it installs it) or 'apt-get install -y chromium'",
+            pytrace=False,
+        )
+    return path
+
+
+def _browse(page: Path, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [
+            _chromium(),
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--hide-scrollbars",
+            f"--user-data-dir={tmp_path / 'chromium-profile'}",
+            *args,
+            page.resolve().as_uri(),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=True,
+    )
+
+
+@dataclass
+class _Chart:
+    bars: list[dict[str, str]] = field(default_factory=list)
+    texts: list[tuple[str, str]] = field(default_factory=list)  # (class, text)
+    markers: list[str] = field(default_factory=list)
+
+
+class _Charts(HTMLParser):
+    """The SVG charts of a DOM dump: their bars (with data-* attributes) and their texts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.charts: dict[str, _Chart] = {}
+        self._chart: _Chart | None = None
+        self._text_class: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = {k: v or "" for k, v in attrs}
+        if tag == "svg" and "data-chart" in a:
+            self._chart = self.charts.setdefault(a["data-chart"], _Chart())
+        elif self._chart is not None and tag == "rect" and a.get("class") == "bar":
+            self._chart.bars.append(a)
+        elif self._chart is not None and tag == "line" and "data-marker" in a:
+            self._chart.markers.append(a["data-marker"])
+        elif self._chart is not None and tag == "text":
+            self._text_class = a.get("class", "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "svg":
+            self._chart = None
+        elif tag == "text":
+            self._text_class = None
+
+    def handle_data(self, data: str) -> None:
+        if self._chart is not None and self._text_class is not None:
+            self._chart.texts.append((self._text_class, data))
+
+
+def _pixels(png: bytes) -> tuple[int, int, list[tuple[int, int, int]]]:
+    """Width, height and RGB pixels of an 8-bit, non-interlaced RGB(A) PNG (what Chromium
+    writes), with the standard library only."""
+    assert png[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
+    pos, idat, header = 8, b"", b""
+    while pos < len(png):
+        (length,) = struct.unpack(">I", png[pos : pos + 4])
+        kind, body = png[pos + 4 : pos + 8], png[pos + 8 : pos + 8 + length]
+        if kind == b"IHDR":
+            header = body
+        elif kind == b"IDAT":
+            idat += body
+        pos += 12 + length
+    width, height, depth, colour_type, _, _, interlace = struct.unpack(">IIBBBBB", header)
+    assert depth == 8 and colour_type in (2, 6) and interlace == 0, (depth, colour_type)
+    bpp = 4 if colour_type == 6 else 3
+    raw = zlib.decompress(idat)
+    stride = width * bpp
+    previous = bytearray(stride)
+    pixels: list[tuple[int, int, int]] = []
+    for y in range(height):
+        start = y * (stride + 1)
+        kind, line = raw[start], bytearray(raw[start + 1 : start + 1 + stride])
+        for x in range(stride):
+            left = line[x - bpp] if x >= bpp else 0
+            up = previous[x]
+            upper_left = previous[x - bpp] if x >= bpp else 0
+            if kind == 1:
+                line[x] = (line[x] + left) & 0xFF
+            elif kind == 2:
+                line[x] = (line[x] + up) & 0xFF
+            elif kind == 3:
+                line[x] = (line[x] + (left + up) // 2) & 0xFF
+            elif kind == 4:
+                p = left + up - upper_left
+                pa, pb, pc = abs(p - left), abs(p - up), abs(p - upper_left)
+                pred = left if pa <= pb and pa <= pc else up if pb <= pc else upper_left
+                line[x] = (line[x] + pred) & 0xFF
+        pixels.extend((line[i], line[i + 1], line[i + 2]) for i in range(0, stride, bpp))
+        previous = line
+    return width, height, pixels
+
+
+def _rgb(hex_colour: str) -> tuple[int, int, int]:
+    return (int(hex_colour[1:3], 16), int(hex_colour[3:5], 16), int(hex_colour[5:7], 16))
+
+
+@pytest.fixture
+def busy_page(tmp_path: Path) -> Path:
+    db = _db(tmp_path, _busy_results())
+    page = tmp_path / "report.html"
+    assert main(["report", "--db", str(db), "--html", str(page)]) == 0
+    return page
+
+
+def test_chromium_draws_every_chart_with_its_bars_and_labels(
+    busy_page: Path, tmp_path: Path
+) -> None:
+    dom = _browse(busy_page, tmp_path, "--dump-dom").stdout
+    parser = _Charts()
+    parser.feed(dom)
+    charts = parser.charts
+    assert set(charts) == {"cost-per-day", "latency", "failures", "cache-savings"}
+
+    # cost: three days x two priced models; the model of unknown price has no bar
+    cost = charts["cost-per-day"]
+    assert sorted((b["data-day"], b["data-series"]) for b in cost.bars) == sorted(
+        (day, model)
+        for day in ("2025-11-13", "2025-11-14", "2025-11-15")
+        for model in ("claude-3-5-haiku-latest", "gpt-4o-mini")
+    )
+    ticks = [t for cls, t in cost.texts if cls == "tick"]
+    assert {"Nov 13", "Nov 14", "Nov 15"} <= set(ticks)
+    assert "$0" in ticks  # the y axis starts at zero dollars
+    # a total above each day's column: 30/40/51 rows x $0.0002 plus 10 x $0.001
+    assert [t for cls, t in cost.texts if cls == "value"] == ["$0.016", "$0.018", "$0.0202"]
+
+    # latency: every ok row is in one bar; the 30 s answer is alone in the slow tail
+    latency = charts["latency"]
+    assert sum(int(b["data-rows"]) for b in latency.bars) == 30 + 40 + 50 + 3 * (10 + 3) + 1
+    assert int(latency.bars[-1]["data-rows"]) == 1
+    assert sorted(latency.markers) == ["p50", "p95"]
+    assert any(t.startswith("p50 ") for _, t in latency.texts)
+
+    # failures: one bar per error type, most frequent first, each with its count
+    failures = charts["failures"]
+    assert [b["data-error-type"] for b in failures.bars] == [
+        "server_error",
+        "timeout",
+        "missing_field",
+    ]
+    values = [t for cls, t in failures.texts if cls == "value"]
+    assert values[0].startswith("6 rows") and values[2].startswith("2 rows")
+
+    # cache savings: the two priced models, at list price
+    cache = {b["data-series"]: float(b["data-value"]) for b in charts["cache-savings"].bars}
+    mini, haiku = (
+        lookup_price("openai", "gpt-4o-mini"),
+        lookup_price("anthropic", "claude-3-5-haiku-latest"),
+    )
+    assert cache["gpt-4o-mini"] == pytest.approx(cache_saving_usd(mini, 120 * 400), abs=1e-6)
+    assert cache["claude-3-5-haiku-latest"] == pytest.approx(
+        cache_saving_usd(haiku, 30 * 800), abs=1e-6
+    )
+
+    # the summary table names every model, the unpriced one as such
+    assert re.search(r"mystery-model</td>.*?unknown price", dom, flags=re.S)
+
+
+def test_chromium_screenshot_shows_the_charts_in_colour(busy_page: Path, tmp_path: Path) -> None:
+    shot, blank_shot = tmp_path / "report.png", tmp_path / "blank.png"
+    _browse(busy_page, tmp_path, f"--screenshot={shot}", "--window-size=1200,2000")
+    blank = tmp_path / "blank.html"
+    blank.write_text("<!doctype html><title>blank</title>", encoding="utf-8")
+    _browse(blank, tmp_path, f"--screenshot={blank_shot}", "--window-size=1200,2000")
+
+    width, height, pixels = _pixels(shot.read_bytes())
+    assert (width, height) == (1200, 2000)
+    colours = Counter(pixels)
+    _, _, blank_pixels = _pixels(blank_shot.read_bytes())
+    assert len(set(blank_pixels)) == 1  # the reference really is one flat colour
+    assert len(colours) > 50  # text, bars, lines: not one flat colour
+    assert shot.stat().st_size > 10 * blank_shot.stat().st_size
+    # the bars are painted in the series colours (claude first: it cost more; gpt-4o-mini)
+    # and the failures in red: thousands of pixels each, not a stray anti-aliased edge
+    for colour in (PALETTE[0], PALETTE[1], "#e15759"):
+        assert colours[_rgb(colour)] > 2_000, colour
