@@ -1,11 +1,22 @@
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
+import structlog
 
 
 @pytest.fixture
 def anyio_backend() -> str:
     return "asyncio"
+
+
+@pytest.fixture(autouse=True)
+def _structlog_defaults() -> Iterator[None]:
+    """Whatever a test configured (a CLI run points structlog at a run's log file), the next
+    test starts from structlog's defaults."""
+    yield
+    structlog.reset_defaults()
 
 
 # -- a fake provider in a thread of its own, for synchronous callers (the CLI) ----------------
@@ -15,7 +26,7 @@ import asyncio  # noqa: E402
 import concurrent.futures  # noqa: E402
 import dataclasses  # noqa: E402
 import threading  # noqa: E402
-from collections.abc import Callable, Iterator  # noqa: E402
+from collections.abc import Callable  # noqa: E402
 from typing import Any, TypeVar  # noqa: E402
 
 from pipeline.fake import (  # noqa: E402
