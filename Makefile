@@ -21,10 +21,12 @@ $(CHROMIUM): | $(STAMP)
 
 ## demo: the demo jobs on the built-in fake provider, then the cost report from DuckDB
 demo: $(STAMP)
-	rm -f data/demo.duckdb data/demo.duckdb.wal
+	rm -rf data/demo.duckdb data/demo.duckdb.wal data/runs
 	$(BIN)/pipeline run jobs/review_sentiment.toml --fake --db data/demo.duckdb
 	$(BIN)/pipeline run jobs/review_sentiment_claude.toml --fake --db data/demo.duckdb --quiet
+	$(BIN)/pipeline run jobs/invoice_extraction.toml --fake --db data/demo.duckdb --quiet
 	$(BIN)/pipeline report --db data/demo.duckdb
+	@echo "the same as a page with charts: $$($(BIN)/pipeline report --db data/demo.duckdb --html data/demo-report.html)"
 
 ## test: the whole test suite (fake provider on loopback; no network)
 test: $(STAMP) $(CHROMIUM)
@@ -49,4 +51,4 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix pipeline tests bench data
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data/demo.duckdb data/runs
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data/demo.duckdb data/runs data/*.html
