@@ -448,6 +448,13 @@ async def _run_async(
                 else fake.anthropic_base_url
             )
         store = stack.enter_context(Store(job.output.db))
+        # The store keeps the run's prices for view cache_savings.
+        batch_price = (
+            lookup_price(job.request.provider, job.request.model, batch=True)
+            if job.request.mode == "batch"
+            else None
+        )
+        store.record_run_prices(plan.run_id, {"online": price, "batch": batch_price})
         provider = make_provider(job, api_key=api_key, base_url=base_url)
         stack.push_async_callback(provider.aclose)
         if price is None:
@@ -493,7 +500,7 @@ async def _run_async(
                 job,
                 store=store,
                 provider=batch_provider,
-                price=lookup_price(job.request.provider, job.request.model, batch=True),
+                price=batch_price,
                 base_url=base_url,
                 run_id=plan.run_id,
                 parts_dir=runs_dir(job.output.db) / f"{plan.run_id}.parts",

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from .store import ModelGroup, Report, RunSummary, Totals
 
-__all__ = ["ANALYSIS_SQL", "format_usd", "render_report"]
+__all__ = ["ANALYSIS_SQL", "cache_line", "format_usd", "render_report"]
 
 ANALYSIS_SQL = "SELECT model, status, count(*), sum(cost_usd) FROM results GROUP BY ALL"
 """The query the report ends with, for the user to paste into ``duckdb``."""
@@ -112,6 +112,19 @@ def _runs_table(runs: tuple[RunSummary, ...]) -> Table:
     return table
 
 
+def cache_line(report: Report) -> str:
+    """One line on the prompt cache: hit rate and what it saved (view ``cache_savings``)."""
+    t = report.totals
+    rate = t.cache_read_tokens / t.input_tokens if t.input_tokens else 0.0
+    line = (
+        f"Prompt cache: {t.cache_read_tokens:,} of {t.input_tokens:,} input tokens read from "
+        f"the cache ({rate:.1%})"
+    )
+    if report.cache_saved_usd is None:
+        return line + "; what it saved is unknown (no run recorded its price)."
+    return line + f", saving {format_usd(report.cache_saved_usd)} against the full input price."
+
+
 def render_report(report: Report, console: Console, *, db_path: str | None = None) -> None:
     """Print ``report``: by model and status, totals, latest runs, then a query to paste.
 
@@ -131,6 +144,8 @@ def render_report(report: Report, console: Console, *, db_path: str | None = Non
                 f"{report.totals.unpriced_rows:,} rows used a model whose price is unknown; "
                 "their cost is NULL and left out of the sums."
             )
+        if report.totals.cache_read_tokens:
+            console.print(cache_line(report), highlight=False, markup=False, soft_wrap=True)
     if report.runs and not report.run_id:
         console.print(_runs_table(report.runs))
     command = f'duckdb -readonly {db_path} "{ANALYSIS_SQL}"' if db_path else ANALYSIS_SQL

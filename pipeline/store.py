@@ -53,6 +53,55 @@ A row that failed in one run and succeeded in a rerun appears once per run: ``su
 is what was paid. Table ``runs`` holds one row per run (job file, hashes, state, counts, cost,
 price source, manifest); ``schema_version`` holds the schema's version.
 
+Views for the usual questions
+=============================
+
+Opening the file for writing (any run) also creates these views over ``results``
+(``CREATE OR REPLACE``, so they follow the code). Sums over no priced row are NULL, never 0.
+
+``cost_by_job``
+    job, rows, rows_ok, rows_failed (every status but ok), input_tokens, output_tokens,
+    cost_usd, unpriced_rows (rows that used tokens at an unknown price)::
+
+        SELECT * FROM cost_by_job ORDER BY cost_usd DESC;
+
+``cost_by_model``
+    provider, model, rows, rows_ok, rows_failed, input_tokens, output_tokens, cost_usd,
+    cost_per_1k_rows (``1000 * cost_usd / rows``), unpriced_rows.
+
+``cost_by_day``
+    day (the UTC date of ``finished_at``), job, model, mode, rows, input_tokens, output_tokens,
+    total_tokens, cost_usd::
+
+        SELECT day, sum(cost_usd) FROM cost_by_day GROUP BY day ORDER BY day;
+
+``cost_by_prompt_version``
+    job, prompt_hash, provider, model, runs, rows, rows_ok, input_tokens, output_tokens,
+    cost_usd, cost_per_1k_rows: what a change of prompt did to the bill.
+
+``token_ratio``
+    job, provider, model, rows (ok rows only), input_tokens, output_tokens,
+    avg_input_tokens, avg_output_tokens, input_per_output (``input_tokens / output_tokens``).
+
+``cache_savings``
+    job, provider, model, input_tokens, cache_read_tokens, cache_write_tokens, hit_rate
+    (``cache_read_tokens / input_tokens``), read_saved_usd (cache reads at the cache-read rate
+    instead of the input rate), saved_usd (the same minus what cache writes cost above the input
+    rate: the net saving against paying the full input price for every prompt token) and
+    unpriced_rows (rows with cache tokens but no recorded price). SQL cannot know prices, so
+    each run records the prices it charged in table ``run_prices`` (run_id, mode, input_mtok,
+    output_mtok, cache_read_mtok, cache_write_mtok, source; one row per mode, written by
+    ``pipeline run``/``resume``/``rerun``); rows of runs without one have a NULL saving.
+
+``failures_by_type``
+    job, status, error_type, rows, example_error, over the rows that are not ok::
+
+        SELECT * FROM failures_by_type ORDER BY rows DESC;
+
+``latency_percentiles``
+    provider, model, mode, rows, p50_ms, p95_ms, p99_ms, over ok online rows (a batch row has
+    no latency of its own).
+
 Concurrency
 ===========
 
@@ -76,7 +125,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
@@ -87,7 +136,11 @@ from .config import Job
 from .errors import StoreError
 from .records import RowResult
 
+if TYPE_CHECKING:
+    from .cost import Price
+
 __all__ = [
+    "ANALYSIS_VIEWS",
     "RUN_STATES",
     "SCHEMA_VERSION",
     "ModelGroup",
@@ -250,6 +303,132 @@ _UNPRICED = "cost_usd IS NULL AND coalesce(input_tokens, 0) + coalesce(output_to
 
 _FILTER = "($job::VARCHAR IS NULL OR job = $job) AND ($run_id::VARCHAR IS NULL OR run_id = $run_id)"
 
+_PRICE_SCHEMA_SQL: Final = (
+    # The prices a run charged, one row per mode (a batch run may finish rows online), so that
+    # SQL can tell what the prompt cache saved (view cache_savings). USD per million tokens.
+    """
+    CREATE TABLE IF NOT EXISTS run_prices (
+        run_id           VARCHAR NOT NULL,
+        mode             VARCHAR NOT NULL,
+        input_mtok       DOUBLE NOT NULL,
+        output_mtok      DOUBLE NOT NULL,
+        cache_read_mtok  DOUBLE,
+        cache_write_mtok DOUBLE,
+        source           VARCHAR,
+        recorded_at      TIMESTAMPTZ NOT NULL DEFAULT current_timestamp
+    )
+    """,
+)
+
+# Analysis views over `results`, documented in the module docstring and README.md.
+_ANALYSIS_VIEWS_SQL: Final = (
+    f"""
+    CREATE OR REPLACE VIEW cost_by_job AS
+    SELECT job,
+           count(*) AS rows,
+           count(*) FILTER (WHERE status = 'ok') AS rows_ok,
+           count(*) FILTER (WHERE status <> 'ok') AS rows_failed,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           sum(cost_usd) AS cost_usd,
+           count(*) FILTER (WHERE {_UNPRICED}) AS unpriced_rows
+    FROM results GROUP BY job
+    """,
+    f"""
+    CREATE OR REPLACE VIEW cost_by_model AS
+    SELECT provider, model,
+           count(*) AS rows,
+           count(*) FILTER (WHERE status = 'ok') AS rows_ok,
+           count(*) FILTER (WHERE status <> 'ok') AS rows_failed,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           sum(cost_usd) AS cost_usd,
+           1000 * sum(cost_usd) / count(*) AS cost_per_1k_rows,
+           count(*) FILTER (WHERE {_UNPRICED}) AS unpriced_rows
+    FROM results GROUP BY provider, model
+    """,
+    """
+    CREATE OR REPLACE VIEW cost_by_day AS
+    SELECT CAST(timezone('UTC', finished_at) AS DATE) AS day, job, model, mode,
+           count(*) AS rows,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           coalesce(sum(total_tokens), 0) AS total_tokens,
+           sum(cost_usd) AS cost_usd
+    FROM results GROUP BY ALL
+    """,
+    """
+    CREATE OR REPLACE VIEW cost_by_prompt_version AS
+    SELECT job, prompt_hash, provider, model,
+           count(DISTINCT run_id) AS runs,
+           count(*) AS rows,
+           count(*) FILTER (WHERE status = 'ok') AS rows_ok,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           sum(cost_usd) AS cost_usd,
+           1000 * sum(cost_usd) / count(*) AS cost_per_1k_rows
+    FROM results GROUP BY job, prompt_hash, provider, model
+    """,
+    """
+    CREATE OR REPLACE VIEW token_ratio AS
+    SELECT job, provider, model,
+           count(*) AS rows,
+           coalesce(sum(input_tokens), 0) AS input_tokens,
+           coalesce(sum(output_tokens), 0) AS output_tokens,
+           avg(input_tokens) AS avg_input_tokens,
+           avg(output_tokens) AS avg_output_tokens,
+           sum(input_tokens) / nullif(sum(output_tokens), 0) AS input_per_output
+    FROM results WHERE status = 'ok' GROUP BY job, provider, model
+    """,
+    """
+    CREATE OR REPLACE VIEW cache_savings AS
+    SELECT r.job, r.provider, r.model,
+           coalesce(sum(r.input_tokens), 0) AS input_tokens,
+           coalesce(sum(r.cache_read_tokens), 0) AS cache_read_tokens,
+           coalesce(sum(r.cache_write_tokens), 0) AS cache_write_tokens,
+           sum(r.cache_read_tokens) / nullif(sum(r.input_tokens), 0) AS hit_rate,
+           sum(r.cache_read_tokens
+               * (p.input_mtok - coalesce(p.cache_read_mtok, p.input_mtok))) / 1e6
+               AS read_saved_usd,
+           sum(r.cache_read_tokens
+               * (p.input_mtok - coalesce(p.cache_read_mtok, p.input_mtok))
+               + r.cache_write_tokens
+               * (p.input_mtok - coalesce(p.cache_write_mtok, p.input_mtok))) / 1e6
+               AS saved_usd,
+           count(*) FILTER (WHERE p.run_id IS NULL
+                            AND r.cache_read_tokens + r.cache_write_tokens > 0) AS unpriced_rows
+    FROM results r LEFT JOIN run_prices p ON p.run_id = r.run_id AND p.mode = r.mode
+    GROUP BY r.job, r.provider, r.model
+    """,
+    """
+    CREATE OR REPLACE VIEW failures_by_type AS
+    SELECT job, status, error_type, count(*) AS rows, min(error) AS example_error
+    FROM results WHERE status <> 'ok' GROUP BY job, status, error_type
+    """,
+    """
+    CREATE OR REPLACE VIEW latency_percentiles AS
+    SELECT provider, model, mode,
+           count(*) AS rows,
+           quantile_cont(latency_ms, 0.5) AS p50_ms,
+           quantile_cont(latency_ms, 0.95) AS p95_ms,
+           quantile_cont(latency_ms, 0.99) AS p99_ms
+    FROM results
+    WHERE status = 'ok' AND mode = 'online' AND latency_ms IS NOT NULL
+    GROUP BY provider, model, mode
+    """,
+)
+ANALYSIS_VIEWS: Final = (
+    "cost_by_job",
+    "cost_by_model",
+    "cost_by_day",
+    "cost_by_prompt_version",
+    "token_ratio",
+    "cache_savings",
+    "failures_by_type",
+    "latency_percentiles",
+)
+"""The analysis views every writable open creates (see the module docstring)."""
+
 # runs column <- key of Store._counts(), for finish_run / update_run(refresh_counts=True)
 _RUN_COUNT_COLUMNS: Final = (
     ("rows_ok", "ok"),
@@ -385,6 +564,9 @@ class Report:
     totals: Totals
     groups: tuple[ModelGroup, ...]
     runs: tuple[RunSummary, ...]
+    cache_saved_usd: float | None = None
+    """What cache reads and writes saved against the full input price (``cache_savings``'s
+    ``saved_usd``); ``None`` when no run of the selection recorded its prices."""
 
 
 # --------------------------------------------------------------------------------------------
@@ -660,7 +842,7 @@ class Store:
 
     def _create_schema(self) -> None:
         with self._transaction("create the schema") as cur:
-            for statement in (*_SCHEMA_SQL, *_BATCH_SCHEMA_SQL):
+            for statement in (*_SCHEMA_SQL, *_BATCH_SCHEMA_SQL, *_PRICE_SCHEMA_SQL):
                 cur.execute(statement)
             migrated = _migrate_row_results(cur)
             row = cur.execute("SELECT max(version) FROM schema_version").fetchone()
@@ -673,6 +855,8 @@ class Store:
                     f"pipeline's ({SCHEMA_VERSION}); upgrade the pipeline or use another --db"
                 )
             cur.execute(_RESULTS_VIEW_SQL)
+            for view in _ANALYSIS_VIEWS_SQL:
+                cur.execute(view)
 
     def _check_schema(self) -> None:
         with self._cursor("read the schema version") as cur:
@@ -1193,7 +1377,53 @@ class Store:
             totals=totals,
             groups=tuple(ModelGroup(*g) for g in group_rows),
             runs=runs,
+            cache_saved_usd=self._cache_saved_usd(params) if totals.cache_read_tokens else None,
         )
+
+    def _cache_saved_usd(self, params: Mapping[str, Any]) -> float | None:
+        """Net USD the prompt cache saved over the selection, at each run's recorded prices."""
+        with self._cursor("sum the cache savings") as cur:
+            exists = cur.execute(
+                "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'run_prices'"
+            ).fetchone()
+            if not exists or not exists[0]:  # a file no pipeline of this version has written
+                return None
+            row = cur.execute(
+                """
+                SELECT sum(r.cache_read_tokens
+                           * (p.input_mtok - coalesce(p.cache_read_mtok, p.input_mtok))
+                           + r.cache_write_tokens
+                           * (p.input_mtok - coalesce(p.cache_write_mtok, p.input_mtok))) / 1e6
+                FROM row_results r JOIN run_prices p ON p.run_id = r.run_id AND p.mode = r.mode
+                WHERE ($job::VARCHAR IS NULL OR r.job = $job)
+                  AND ($run_id::VARCHAR IS NULL OR r.run_id = $run_id)
+                """,
+                dict(params),
+            ).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def record_run_prices(self, run_id: str, prices: Mapping[str, Price | None]) -> None:
+        """Record the prices a run charges, by mode (``online``, ``batch``); a ``None`` price
+        (unknown) is left out. Replaces what the run recorded before (a resume records again).
+        The view ``cache_savings`` reads them."""
+        with self._transaction(f"record the prices of run {run_id!r}") as cur:
+            cur.execute("DELETE FROM run_prices WHERE run_id = ?", [run_id])
+            for mode, price in prices.items():
+                if price is None:
+                    continue
+                cur.execute(
+                    "INSERT INTO run_prices (run_id, mode, input_mtok, output_mtok, "
+                    "cache_read_mtok, cache_write_mtok, source) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        run_id,
+                        mode,
+                        price.input_mtok,
+                        price.output_mtok,
+                        price.cache_read_mtok,
+                        price.cache_write_mtok,
+                        price.source,
+                    ],
+                )
 
     # -- structured answers, export ------------------------------------------------------------
 
