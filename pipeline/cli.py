@@ -28,7 +28,7 @@ from rich.markup import escape
 
 from .batch_runner import BatchRunner
 from .config import Job, load_job, parse_job
-from .cost import Price, cost_usd, lookup_price
+from .cost import Price, cost_usd, price_for
 from .errors import ConfigError, PipelineError, StoreError
 from .limits import LocalRateBudget
 from .logs import configure_logging, register_secret
@@ -323,9 +323,16 @@ def _execute(plan: _Plan) -> int:
     else:
         api_key = api_key_from_env(job.request.provider)
         register_secret(api_key)
-    price = lookup_price(job.request.provider, job.request.model)
+    price = price_for(job)
     if job.limits.budget_usd is not None:
         _check_budget(job, files, price, plan)
+    if price is None:
+        print(
+            f"warning: no price known for {job.request.provider} model {job.request.model!r}: "
+            f"cost_usd will be NULL; add a [pricing] table to {job.path} "
+            "(input_mtok, output_mtok: US dollars per million tokens)",
+            file=sys.stderr,
+        )
     db = Path(job.output.db)
     log_path = runs_dir(db) / f"{plan.run_id}.log.jsonl"
     log_file = configure_logging(log_file=log_path)
@@ -394,7 +401,8 @@ def _check_budget(job: Job, files: list[Path], price: Price | None, plan: _Plan)
     if price is None:
         raise ConfigError(
             f"budget_usd is set but no price is known for {job.request.provider} model "
-            f"{job.request.model!r}, so the budget cannot be kept; remove budget_usd",
+            f"{job.request.model!r}, so the budget cannot be kept; add a [pricing] table "
+            "(input_mtok, output_mtok) or remove budget_usd",
             path=job.path,
             key="limits.budget_usd",
         )
@@ -448,12 +456,8 @@ async def _run_async(
                 else fake.anthropic_base_url
             )
         store = stack.enter_context(Store(job.output.db))
-        # The store keeps the run's prices for view cache_savings.
-        batch_price = (
-            lookup_price(job.request.provider, job.request.model, batch=True)
-            if job.request.mode == "batch"
-            else None
-        )
+        # Both prices come from cost.price_for; the store keeps them for view cache_savings.
+        batch_price = price_for(job, batch=True) if job.request.mode == "batch" else None
         store.record_run_prices(plan.run_id, {"online": price, "batch": batch_price})
         provider = make_provider(job, api_key=api_key, base_url=base_url)
         stack.push_async_callback(provider.aclose)

@@ -12,11 +12,14 @@ import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:
+    from .cost import Price
 
 __all__ = [
     "JOB_KEYS",
@@ -77,6 +80,12 @@ JOB_KEYS: dict[str, dict[str, str]] = {
     },
     "output": {
         "db": "DuckDB file the results go to (default data/results.duckdb)",
+    },
+    "pricing": {
+        "input_mtok": "USD per million input tokens; the table overrides genai-prices",
+        "output_mtok": "USD per million output tokens (required with [pricing])",
+        "cache_read_mtok": "USD per million tokens read from the prompt cache (default input)",
+        "cache_write_mtok": "USD per million tokens written to the cache (default input)",
     },
 }
 
@@ -147,6 +156,8 @@ class Job:
     batch: BatchSpec = field(default_factory=BatchSpec)
     path: str = "<inline>"
     text: str = ""
+    pricing: Price | None = None
+    """The job's ``[pricing]`` table; ``None``: the price comes from genai-prices."""
 
     @property
     def job_hash(self) -> str:
@@ -282,6 +293,21 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         batch=batch,
         path=path,
         text=text,
+        pricing=_pricing(doc, path),
+    )
+
+
+def _pricing(doc: Mapping[str, Any], path: str) -> Price | None:
+    """The ``[pricing]`` table as a Price, or None when the job has none."""
+    table = doc.get("pricing")
+    if table is None:
+        return None
+    # Imported here: genai-prices (behind pipeline.cost) takes ~0.3 s to import, and most
+    # users of this module (the fake provider, tests) never need a price.
+    from .cost import price_from_mapping
+
+    return price_from_mapping(
+        table, source=f"[pricing] in {path}", path=path, key_prefix="pricing."
     )
 
 

@@ -11,7 +11,8 @@ each row::
     row_cost = cost_usd(price, reply.usage)                   # float | None
 
 A job may also name its own prices (:func:`price_from_mapping`), e.g. for a fine-tuned model or a
-negotiated rate.
+negotiated rate: its ``[pricing]`` table. :func:`price_for` is the one place that decides a job's
+price, online or batch: the job's ``[pricing]`` when given, else genai-prices.
 
 This module is pure: no I/O, no duckdb.
 """
@@ -25,18 +26,22 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as _dist_version
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import genai_prices
 
 from .errors import ConfigError
 from .records import Usage
 
+if TYPE_CHECKING:
+    from .config import Job
+
 __all__ = [
     "PRICE_KEYS",
     "Price",
     "cost_usd",
     "lookup_price",
+    "price_for",
     "price_from_mapping",
 ]
 
@@ -159,13 +164,32 @@ def lookup_price(provider: str, model: str, *, batch: bool = False) -> Price | N
     return price
 
 
+def price_for(job: Job, *, batch: bool = False) -> Price | None:
+    """The price a run of ``job`` is charged at, or ``None`` when nobody knows it.
+
+    The job's ``[pricing]`` table (``job.pricing``) wins: it is for models genai-prices does not
+    know and for rates of your own; with ``batch=True`` it is halved, as both providers' batch
+    endpoints charge 50%. Without it, :func:`lookup_price` asks genai-prices. ``None`` means the
+    cost must be recorded as NULL, never as $0.
+    """
+    override = job.pricing
+    if override is not None:
+        return override.halved() if batch else override
+    return lookup_price(job.request.provider, job.request.model, batch=batch)
+
+
 def price_from_mapping(
-    mapping: Mapping[str, Any], *, source: str = "override", path: str | None = None
+    mapping: Mapping[str, Any],
+    *,
+    source: str = "override",
+    path: str | None = None,
+    key_prefix: str = "",
 ) -> Price:
-    """A price given by hand, e.g. a job's ``[price]`` table, in US dollars per million tokens.
+    """A price given by hand, e.g. a job's ``[pricing]`` table, in US dollars per million tokens.
 
     ``input_mtok`` and ``output_mtok`` are required; ``cache_read_mtok`` and ``cache_write_mtok``
-    are optional (missing: charged at ``input_mtok``). Raises ConfigError naming the key.
+    are optional (missing: charged at ``input_mtok``). Raises ConfigError naming the key, with
+    ``key_prefix`` in front of it (``"pricing."`` names ``[pricing.input_mtok]``).
     """
     for key in mapping:
         if key not in PRICE_KEYS:
@@ -173,7 +197,7 @@ def price_from_mapping(
                 f"unknown price key {key!r}; a price takes: {', '.join(PRICE_KEYS)} "
                 "(US dollars per million tokens)",
                 path=path,
-                key=str(key),
+                key=f"{key_prefix}{key}",
             )
     values: dict[str, float | None] = {}
     for key in PRICE_KEYS:
@@ -181,7 +205,9 @@ def price_from_mapping(
         if raw is None:
             if key in ("input_mtok", "output_mtok"):
                 raise ConfigError(
-                    f"missing; add {key} = <US dollars per million tokens>", path=path, key=key
+                    f"missing; add {key} = <US dollars per million tokens>",
+                    path=path,
+                    key=f"{key_prefix}{key}",
                 )
             values[key] = None
             continue
@@ -189,12 +215,14 @@ def price_from_mapping(
             raise ConfigError(
                 f"must be a number of US dollars per million tokens, got {raw!r}",
                 path=path,
-                key=key,
+                key=f"{key_prefix}{key}",
             )
         value = float(raw)
         if not math.isfinite(value) or value < 0:
             raise ConfigError(
-                f"must be a finite number of dollars, 0 or more, got {raw!r}", path=path, key=key
+                f"must be a finite number of dollars, 0 or more, got {raw!r}",
+                path=path,
+                key=f"{key_prefix}{key}",
             )
         values[key] = value
     input_mtok = values["input_mtok"]
