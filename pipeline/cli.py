@@ -30,6 +30,7 @@ from .batch_runner import BatchRunner
 from .config import Job, load_job, parse_job
 from .cost import Price, cost_usd, price_for
 from .errors import ConfigError, PipelineError, StoreError
+from .estimate import estimate_job, render_estimate
 from .limits import LocalRateBudget
 from .logs import configure_logging, register_secret
 from .manifest import (
@@ -64,6 +65,7 @@ COMMANDS = {
     "batches": "list submitted batches: run, provider, batch id, status, counts, age",
     "cancel": "cancel a run's open batches; 'pipeline resume RUN' then collects what finished",
     "report": "print cost, tokens and latency by model and status from a results database",
+    "estimate": "before sending anything: rows to send, tokens, cost online and batch, and time",
     "export": "write a run's results to a file: JSONL in OpenAI's batch-output shape, or Parquet",
     "fake-provider": "serve the built-in fake OpenAI/Anthropic provider on 127.0.0.1",
 }
@@ -143,6 +145,18 @@ def build_parser() -> argparse.ArgumentParser:
     cancel.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     cancel.add_argument("--base-url", help="override the provider URL the run used")
 
+    estimate = command("estimate")
+    estimate.add_argument("job", help="job file (TOML), e.g. jobs/review_sentiment.toml")
+    estimate.add_argument("--input", help="override [input].path")
+    estimate.add_argument("--db", help="override [output].db (where rows already done are)")
+    estimate.add_argument(
+        "--mode", choices=["online", "batch"], help="override [request].mode (batch: half price)"
+    )
+    estimate.add_argument(
+        "--latency-s", type=float, help="seconds per answer (default: earlier answers, else 1)"
+    )
+    estimate.add_argument("--json", action="store_true", help="print the estimate as JSON")
+
     export = command("export")
     export.add_argument("run", help="run id (see 'pipeline runs')")
     export.add_argument(
@@ -191,6 +205,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "batches": _batches,
         "cancel": _cancel,
         "report": _report,
+        "estimate": _estimate,
         "export": _export,
         "fake-provider": _fake_provider,
     }
@@ -804,6 +819,20 @@ def _report(args: argparse.Namespace) -> int:
         return 0
     with Store(args.db, read_only=True) as store:
         render_report(store.report(job=args.job, run_id=args.run_id), _stdout())
+    return 0
+
+
+def _estimate(args: argparse.Namespace) -> int:
+    job = load_job(args.job).with_overrides(input_path=args.input, db=args.db, mode=args.mode)
+    if args.latency_s is not None and args.latency_s <= 0:
+        raise ConfigError(f"--latency-s must be greater than 0, got {args.latency_s}")
+    est = estimate_job(job, latency_s=args.latency_s)
+    if args.json:
+        import orjson
+
+        sys.stdout.write(orjson.dumps(est.as_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
+    else:
+        render_estimate(est, _stdout())
     return 0
 
 

@@ -1425,6 +1425,24 @@ class Store:
                     ],
                 )
 
+    def ok_history(self, *, job: str, model: str, prompt_hash: str | None = None) -> dict[str, Any]:
+        """What earlier ``ok`` results of ``job`` with ``model`` (and ``prompt_hash``, if given)
+        looked like, for estimates: ``rows``, ``avg_output_tokens`` and ``p50_latency_ms`` (over
+        online rows); the averages are ``None`` when there is no such row."""
+        with self._cursor("summarise earlier results") as cur:
+            row = cur.execute(
+                """
+                SELECT count(*), avg(output_tokens),
+                       quantile_cont(latency_ms, 0.5) FILTER (WHERE mode = 'online')
+                FROM row_results
+                WHERE status = 'ok' AND job = $job AND model = $model
+                  AND ($prompt_hash::VARCHAR IS NULL OR prompt_hash = $prompt_hash)
+                """,
+                {"job": job, "model": model, "prompt_hash": prompt_hash},
+            ).fetchone()
+        assert row is not None  # an aggregate without GROUP BY always returns one row
+        return {"rows": row[0], "avg_output_tokens": row[1], "p50_latency_ms": row[2]}
+
     # -- structured answers, export ------------------------------------------------------------
 
     def create_extract_view(self, job: str, columns: Sequence[tuple[str, str]]) -> str:

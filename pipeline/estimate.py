@@ -1,0 +1,404 @@
+"""What a job will cost and how long it will take, before anything is sent.
+
+``pipeline estimate JOB`` calls :func:`estimate_job` and prints :func:`render_estimate`. Nothing
+here talks to a provider; the input is read once, streaming, and the results database (if the
+job's ``[output] db`` exists) is opened read-only.
+
+Method
+======
+
+Rows
+    Every row of the input is read (``iter_row_chunks``), so the row counts are exact. A row is
+    *already done* when its request key (row id under this request version, ``prompt_hash``)
+    has an ``ok`` result in the database: exactly the rows ``pipeline run`` would skip
+    (``Store.done_request_keys``). Unreadable rows, rows missing a template field and rows
+    longer than the context are *bad input*: recorded, never sent, free.
+
+Input tokens
+    Each row still to send is rendered and its prompt estimated as the runner's rate limiter
+    does (``Renderer`` / ``render.estimate_tokens``: four characters a token, plus a few tokens
+    of chat framing per message). Inputs of more than ``sample_limit`` rows (20,000) are
+    estimated from a deterministic sample instead: about one row to send in n (n = total rows /
+    ``sample_limit``, rounded up), chosen by the row's request key (a hash, so the sample is the
+    same every time and does not alias with a pattern that repeats in the input), scaled up to
+    all rows to send; so is the share of them that would fail to render. The estimate ignores
+    the prompt cache (every prompt token at the input price), so it errs high for jobs that hit
+    the cache. Real tokenizers count English close to four characters a token; code, CJK text
+    and emoji take more tokens per character, and are underestimated.
+
+Output tokens
+    *Worst case*: every answer runs to ``max_tokens``. *Expected*: the average output of this
+    job's earlier ``ok`` results with the same model (same request version preferred, then any),
+    capped at ``max_tokens``; without such results, ``max_tokens`` again (the estimate has
+    nothing better to go on, and errs high).
+
+Cost
+    Tokens times the job's price (``cost.price_for``: the job's ``[pricing]``, else genai-prices)
+    online and at the batch price, expected and worst case. ``None`` when the price is unknown.
+
+Time
+    Online, at the configured limits: rows to send / the lowest of ``requests_per_minute``,
+    ``tokens_per_minute`` / tokens per row (estimated input + expected output: the rate limiter
+    reserves ``max_tokens`` and gives back what an answer did not use) and ``concurrency`` /
+    latency. Latency is the median of earlier ok online answers of this job and model, else
+    ``DEFAULT_LATENCY_S`` (override: ``latency_s``). Retries and 429s are not modelled. A batch
+    job takes up to the providers' 24-hour window instead.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from .config import Job, LimitsSpec
+from .cost import Price, cost_usd, price_for
+from .errors import InputError, StoreError
+from .progress import count_rows
+from .records import BadRow, Row, Usage
+from .render import Renderer, request_key
+from .report import format_usd
+from .sources import input_files, iter_row_chunks
+from .store import Store
+
+__all__ = [
+    "DEFAULT_LATENCY_S",
+    "SAMPLE_LIMIT",
+    "Estimate",
+    "estimate_job",
+    "render_estimate",
+    "throughput",
+]
+
+SAMPLE_LIMIT = 20_000
+"""Inputs with more rows than this are estimated from a deterministic sample of about as many."""
+
+DEFAULT_LATENCY_S = 1.0
+"""Seconds per answer assumed for the concurrency limit when no earlier answer tells."""
+
+BATCH_WINDOW_S = 24 * 3600.0
+"""Both providers promise batch results within 24 hours."""
+
+_CHUNK = 2048
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A job's estimate, as plain data (``--json`` prints it as it is).
+
+    Token and cost figures cover the rows still to send. Costs are US dollars, ``None`` when the
+    model's price is unknown. ``time_s`` is the online time at the configured limits.
+    """
+
+    job: str
+    provider: str
+    model: str
+    mode: str
+    prompt_hash: str
+    rows_total: int
+    rows_done: int
+    rows_input_error: int
+    rows_to_send: int
+    rows_rendered: int
+    sampled: bool
+    input_tokens: int
+    input_tokens_per_row: float
+    output_tokens_expected: int
+    output_tokens_worst: int
+    output_tokens_per_row: float
+    output_basis: str
+    price_source: str | None
+    cost_online_expected: float | None
+    cost_online_worst: float | None
+    cost_batch_expected: float | None
+    cost_batch_worst: float | None
+    rows_per_minute: float | None
+    limited_by: str
+    latency_s: float
+    latency_basis: str
+    time_s: float | None
+    notes: tuple[str, ...] = ()
+
+    @property
+    def cost_expected(self) -> float | None:
+        """The expected cost in the job's own mode."""
+        return self.cost_batch_expected if self.mode == "batch" else self.cost_online_expected
+
+    @property
+    def cost_worst(self) -> float | None:
+        """The worst-case cost in the job's own mode."""
+        return self.cost_batch_worst if self.mode == "batch" else self.cost_online_worst
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every field, plus ``cost_expected`` and ``cost_worst`` (the job's mode)."""
+        out = asdict(self)
+        out["notes"] = list(self.notes)
+        out["cost_expected"] = self.cost_expected
+        out["cost_worst"] = self.cost_worst
+        return out
+
+
+def throughput(limits: LimitsSpec, *, tokens_per_row: float, latency_s: float) -> tuple[float, str]:
+    """Rows a minute at ``limits``, and which limit sets it.
+
+    The lowest of ``requests_per_minute``, ``tokens_per_minute / tokens_per_row`` and
+    ``concurrency * 60 / latency_s`` (that many requests in flight, each taking ``latency_s``).
+    """
+    candidates: list[tuple[float, str]] = [
+        (limits.concurrency * 60.0 / max(latency_s, 1e-6), "concurrency")
+    ]
+    if limits.requests_per_minute is not None:
+        candidates.append((limits.requests_per_minute, "requests_per_minute"))
+    if limits.tokens_per_minute is not None and tokens_per_row > 0:
+        candidates.append((limits.tokens_per_minute / tokens_per_row, "tokens_per_minute"))
+    return min(candidates)
+
+
+def estimate_job(
+    job: Job, *, latency_s: float | None = None, sample_limit: int = SAMPLE_LIMIT
+) -> Estimate:
+    """Estimate ``job``: rows, tokens, cost online and batch, and time (see the module docstring).
+
+    Raises ConfigError when the input cannot be read. A results database that cannot be opened
+    (another process is writing it) is noted, and no row counts as done.
+    """
+    files = input_files(job.input.path)
+    renderer = Renderer(job.request)
+    notes: list[str] = []
+    store = _open_store(job, notes)
+    try:
+        total_hint = count_rows(files) or 0
+        stride = max(1, math.ceil(total_hint / sample_limit)) if sample_limit > 0 else 1
+        counts = _read_rows(job, renderer, store, stride)
+        history: dict[str, Any] = {"rows": 0}
+        basis_scope = ""
+        if store is not None:
+            history = store.ok_history(
+                job=job.name, model=job.request.model, prompt_hash=renderer.prompt_hash
+            )
+            basis_scope = "this request version"
+            if not history["rows"]:
+                history = store.ok_history(job=job.name, model=job.request.model)
+                basis_scope = f"job {job.name} with {job.request.model}"
+    finally:
+        if store is not None:
+            store.close()
+
+    max_tokens = job.request.max_tokens
+    if history["rows"] and history["avg_output_tokens"] is not None:
+        out_per_row = min(float(history["avg_output_tokens"]), float(max_tokens))
+        output_basis = f"average of {history['rows']:,} earlier ok results of {basis_scope}" + (
+            ", capped at max_tokens" if out_per_row < history["avg_output_tokens"] else ""
+        )
+    else:
+        out_per_row = float(max_tokens)
+        output_basis = "max_tokens, as no earlier ok result of this job and model tells"
+
+    to_send = counts.to_send
+    in_per_row = counts.tokens / counts.rendered_ok if counts.rendered_ok else 0.0
+    input_tokens = round(in_per_row * to_send)
+    out_expected = round(out_per_row * to_send)
+    out_worst = max_tokens * to_send
+
+    online = price_for(job)
+    batch = price_for(job, batch=True)
+
+    if latency_s is not None:
+        latency, latency_basis = latency_s, "given"
+    elif history.get("p50_latency_ms") is not None:
+        latency = float(history["p50_latency_ms"]) / 1000
+        latency_basis = "median of earlier ok online answers"
+    else:
+        latency, latency_basis = DEFAULT_LATENCY_S, "assumed (no earlier online answers)"
+    rate, limited_by = throughput(
+        job.limits, tokens_per_row=in_per_row + out_per_row, latency_s=latency
+    )
+    if online is None:
+        notes.append(
+            f"no price known for {job.request.provider} model {job.request.model!r}: add a "
+            "[pricing] table to the job file to get a cost"
+        )
+    return Estimate(
+        job=job.name,
+        provider=job.request.provider,
+        model=job.request.model,
+        mode=job.request.mode,
+        prompt_hash=renderer.prompt_hash,
+        rows_total=counts.total,
+        rows_done=counts.done,
+        rows_input_error=counts.total - counts.done - to_send,
+        rows_to_send=to_send,
+        rows_rendered=counts.rendered,
+        sampled=stride > 1,
+        input_tokens=input_tokens,
+        input_tokens_per_row=in_per_row,
+        output_tokens_expected=out_expected,
+        output_tokens_worst=out_worst,
+        output_tokens_per_row=out_per_row,
+        output_basis=output_basis,
+        price_source=None if online is None else online.source,
+        cost_online_expected=_cost(online, input_tokens, out_expected),
+        cost_online_worst=_cost(online, input_tokens, out_worst),
+        cost_batch_expected=_cost(batch, input_tokens, out_expected),
+        cost_batch_worst=_cost(batch, input_tokens, out_worst),
+        rows_per_minute=rate,
+        limited_by=limited_by,
+        latency_s=latency,
+        latency_basis=latency_basis,
+        time_s=to_send / rate * 60 if rate > 0 else None,
+        notes=tuple(notes),
+    )
+
+
+@dataclass(slots=True)
+class _Counts:
+    total: int = 0
+    done: int = 0
+    bad: int = 0  # unreadable rows: exact
+    pending: int = 0  # readable rows not done
+    rendered_ok: int = 0
+    rendered_bad: int = 0  # missing field, bad value, longer than the context
+    tokens: int = 0  # estimated input tokens of the rendered_ok rows
+
+    @property
+    def rendered(self) -> int:
+        return self.rendered_ok + self.rendered_bad
+
+    @property
+    def to_send(self) -> int:
+        """Readable rows not done, less the share of them that would fail to render."""
+        if not self.rendered:
+            return 0
+        if self.rendered_bad == 0:
+            return self.pending
+        return round(self.pending * self.rendered_ok / self.rendered)
+
+
+def _open_store(job: Job, notes: list[str]) -> Store | None:
+    if not Path(job.output.db).exists():
+        return None
+    try:
+        return Store(job.output.db, read_only=True)
+    except StoreError as exc:
+        notes.append(f"{exc}; rows already done are not subtracted")
+        return None
+
+
+def _read_rows(job: Job, renderer: Renderer, store: Store | None, stride: int) -> _Counts:
+    """Read every row; render the rows to send (about one in ``stride``, by request key)."""
+    ph = renderer.prompt_hash
+    look_up = store is not None and store.has_results(ph)
+    context = job.request.context_tokens
+    counts = _Counts()
+    for chunk in iter_row_chunks(job.input, chunk_size=_CHUNK):
+        counts.total += len(chunk)
+        rows = [item for item in chunk if isinstance(item, Row)]
+        counts.bad += len(chunk) - len(rows)
+        keys = [request_key(row.row_id, ph) for row in rows]
+        done: set[str] = set()
+        if look_up and store is not None and keys:
+            done = store.done_request_keys(keys, near=_near(chunk))
+        for row, key in zip(rows, keys, strict=True):
+            if key in done:
+                counts.done += 1
+                continue
+            if stride == 1 or int(key[:8], 16) % stride == 0 or not counts.rendered:
+                _render_one(renderer, row, context, counts)
+            counts.pending += 1
+    return counts
+
+
+def _render_one(renderer: Renderer, row: Row, context: int, counts: _Counts) -> None:
+    try:
+        request = renderer.render(row)
+    except InputError:
+        counts.rendered_bad += 1
+        return
+    if request.est_total_tokens > context:  # the runner records these as context_exceeded
+        counts.rendered_bad += 1
+        return
+    counts.rendered_ok += 1
+    counts.tokens += request.est_input_tokens
+
+
+def _near(chunk: list[Row | BadRow]) -> tuple[str, int, int] | None:
+    first, last = chunk[0], chunk[-1]
+    return (first.source, first.line, last.line) if first.source == last.source else None
+
+
+def _cost(price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
+    return cost_usd(price, Usage(input_tokens=input_tokens, output_tokens=output_tokens))
+
+
+# -- printing ---------------------------------------------------------------------------------
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def _latency(seconds: float) -> str:
+    return f"{seconds * 1000:,.0f} ms" if seconds < 1 else f"{seconds:,.2f} s"
+
+
+def _lines(est: Estimate) -> Iterable[str]:
+    yield (
+        f"estimate for job {est.job} · {est.provider} {est.model} · mode {est.mode} "
+        f"· request version {est.prompt_hash}"
+    )
+    yield (
+        f"rows: {est.rows_total:,} in the input · {est.rows_done:,} already done · "
+        f"{est.rows_input_error:,} bad input · {est.rows_to_send:,} to send"
+    )
+    if not est.rows_to_send:
+        how = "no row to send"
+    elif est.sampled:
+        how = f"a sample of {est.rows_rendered:,} rows rendered, scaled up"
+    else:
+        how = "every row rendered"
+    yield (
+        f"input tokens: ~{est.input_tokens:,} ({est.input_tokens_per_row:,.1f} a row; {how}; "
+        "prompt cache not counted)"
+    )
+    yield (
+        f"output tokens: ~{est.output_tokens_expected:,} expected "
+        f"({est.output_tokens_per_row:,.1f} a row: {est.output_basis}) · "
+        f"{est.output_tokens_worst:,} at most (max_tokens)"
+    )
+    if est.price_source is None:
+        yield "cost: unknown price"
+    else:
+        yield (
+            f"cost online: {format_usd(est.cost_online_expected)} expected, "
+            f"{format_usd(est.cost_online_worst)} worst case"
+        )
+        yield (
+            f"cost batch:  {format_usd(est.cost_batch_expected)} expected, "
+            f"{format_usd(est.cost_batch_worst)} worst case (half price, within 24 h)"
+        )
+        yield f"price: {est.price_source}"
+    rate = "–" if est.rows_per_minute is None else f"{est.rows_per_minute:,.0f} rows/min"
+    yield (
+        f"time online: ~{_duration(est.time_s)} at {rate}, limited by {est.limited_by} "
+        f"(latency {_latency(est.latency_s)}: {est.latency_basis}; retries not counted)"
+    )
+    if est.mode == "batch":
+        yield f"time batch: up to {_duration(BATCH_WINDOW_S)} (the providers' batch window)"
+    for note in est.notes:
+        yield f"note: {note}"
+
+
+def render_estimate(est: Estimate, console: Console) -> None:
+    """Print ``est`` as a few plain lines."""
+    for line in _lines(est):
+        console.print(line, highlight=False, markup=False, soft_wrap=True)
