@@ -200,6 +200,8 @@ def latency_bins(min_ms: float, p99_ms: float) -> tuple[float, float, int]:
         width = _nice_step(max(abs(p99_ms), 1.0) / 10)
     start = math.floor(min_ms / width) * width
     bins = max(1, math.floor((p99_ms - start) / width) + 1)
+    while start + width * bins <= p99_ms:  # float rounding can leave p99 on the last edge
+        bins += 1
     return start, width, bins
 
 
