@@ -21,20 +21,23 @@ Input tokens
     estimated from a deterministic sample instead: about one row to send in n (n = total rows /
     ``sample_limit``, rounded up), chosen by the row's request key (a hash, so the sample is the
     same every time and does not alias with a pattern that repeats in the input), scaled up to
-    all rows to send; so is the share of them that would fail to render. The estimate ignores
-    the prompt cache (every prompt token at the input price), so it errs high for jobs that hit
-    the cache. Real tokenizers count English close to four characters a token; code, CJK text
-    and emoji take more tokens per character, and are underestimated.
+    all rows to send; so is the share of them that would fail to render. Real tokenizers count
+    English close to four characters a token; code, CJK text and emoji take more tokens per
+    character, and are underestimated.
 
 Output tokens
     *Worst case*: every answer runs to ``max_tokens``. *Expected*: the average output of this
     job's earlier ``ok`` results with the same model (same request version preferred, then any),
-    capped at ``max_tokens``; without such results, ``max_tokens`` again (the estimate has
-    nothing better to go on, and errs high).
+    capped at ``max_tokens``; without such results, the average length of the job's example
+    answers when it has few-shot examples, else ``max_tokens`` again (nothing better to go on:
+    it errs high).
 
 Cost
     Tokens times the job's price (``cost.price_for``: the job's ``[pricing]``, else genai-prices)
     online and at the batch price, expected and worst case. ``None`` when the price is unknown.
+    The expected cost counts the prompt cache (``render.cached_prefix_tokens``): the first
+    request writes the stable prefix (Anthropic charges a cache write), every later one reads
+    it at the cache-read price. The worst case counts no cache at all.
 
 Time
     Online, at the configured limits: rows to send / the lowest of ``requests_per_minute``,
@@ -60,7 +63,13 @@ from .cost import Price, cost_usd, price_for
 from .errors import InputError, StoreError
 from .progress import count_rows
 from .records import BadRow, Row, Usage
-from .render import Renderer, request_key
+from .render import (
+    REPLY_OVERHEAD_TOKENS,
+    Renderer,
+    cached_prefix_tokens,
+    estimate_tokens,
+    request_key,
+)
 from .report import format_usd
 from .sources import input_files, iter_row_chunks
 from .store import Store
@@ -122,6 +131,7 @@ class Estimate:
     latency_basis: str
     time_s: float | None
     notes: tuple[str, ...] = ()
+    cached_tokens_per_row: int = 0
 
     @property
     def cost_expected(self) -> float | None:
@@ -194,6 +204,11 @@ def estimate_job(
         output_basis = f"average of {history['rows']:,} earlier ok results of {basis_scope}" + (
             ", capped at max_tokens" if out_per_row < history["avg_output_tokens"] else ""
         )
+    elif job.request.examples:
+        # The job's worked answers show how long an answer runs.
+        lengths = [estimate_tokens(reply) for _, reply in job.request.examples]
+        out_per_row = min(sum(lengths) / len(lengths) + REPLY_OVERHEAD_TOKENS, float(max_tokens))
+        output_basis = "the length of the job's example answers (no earlier ok result yet)"
     else:
         out_per_row = float(max_tokens)
         output_basis = "max_tokens, as no earlier ok result of this job and model tells"
@@ -206,6 +221,10 @@ def estimate_job(
 
     online = price_for(job)
     batch = price_for(job, batch=True)
+    # Expected cost counts the prompt cache: the first request writes the stable prefix (an
+    # Anthropic write costs more than input), every later one reads it at the cache price.
+    cached = cached_prefix_tokens(job.request) if to_send > 1 else 0
+    cache = "write" if job.request.provider == "anthropic" else "read"
 
     if latency_s is not None:
         latency, latency_basis = latency_s, "given"
@@ -241,9 +260,9 @@ def estimate_job(
         output_tokens_per_row=out_per_row,
         output_basis=output_basis,
         price_source=None if online is None else online.source,
-        cost_online_expected=_cost(online, input_tokens, out_expected),
+        cost_online_expected=_cost(online, input_tokens, out_expected, cached, to_send, cache),
         cost_online_worst=_cost(online, input_tokens, out_worst),
-        cost_batch_expected=_cost(batch, input_tokens, out_expected),
+        cost_batch_expected=_cost(batch, input_tokens, out_expected, cached, to_send, cache),
         cost_batch_worst=_cost(batch, input_tokens, out_worst),
         rows_per_minute=rate,
         limited_by=limited_by,
@@ -251,6 +270,7 @@ def estimate_job(
         latency_basis=latency_basis,
         time_s=to_send / rate * 60 if rate > 0 else None,
         notes=tuple(notes),
+        cached_tokens_per_row=cached,
     )
 
 
@@ -330,8 +350,25 @@ def _near(chunk: list[Row | BadRow]) -> tuple[str, int, int] | None:
     return (first.source, first.line, last.line) if first.source == last.source else None
 
 
-def _cost(price: Price | None, input_tokens: int, output_tokens: int) -> float | None:
-    return cost_usd(price, Usage(input_tokens=input_tokens, output_tokens=output_tokens))
+def _cost(
+    price: Price | None,
+    input_tokens: int,
+    output_tokens: int,
+    cached: int = 0,
+    rows: int = 0,
+    first_request: str = "read",
+) -> float | None:
+    """Tokens times ``price``; with ``cached`` prefix tokens per row, the first of ``rows``
+    writes them to the cache (``first_request="write"``, Anthropic) or pays them as input."""
+    reads = cached * max(rows - 1, 0)
+    writes = cached if first_request == "write" and rows else 0
+    usage = Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=min(reads, input_tokens),
+        cache_write_tokens=min(writes, max(input_tokens - reads, 0)),
+    )
+    return cost_usd(price, usage)
 
 
 # -- printing ---------------------------------------------------------------------------------
@@ -366,9 +403,14 @@ def _lines(est: Estimate) -> Iterable[str]:
         how = f"a sample of {est.rows_rendered:,} rows rendered, scaled up"
     else:
         how = "every row rendered"
+    cache = (
+        f"{est.cached_tokens_per_row:,} a row from the prompt cache in the expected cost"
+        if est.cached_tokens_per_row
+        else "no prompt cache"
+    )
     yield (
         f"input tokens: ~{est.input_tokens:,} ({est.input_tokens_per_row:,.1f} a row; {how}; "
-        "prompt cache not counted)"
+        f"{cache})"
     )
     yield (
         f"output tokens: ~{est.output_tokens_expected:,} expected "

@@ -49,10 +49,12 @@ from .extract import (
 from .records import AnswerSchema, Framing, Request, Row
 
 __all__ = [
+    "ANTHROPIC_TOOL_PROMPT_TOKENS",
     "MESSAGE_OVERHEAD_TOKENS",
     "OPENAI_CACHE_MINIMUM",
     "REPLY_OVERHEAD_TOKENS",
     "Renderer",
+    "cached_prefix_tokens",
     "estimate_tokens",
     "framing",
     "prompt_hash",
@@ -64,6 +66,10 @@ __all__ = [
 # reply with a few more; OpenAI documents 3 + 3. Rounded up so the estimate errs high.
 MESSAGE_OVERHEAD_TOKENS = 4
 REPLY_OVERHEAD_TOKENS = 3
+# Anthropic adds a system prompt of its own when a tool is forced: 313 to 346 tokens by model,
+# as its tool-use documentation lists; the larger figure, for estimates and rate budgets.
+ANTHROPIC_TOOL_PROMPT_TOKENS = 346
+
 # OpenAI caches prompts from this many tokens on (automatically, no marking).
 OPENAI_CACHE_MINIMUM = 1024
 
@@ -134,6 +140,8 @@ def framing(spec: RequestSpec) -> tuple[Framing | None, str | None, int, int]:
         )
         if enforce:
             schema_tokens = estimate_tokens(orjson.dumps(spec.schema).decode())
+            if spec.provider == "anthropic":
+                schema_tokens += ANTHROPIC_TOOL_PROMPT_TOKENS
         else:
             instruction = json_instruction(spec.schema)
             system = f"{system}\n\n{instruction}" if system else instruction
@@ -157,6 +165,34 @@ def framing(spec: RequestSpec) -> tuple[Framing | None, str | None, int, int]:
         cache_examples=cache_examples,
     )
     return shared, system, prefix_tokens, schema_tokens + example_tokens
+
+
+def cached_prefix_tokens(spec: RequestSpec) -> int:
+    """Prompt tokens of each request that a warm prompt cache serves (0: nothing is cached).
+
+    Anthropic caches what the job marks (system prompt and tool schema, then the examples, see
+    ``framing``); OpenAI caches prompts of ``OPENAI_CACHE_MINIMUM`` tokens or more by itself,
+    in steps of 128 tokens.
+    """
+    shared, _system, prefix_tokens, framing_tokens = framing(spec)
+    if spec.provider == "anthropic":
+        if shared is None:
+            return 0
+        if shared.cache_examples:
+            return prefix_tokens
+        if shared.cache_system:
+            return prefix_tokens - (framing_tokens - _schema_tokens(spec))
+        return 0
+    if prefix_tokens < OPENAI_CACHE_MINIMUM:
+        return 0
+    return prefix_tokens // 128 * 128
+
+
+def _schema_tokens(spec: RequestSpec) -> int:
+    if spec.schema is None or spec.schema_mode != "enforce":
+        return 0
+    tokens = estimate_tokens(orjson.dumps(spec.schema).decode())
+    return tokens + (ANTHROPIC_TOOL_PROMPT_TOKENS if spec.provider == "anthropic" else 0)
 
 
 def request_key(row_id: str, prompt_hash: str) -> str:

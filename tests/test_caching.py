@@ -351,3 +351,22 @@ async def test_openai_reports_cached_tokens_for_a_long_stable_prefix(tmp_path: P
             for r in store.query("SELECT cache_read_tokens FROM results ORDER BY finished_at")
         ]
     assert reads[0] == 0 and all(n >= 1024 for n in reads[1:])
+
+
+def test_the_fake_caches_up_to_a_breakpoint_inside_the_messages() -> None:
+    from pipeline.fake._anthropic import parse_messages_request
+
+    system = [{"type": "text", "text": "rules " * 900, "cache_control": {"type": "ephemeral"}}]
+    example = {"role": "user", "content": [{"type": "text", "text": "example " * 400}]}
+    answer = {
+        "role": "assistant",
+        "content": [
+            {"type": "text", "text": "answer " * 400, "cache_control": {"type": "ephemeral"}}
+        ],
+    }
+    row = {"role": "user", "content": "the row"}
+    body = {"model": "m", "max_tokens": 5, "system": system}
+    system_only = parse_messages_request({**body, "messages": [row]})
+    with_examples = parse_messages_request({**body, "messages": [example, answer, row]})
+    assert 0 < system_only.cache_prefix_tokens < with_examples.cache_prefix_tokens
+    assert with_examples.cache_prefix_tokens < with_examples.input_tokens  # the row is not cached

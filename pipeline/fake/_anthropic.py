@@ -6,8 +6,8 @@ API's do); ``answer`` decides the content blocks; ``message_body`` builds a ``Me
 
 Token estimate: system text, message contents and (when tools are given) the tools' JSON plus
 ``TOOL_OVERHEAD_TOKENS`` for the tool-use system prompt the real API adds. The cacheable prefix is
-the tools plus the system blocks up to the last one carrying ``cache_control`` (breakpoints inside
-messages are not modelled).
+the tools plus the system blocks up to the last one carrying ``cache_control``, or, when a
+message content block carries one, the tools, the whole system and the messages up to it.
 
 Shared by the online endpoint and the batch requests (``_batches``): a batch request's ``params``
 are checked and answered by exactly the functions here.
@@ -142,8 +142,9 @@ def _system(system: Any) -> tuple[int, str, int]:
     return tokens, "\n".join(texts[: prefix_end + 1]), prefix_tokens
 
 
-def _messages(messages: Any) -> tuple[int, str]:
-    """(tokens, text of the last user message) of a checked ``messages`` list."""
+def _messages(messages: Any) -> tuple[int, str, str, int]:
+    """(tokens, text of the last user message, text and tokens of the messages up to the last
+    block carrying ``cache_control``) of a checked ``messages`` list."""
     if not isinstance(messages, list):
         raise AnthropicInvalid("messages: Input should be a valid list")
     if not messages:
@@ -151,6 +152,8 @@ def _messages(messages: Any) -> tuple[int, str]:
     tokens = 0
     last_user = ""
     previous = None
+    prefix_texts: list[str] = []
+    prefix_end, prefix_tokens = -1, 0
     for index, message in enumerate(messages):
         if not isinstance(message, dict):
             raise AnthropicInvalid(f"messages.{index}: Input should be a valid dictionary")
@@ -183,9 +186,15 @@ def _messages(messages: Any) -> tuple[int, str]:
                 f"messages.{index}.content: Input should be a valid string or a list of blocks"
             )
         tokens += MESSAGE_OVERHEAD_TOKENS + content_tokens(content)
+        prefix_texts.append(content_text(content))
+        if isinstance(content, list) and any(
+            isinstance(part, dict) and part.get("cache_control") is not None for part in content
+        ):
+            prefix_end, prefix_tokens = index, tokens
         if role == "user":
             last_user = content_text(content)
-    return tokens, last_user
+    prefix = "\n".join(prefix_texts[: prefix_end + 1]) if prefix_end >= 0 else ""
+    return tokens, last_user, prefix, prefix_tokens
 
 
 def _tools(body: dict[str, Any]) -> tuple[int, str, dict[str, Any] | None]:
@@ -262,10 +271,13 @@ def parse_messages_request(body: Any) -> MessagesRequest:
     if body.get("stream"):
         raise AnthropicInvalid("stream: the fake provider does not stream; send stream=false")
     system_tokens, system_prefix, system_prefix_tokens = _system(body.get("system"))
-    message_tokens, last_user = _messages(messages)
+    message_tokens, last_user, message_prefix, message_prefix_tokens = _messages(messages)
     tool_tokens, tool_text, forced = _tools(body)
     input_tokens = PROMPT_OVERHEAD_TOKENS + system_tokens + message_tokens + tool_tokens
-    if system_prefix:
+    if message_prefix:  # a breakpoint in the messages caches everything before it too
+        cache_prefix = f"{tool_text}\n{system_prefix}\n{message_prefix}"
+        cache_prefix_tokens = tool_tokens + system_tokens + message_prefix_tokens
+    elif system_prefix:
         cache_prefix = f"{tool_text}\n{system_prefix}"
         cache_prefix_tokens = tool_tokens + system_prefix_tokens
     else:
