@@ -19,6 +19,7 @@ follow-up turn; ``pipeline rerun RUN --failed`` sends such rows again).
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from collections.abc import Awaitable, Callable, Mapping
@@ -482,19 +483,10 @@ class BatchRunner:
             "run_id": self.run_id,
             "mode": "batch",
             "state": state,
+            "pid": os.getpid(),  # 'pipeline status' tells a live run from a killed one by it
             "updated_at": self._clock(),
             "prompt_hash": self.prompt_hash,
-            "counts": {
-                "read": s.rows_read,
-                "skipped": s.rows_skipped,
-                "ok": s.rows_ok,
-                "failed": s.rows_failed,
-                "input_error": s.rows_input_error,
-                "invalid": s.rows_invalid,
-                "committed": s.rows_committed,
-                "requests": s.requests_sent,
-                "rate_limited": s.rate_limited,
-            },
+            "counts": s.counts(),
             "tokens": {"input": s.input_tokens, "output": s.output_tokens},
             "cost_usd": s.cost_usd,
             "batches": [

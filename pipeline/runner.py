@@ -113,6 +113,20 @@ class RunStats:
     cost_usd: float = 0.0
     started: float = field(default_factory=time.monotonic)
 
+    def counts(self) -> dict[str, int]:
+        """The row and request counters, as a run's manifest records them."""
+        return {
+            "read": self.rows_read,
+            "skipped": self.rows_skipped,
+            "ok": self.rows_ok,
+            "failed": self.rows_failed,
+            "input_error": self.rows_input_error,
+            "invalid": self.rows_invalid,
+            "committed": self.rows_committed,
+            "requests": self.requests_sent,
+            "rate_limited": self.rate_limited,
+        }
+
     @property
     def rows_done(self) -> int:
         return self.rows_ok + self.rows_failed + self.rows_input_error + self.rows_invalid
@@ -303,17 +317,7 @@ class Runner:
             "updated_at": self._clock(),
             "prompt_hash": self.prompt_hash,
             "budget_usd": self.budget_usd,
-            "counts": {
-                "read": s.rows_read,
-                "skipped": s.rows_skipped,
-                "ok": s.rows_ok,
-                "failed": s.rows_failed,
-                "input_error": s.rows_input_error,
-                "invalid": s.rows_invalid,
-                "committed": s.rows_committed,
-                "requests": s.requests_sent,
-                "rate_limited": s.rate_limited,
-            },
+            "counts": s.counts(),
             "tokens": {"input": s.input_tokens, "output": s.output_tokens},
             "cost_usd": self.spent_usd + s.cost_usd,
         }

@@ -267,3 +267,23 @@ def test_a_duplicate_id_is_that_rows_input_error_not_a_rejected_batch(
     bad = [r for r in rows if r["status"] == "input_error"]
     assert len(bad) == 1
     assert bad[0]["error_type"] == "duplicate_id" and "line 4" in bad[0]["error"]
+
+
+def test_status_of_a_batch_run_reads_its_manifest(
+    tmp_path: Path,
+    threaded_fake: ThreadedFakeProvider,
+    env: None,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    job = make_job(tmp_path, "openai", 20)
+    url = threaded_fake.openai_base_url
+    assert main(["run", str(job), "--base-url", url, "--quiet", "--no-wait"]) == 3
+    run_id = only_run_id(tmp_path)
+    manifest = orjson.loads((tmp_path / "runs" / f"{run_id}.manifest.json").read_bytes())
+    assert manifest["pid"] == os.getpid()
+    assert manifest["batches"][0]["batch_id"]
+    capsys.readouterr()
+    assert main(["status", run_id, "--db", str(tmp_path / "r.duckdb")]) == 0
+    out = capsys.readouterr().out
+    assert "state: stopped: batches submitted" in out
+    assert f"pipeline resume {run_id}" in out
