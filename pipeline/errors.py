@@ -12,7 +12,7 @@ class alone::
     │   │   │                     dropped connections, malformed or empty bodies
     │   │   └── RateLimitError    429 (carries the provider's retry-after, if any)
     │   ├── RowRejectedError      terminal for the row: other 4xx (the request itself is bad)
-    │   └── FatalProviderError    terminal for the run: 401, 403, insufficient_quota
+    │   └── FatalProviderError    terminal for the run: 401, 403, 404, insufficient_quota
     └── StoreError                DuckDB could not be read or written
 
 ``ProviderError.transient`` and ``ProviderError.fatal`` are the only two questions the runner asks.
@@ -113,7 +113,8 @@ class RowRejectedError(ProviderError):
 
 
 class FatalProviderError(ProviderError):
-    """No further request can succeed (bad key, no permission, quota exhausted): stop the run."""
+    """No further request can succeed (bad key, no permission, unknown model or URL, quota
+    exhausted): stop the run."""
 
     fatal = True
     default_type = "fatal"

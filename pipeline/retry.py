@@ -105,6 +105,10 @@ def classify_http_error(
             f"quota exhausted: add credit or raise the spending limit for {_key_env(provider)}"
             f" ({message})"
         )
+    elif status == 404:
+        # A wrong model name or base URL: every other request would get the same answer.
+        cls = FatalProviderError
+        text = f"not found ({message or 'no error message'}): check [request] model and base_url"
     elif status == 400 and "credit balance" in (message or "").lower():
         # Anthropic reports an empty prepaid balance as a 400; every later request fails too.
         cls, error_type = FatalProviderError, "insufficient_quota"

@@ -1493,10 +1493,10 @@ async def test_parts_over_the_providers_own_limits_are_refused_for_good(tmp_path
 
 
 @pytest.mark.anyio
-async def test_polling_an_unknown_batch_is_rejected_not_retried() -> None:
+async def test_polling_an_unknown_batch_stops_the_run_not_retried() -> None:
     for api in ("openai", "anthropic"):
         async with on_fake(api) as (_fake, batch, _online):
-            with pytest.raises(RowRejectedError) as caught:
+            with pytest.raises(FatalProviderError) as caught:
                 await batch.poll("batch_nope")
         assert (caught.value.status_code, caught.value.error_type) == (404, "not_found")
 

@@ -47,7 +47,7 @@ def anthropic_body(message: str, type_: str = "invalid_request_error") -> bytes:
         (400, RowRejectedError, "invalid_request"),
         (401, FatalProviderError, "auth_failed"),
         (403, FatalProviderError, "permission_denied"),
-        (404, RowRejectedError, "not_found"),
+        (404, FatalProviderError, "not_found"),  # wrong model or base URL: stop the run
         (408, TransientError, "timeout"),
         (409, TransientError, "conflict"),
         (413, RowRejectedError, "request_too_large"),
