@@ -28,7 +28,7 @@ from rich.markup import escape
 
 from .batch_runner import BatchRunner
 from .config import Job, load_job, parse_job
-from .cost import Price, cost_usd, price_for
+from .cost import Price, price_for
 from .errors import ConfigError, PipelineError, StoreError
 from .estimate import estimate_job, render_estimate
 from .limits import LocalRateBudget
@@ -45,11 +45,10 @@ from .manifest import (
 )
 from .progress import count_rows, show_progress
 from .providers import api_key_from_env, make_batch_provider, make_provider
-from .records import Row, Usage
 from .render import Renderer
 from .report import format_usd, render_report
 from .runner import RowFilter, Runner, RunOutcome, new_run_id
-from .sources import input_files, iter_row_chunks
+from .sources import input_files
 from .store import Store
 
 __all__ = ["COMMANDS", "build_parser", "main"]
@@ -340,7 +339,7 @@ def _execute(plan: _Plan) -> int:
         register_secret(api_key)
     price = price_for(job)
     if job.limits.budget_usd is not None:
-        _check_budget(job, files, price, plan)
+        _check_budget(job, price, plan)
     if price is None:
         print(
             f"warning: no price known for {job.request.provider} model {job.request.model!r}: "
@@ -409,7 +408,7 @@ def _manifest_base(plan: _Plan, files: list[Path], price: Price | None) -> dict[
     }
 
 
-def _check_budget(job: Job, files: list[Path], price: Price | None, plan: _Plan) -> None:
+def _check_budget(job: Job, price: Price | None, plan: _Plan) -> None:
     """Refuse a run whose worst case already exceeds its budget, unless forced."""
     budget = job.limits.budget_usd
     assert budget is not None
@@ -423,28 +422,14 @@ def _check_budget(job: Job, files: list[Path], price: Price | None, plan: _Plan)
         )
     if plan.force:
         return
-    rows = count_rows(files) or 0
-    renderer = Renderer(job.request)
-    sample = []
-    for item in next(iter_row_chunks(job.input, chunk_size=200), []):
-        if isinstance(item, Row):
-            try:
-                sample.append(renderer.render(item).est_input_tokens)
-            except PipelineError:
-                continue
-    if not sample:
-        return
-    average_in = sum(sample) / len(sample)
-    per_row = (
-        cost_usd(price, Usage(input_tokens=round(average_in), output_tokens=job.request.max_tokens))
-        or 0.0
-    )
-    estimate = per_row * rows
-    if estimate > budget:
+    # The same method as 'pipeline estimate': rows already done are not counted.
+    worst = estimate_job(job).cost_worst
+    if worst is not None and worst > budget:
         raise ConfigError(
-            f"the worst case for {rows:,} rows is about {format_usd(estimate)} (every answer "
-            f"at max_tokens), over budget_usd {format_usd(budget)}; raise the budget, or pass "
-            "--force to run until the budget is spent (rows already done are not counted)",
+            f"the worst case for the rows still to send is about {format_usd(worst)} (every "
+            f"answer at max_tokens; see 'pipeline estimate'), over budget_usd "
+            f"{format_usd(budget)}; raise the budget, or pass --force to run until the budget "
+            "is spent",
             path=job.path,
             key="limits.budget_usd",
         )
