@@ -40,7 +40,7 @@ from pipeline.providers.openai import OpenAIProvider, chat_body
 from pipeline.providers.openai_batch import OpenAIBatchProvider
 from pipeline.records import Request
 
-KEY = "sk-test-0123456789abcdefghijklmnop"
+KEY = "sk" + "-test-0123456789abcdefghijklmnop"
 OPENAI_URL = "http://fake.test/v1"
 ANTHROPIC_URL = "http://fake.test"
 

