@@ -449,7 +449,7 @@ class BatchRunner:
         error_type: str,
         error: str,
     ) -> RowResult:
-        return RowResult(
+        return RowResult.unanswered(
             job=self.job.name,
             run_id=self.run_id,
             row_id=row_id,
@@ -459,18 +459,9 @@ class BatchRunner:
             provider=self.job.request.provider,
             model=self.job.request.model,
             mode="batch",
-            output_text=None,
-            finish_reason=None,
             error_type=error_type,
             error=error,
             attempts=0 if status == "input_error" else 1,
-            input_tokens=0,
-            output_tokens=0,
-            cache_read_tokens=0,
-            cache_write_tokens=0,
-            reasoning_tokens=0,
-            cost_usd=None,
-            latency_ms=None,
             finished_at=self._clock(),
             source=source,
             line=line,

@@ -189,3 +189,51 @@ class RowResult:
     source: str
     line: int
     output_json: str | None = None  # the answer as JSON, when the job has a schema and it is ok
+
+    @classmethod
+    def unanswered(
+        cls,
+        *,
+        job: str,
+        run_id: str,
+        row_id: str,
+        request_key: str,
+        prompt_hash: str,
+        status: str,
+        provider: str,
+        model: str,
+        mode: str,
+        error_type: str,
+        error: str,
+        attempts: int,
+        finished_at: float,
+        source: str,
+        line: int,
+    ) -> RowResult:
+        """A row without an answer (bad input, or failed for good): no tokens, no cost."""
+        return cls(
+            job=job,
+            run_id=run_id,
+            row_id=row_id,
+            request_key=request_key,
+            prompt_hash=prompt_hash,
+            status=status,
+            provider=provider,
+            model=model,
+            mode=mode,
+            output_text=None,
+            finish_reason=None,
+            error_type=error_type,
+            error=error,
+            attempts=attempts,
+            input_tokens=0,
+            output_tokens=0,
+            cache_read_tokens=0,
+            cache_write_tokens=0,
+            reasoning_tokens=0,
+            cost_usd=None,
+            latency_ms=None,
+            finished_at=finished_at,
+            source=source,
+            line=line,
+        )

@@ -688,7 +688,7 @@ class Runner:
     def _input_error(
         self, key: str, row_id: str, error_type: str, error: str, source: str, line: int
     ) -> RowResult:
-        return RowResult(
+        return RowResult.unanswered(
             job=self.job.name,
             run_id=self.run_id,
             row_id=row_id,
@@ -698,18 +698,9 @@ class Runner:
             provider=self.job.request.provider,
             model=self.job.request.model,
             mode="online",
-            output_text=None,
-            finish_reason=None,
             error_type=error_type,
             error=error,
             attempts=0,
-            input_tokens=0,
-            output_tokens=0,
-            cache_read_tokens=0,
-            cache_write_tokens=0,
-            reasoning_tokens=0,
-            cost_usd=None,
-            latency_ms=None,
             finished_at=self._clock(),
             source=source,
             line=line,
