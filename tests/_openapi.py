@@ -5,9 +5,9 @@
 internal ``$ref``s resolved through ``referencing``). The YAML is loaded once per process (about a
 second); each validator is built once.
 
-The document is looked up at ``$OPENAI_OPENAPI_SPEC`` if set, else in ``shared/specs/`` beside
-the repository (where CI and every developer machine have it); when it is missing the calling
-test fails with a message saying where it was looked for.
+The document is ``tests/specs/openai-openapi.yaml``, a copy of the file in the public repository
+openai/openai-openapi (MIT licence, ``tests/specs/openai-openapi.LICENSE``), so a fresh clone
+has everything it needs; ``$OPENAI_OPENAPI_SPEC`` points the tests at another copy.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from referencing.jsonschema import DRAFT202012
 
 __all__ = ["openai_validator"]
 
-_DEFAULT_SPEC = Path(__file__).resolve().parents[2] / "shared" / "specs" / "openai-openapi.yaml"
+_DEFAULT_SPEC = Path(__file__).resolve().parent / "specs" / "openai-openapi.yaml"
 _SPEC_URI = "urn:openai:openapi"
 
 

@@ -148,7 +148,7 @@ def openai_error(message: str, type_: str, code: str | None = None) -> dict[str,
 
 
 # OpenAI's spec used to define the input line as ``BatchRequestInput`` (custom_id, method: POST,
-# url); the copy in shared/specs no longer has it. When it is missing, the line is checked
+# url); the copy in tests/specs no longer has it. When it is missing, the line is checked
 # against that published definition (made stricter: every field required) and its body
 # against the spec's ``CreateChatCompletionRequest``.
 BATCH_REQUEST_INPUT: dict[str, Any] = {
