@@ -10,12 +10,16 @@ class alone::
     ├── ProviderError             something the provider (or the way to it) said or did
     │   ├── TransientError        worth another attempt: 408, 409, 429, 5xx, 529, timeouts,
     │   │   │                     dropped connections, malformed or empty bodies
-    │   │   └── RateLimitError    429 (carries the provider's retry-after, if any)
+    │   │   ├── RateLimitError    429 (carries the provider's retry-after, if any)
+    │   │   └── UnreachableError  no connection could be made (refused, DNS, connect timeout):
+    │   │                         a problem of the run, not of the row
     │   ├── RowRejectedError      terminal for the row: other 4xx (the request itself is bad)
     │   └── FatalProviderError    terminal for the run: 401, 403, 404, insufficient_quota
     └── StoreError                DuckDB could not be read or written
 
-``ProviderError.transient`` and ``ProviderError.fatal`` are the only two questions the runner asks.
+``ProviderError.transient`` and ``ProviderError.fatal`` are the questions an executor asks of a
+row's error; an ``UnreachableError`` pauses the whole run instead of using up the row's attempts,
+and ends it when nothing could ever be reached.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ __all__ = [
     "RowRejectedError",
     "StoreError",
     "TransientError",
+    "UnreachableError",
 ]
 
 
@@ -104,6 +109,13 @@ class RateLimitError(TransientError):
     """The provider answered 429 (rate limit, not quota)."""
 
     default_type = "rate_limited"
+
+
+class UnreachableError(TransientError):
+    """No connection to the provider could be made at all: refused, unknown host, connect
+    timeout. Says nothing about the row; the executor pauses the run or stops it."""
+
+    default_type = "unreachable"
 
 
 class RowRejectedError(ProviderError):

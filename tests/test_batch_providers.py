@@ -30,6 +30,7 @@ from pipeline.errors import (
     FatalProviderError,
     RowRejectedError,
     TransientError,
+    UnreachableError,
 )
 from pipeline.fake import FakeConfig, FakeProvider, running_fake_provider
 from pipeline.providers._base import iter_lines, make_transport
@@ -755,13 +756,20 @@ async def test_openai_errors_go_through_the_online_classification(
             ),
         )
 
-    def dropped(request: httpx.Request) -> httpx.Response:
+    def refused(request: httpx.Request) -> httpx.Response:
         raise httpx.ConnectError("connection refused")
+
+    def dropped(request: httpx.Request) -> httpx.Response:
+        raise httpx.ReadError("connection reset by peer")
 
     part = write_part(tmp_path, [b"{}"])
     with pytest.raises(FatalProviderError) as quota:
         await call_each(openai_provider(handler), part, operation)
     assert quota.value.error_type == "insufficient_quota"
+    with pytest.raises(UnreachableError) as unreachable:
+        await call_each(openai_provider(refused), part, operation)
+    assert unreachable.value.transient
+    assert "cannot connect to http://" in str(unreachable.value)
     with pytest.raises(TransientError) as network:
         await call_each(openai_provider(dropped), part, operation)
     assert network.value.error_type == "connection_error"

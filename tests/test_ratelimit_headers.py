@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.ratelimit_headers import (
+from pipeline.limits.headers import (
     parse_go_duration,
     parse_rate_limit_headers,
     parse_reset_rfc3339,

@@ -10,8 +10,8 @@ import aiohttp
 import httpx
 import orjson
 
-from ..errors import ProviderError, TransientError
-from ..ratelimit_headers import parse_rate_limit_headers
+from ..errors import ProviderError, TransientError, UnreachableError
+from ..limits.headers import parse_rate_limit_headers
 from ..records import Reply, Request, Usage
 from ..retry import classify_http_error
 
@@ -56,28 +56,53 @@ def make_transport(*, max_connections: int | None = None) -> httpx.AsyncBaseTran
 
 
 @contextmanager
-def mapped_transport_errors(provider: str) -> Iterator[None]:
-    """Turn network-level failures into transient provider errors."""
+def mapped_transport_errors(provider: str, url: httpx.URL | str | None = None) -> Iterator[None]:
+    """Turn network-level failures into transient provider errors: ``UnreachableError`` when
+    no connection could be made at all (refused, unknown host, connect timeout: ``url``'s host
+    is named), ``TransientError`` for the rest (timeouts, dropped connections)."""
     try:
         yield
-    except httpx.TimeoutException as exc:
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
         cause = exc.__cause__
-        if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
-            cause, aiohttp.ServerTimeoutError
+        # httpx-aiohttp reports every aiohttp connection error as ConnectTimeout, a dropped
+        # connection too: only a failure to connect (or httpx's own) is the host out of reach.
+        if not isinstance(cause, aiohttp.ClientError) or isinstance(
+            cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
         ):
-            # httpx-aiohttp reports a dropped connection as ConnectTimeout; it is not one.
-            raise TransientError(
-                f"{provider}: connection failed ({type(cause).__name__}: {cause})",
-                error_type="connection_error",
+            where = _origin(url) if url is not None else "the provider"
+            raise UnreachableError(
+                f"{provider}: cannot connect to {where} ({type(cause or exc).__name__}: "
+                f"{cause or exc})"
             ) from exc
-        raise TransientError(
-            f"{provider}: request timed out ({type(exc).__name__})", error_type="timeout"
-        ) from exc
+        raise _transient(provider, exc) from exc
+    except httpx.TimeoutException as exc:
+        raise _transient(provider, exc) from exc
     except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
         raise TransientError(
             f"{provider}: connection failed ({type(exc).__name__}: {exc})",
             error_type="connection_error",
         ) from exc
+
+
+def _origin(url: httpx.URL | str) -> str:
+    parsed = httpx.URL(url)
+    port = f":{parsed.port}" if parsed.port is not None else ""
+    return f"{parsed.scheme}://{parsed.host}{port}"
+
+
+def _transient(provider: str, exc: httpx.TransportError) -> TransientError:
+    cause = exc.__cause__
+    if isinstance(cause, aiohttp.ClientConnectionError) and not isinstance(
+        cause, aiohttp.ServerTimeoutError
+    ):
+        # httpx-aiohttp reports a dropped connection as ConnectTimeout; it is not one.
+        return TransientError(
+            f"{provider}: connection failed ({type(cause).__name__}: {cause})",
+            error_type="connection_error",
+        )
+    return TransientError(
+        f"{provider}: request timed out ({type(exc).__name__})", error_type="timeout"
+    )
 
 
 def parse_json_body(provider: str, status: int, content: bytes) -> Mapping[str, Any]:
@@ -214,7 +239,7 @@ class APIClient:
             content=body,
             extensions=self._extensions,
         )
-        with mapped_transport_errors(self.provider):
+        with mapped_transport_errors(self.provider, request.url):
             response = await self._transport.handle_async_request(request)
             try:
                 await response.aread()
@@ -234,7 +259,7 @@ class APIClient:
         stopping early: that releases the connection.
         """
         url = self.url(path)
-        with mapped_transport_errors(self.provider):
+        with mapped_transport_errors(self.provider, url):
             for _ in range(MAX_REDIRECTS + 1):
                 request_headers = dict(self._headers) if self.is_own(url) else {}
                 if headers:
@@ -311,7 +336,7 @@ class JSONProvider:
         http_request = httpx.Request(
             "POST", self._url, headers=headers, content=content, extensions=self._extensions
         )
-        with mapped_transport_errors(self.name):
+        with mapped_transport_errors(self.name, self._url):
             response = await self._transport.handle_async_request(http_request)
             try:
                 await response.aread()

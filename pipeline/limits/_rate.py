@@ -1,23 +1,27 @@
-"""Rate budgets: how fast the runner may send, and how it slows down when a provider says so.
+"""Rate budgets: how fast requests may go out, and how that slows down when a provider says so.
 
-A job has three limits: a concurrency cap (the runner's worker count), a requests-per-minute
-bucket (``aiolimiter``) and a tokens-per-minute bucket charged with an estimate before sending
-(prompt estimate + ``max_tokens``) and settled with the real usage afterwards.
+A requests-per-minute bucket (``aiolimiter``) and a tokens-per-minute bucket charged with an
+estimate before sending (prompt estimate + ``max_tokens``) and settled with the real usage
+afterwards. (The concurrency cap and the USD budget sit one level up, in ``RunBudget``.)
 
 Both buckets are kept *shallow*: they let through at most ``burst_s`` seconds' worth of requests
 at once (a quarter of a second by default). A provider's own bucket is usually deeper, so
 running at exactly the provider's rate leaves its bucket with slack that absorbs network jitter
 instead of answering 429.
 
-Providers talk back. ``observe()`` takes the rate-limit headers of every answer: when the
-provider reports fewer tokens left than our bucket holds, the bucket drops to match, and when
-it reports no requests left, every sender waits for the reset. ``penalize()`` takes a 429: the
+Providers talk back. ``observe()`` takes the rate-limit headers of every answer: the limits the
+provider states (``x-ratelimit-limit-requests``/``-tokens``, ``anthropic-ratelimit-*-limit``)
+cap the configured rates from the first answer on, so a job configured above its real limit
+runs at that limit instead of finding it by 429s; when the provider reports fewer tokens left
+than our bucket holds, the bucket drops to match, and when it reports no requests left, every
+sender waits for the reset. ``penalize()`` takes a 429: the
 whole run (not just one request) waits for the provider's ``retry-after``, and the request rate
 is cut multiplicatively, then grows back slowly while answers come back clean (AIMD). One 429
 therefore slows everybody instead of starting a storm.
 
-The runner only sees the ``RateBudget`` protocol, so a job split into shards on several workers
-can share one budget by passing in an implementation backed by a shared service.
+Executors only see the ``RateBudget`` protocol (through ``RunBudget``), so a job split into
+shards on several workers can share one budget by passing in an implementation backed by a
+shared service.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from typing import Protocol
 import anyio
 from aiolimiter import AsyncLimiter
 
-from .records import RateLimitInfo
+from ..records import RateLimitInfo
 
 __all__ = ["LocalRateBudget", "RateBudget", "TokenBucket"]
 
@@ -52,6 +56,9 @@ class RateBudget(Protocol):
 
     def reward(self) -> None:
         """A request succeeded: let a reduced rate grow back."""
+
+    def pause(self, seconds: float) -> None:
+        """Let nothing out for ``seconds`` (a provider that cannot be reached, say)."""
 
 
 class TokenBucket:
@@ -108,6 +115,13 @@ class TokenBucket:
         """Return (or, with a negative amount, charge) tokens after the fact."""
         self._refill()
         self._level = min(self.capacity, self._level + amount)
+
+    def retune(self, rate: float, capacity: float) -> None:
+        """A new rate and capacity, from now on (what was earned so far is kept, up to it)."""
+        self._refill()
+        self.rate = rate
+        self.capacity = capacity
+        self._level = min(self._level, capacity)
 
     def cap_level(self, at_most: float) -> None:
         """Never hold more than ``at_most`` (what the provider says is left)."""
@@ -180,8 +194,21 @@ class LocalRateBudget:
 
     def observe(self, info: RateLimitInfo) -> None:
         if info.limit_requests:
-            # Providers state per-minute limits; never go faster than the provider allows.
-            self._observed_limit_rps = info.limit_requests / 60
+            # Providers state per-minute limits: never go faster than the provider allows, from
+            # the first answer on (a 429 would only find the same limit, one storm later).
+            limit_rps = info.limit_requests / 60
+            if limit_rps != self._observed_limit_rps:
+                self._observed_limit_rps = limit_rps
+                if self._rps is None or self._rps > limit_rps:
+                    self._set_request_rate(limit_rps)
+        if info.limit_tokens:
+            limit_tps = info.limit_tokens / 60
+            if self._tokens is None:
+                self._tokens = TokenBucket(
+                    limit_tps, max(limit_tps * self._burst_s, 1.0), clock=self._clock
+                )
+            elif self._tokens.rate > limit_tps:
+                self._tokens.retune(limit_tps, max(limit_tps * self._burst_s, 1.0))
         if self._tokens is not None and info.remaining_tokens is not None:
             self._tokens.cap_level(info.remaining_tokens)
         if info.remaining_requests == 0 and info.reset_requests_s:
@@ -208,7 +235,7 @@ class LocalRateBudget:
     def reward(self) -> None:
         if self._rps is None:
             return
-        ceiling = self._configured_rps or self._observed_limit_rps
+        ceiling = _lowest(self._configured_rps, self._observed_limit_rps)
         if ceiling is None or self._rps >= ceiling:
             return
         if self._clock() - self._last_cut < 2.0:
@@ -216,5 +243,14 @@ class LocalRateBudget:
         # Additive increase: back to the ceiling in roughly 50 clean seconds at full speed.
         self._set_request_rate(min(ceiling, self._rps + ceiling / (50 * max(self._rps, 1.0))))
 
+    def pause(self, seconds: float) -> None:
+        self._pause(seconds)
+
     def _pause(self, seconds: float) -> None:
         self._paused_until = max(self._paused_until, self._clock() + seconds)
+
+
+def _lowest(a: float | None, b: float | None) -> float | None:
+    if a is None:
+        return b
+    return a if b is None else min(a, b)

@@ -1,0 +1,15 @@
+"""Limits: how many requests may be in flight, how fast they may go, and what they may cost.
+
+- ``RunBudget`` / ``Lease`` (``_budget``): one object per run holding the concurrency cap, the
+  rate buckets and the US dollar budget; executors take a lease per row.
+- ``RateBudget`` / ``LocalRateBudget`` / ``TokenBucket`` (``_rate``): request and token rates,
+  slowed by what providers say (rate-limit headers, 429s).
+- ``headers``: providers' rate-limit headers, parsed into ``RateLimitInfo``.
+"""
+
+from __future__ import annotations
+
+from ._budget import Lease, RunBudget
+from ._rate import LocalRateBudget, RateBudget, TokenBucket
+
+__all__ = ["Lease", "LocalRateBudget", "RateBudget", "RunBudget", "TokenBucket"]
