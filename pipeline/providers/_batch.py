@@ -32,6 +32,8 @@ class BatchPart:
 
     For OpenAI the file is the JSONL to upload; for Anthropic it holds one ``{"custom_id",
     "params"}`` JSON object per line, which ``submit`` streams as the ``requests`` array.
+    ``first_key`` and ``last_key`` are the request keys (custom_ids) of its first and last line
+    ("" when unknown): ``find_submitted`` recognises the part's batch by them.
     """
 
     index: int
@@ -39,6 +41,7 @@ class BatchPart:
     count: int
     bytes: int
     first_key: str = ""
+    last_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
