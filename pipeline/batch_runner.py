@@ -123,6 +123,8 @@ class BatchRunner:
             )
         if self._extractor is not None:
             self.store.create_extract_view(job.name, self._extractor.columns)
+        # Before anything is submitted: 'pipeline resume' finds a killed run by its manifest.
+        await anyio.to_thread.run_sync(self._write_manifest, "running")
         state = "completed"
         message = None
         try:
