@@ -144,9 +144,12 @@ class BatchRunner:
                     if outcome is not None and outcome.state != "completed":
                         state, message = outcome.state, outcome.message
         except ProviderError as exc:
-            if not exc.fatal:
-                raise
+            # Fatal or transient (a create whose answer was lost, a poll that timed out), the
+            # run ends here; what it recorded stays for 'pipeline resume', part files included.
             state, message = f"failed: {exc}", str(exc)
+        except BaseException:
+            state = "failed: interrupted"  # never 'completed': that deletes the part files
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._finish, state)

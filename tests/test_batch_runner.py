@@ -337,3 +337,28 @@ def test_a_run_killed_before_recording_its_batch_id_resumes_without_paying_twice
     found = [e for e in log_events(tmp_path, run_id) if e["event"] == "batch_found"]
     assert [(e["part"], e["batch_id"]) for e in found] == [(1, batch_id)]
     assert not [e for e in log_events(tmp_path, run_id) if e["event"] == "batch_submitted"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_create_whose_answer_is_lost_is_paid_for_once(
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider, env: None, provider: str
+) -> None:
+    threaded_fake.update_config(batch_create_lost=True, hang_s=0.0)  # dropped once made
+    job = make_job(tmp_path, provider, 30)
+    url = threaded_fake.base_url(provider)
+    db = str(tmp_path / "r.duckdb")
+    code = main(["run", str(job), "--base-url", url, "--quiet"])
+    threaded_fake.update_config(batch_create_lost=False)
+    if provider == "anthropic":  # the run stops, resumable, its part kept for 'resume'
+        assert code == 1
+        assert run_state(tmp_path).startswith("failed: anthropic: connection failed")
+        run_id = only_run_id(tmp_path)
+        assert (tmp_path / "runs" / f"{run_id}.parts" / "part-0001.jsonl").exists()
+        code = main(["resume", run_id, "--db", db, "--base-url", url, "--quiet"])
+    # (OpenAI's submit finds the batch over its own input file within the same call.)
+    assert code == 0
+    rows = results(tmp_path)
+    assert len(rows) == 30 and {r["status"] for r in rows} == {"ok"}
+    assert batch_accounting(threaded_fake)["batches_created"].get(provider) == 1
+    assert threaded_fake.accounting()["duplicates_paid"] == 0
+    assert run_state(tmp_path) == "completed"
