@@ -142,12 +142,12 @@ class AnthropicBatchProvider:
         - a candidate still running cannot show its custom_ids: it is taken only when it is the
           one candidate left. The evidence is then its request count and the time it was
           created, nothing more; if it is not this part's after all, its results bring none of
-          the part's rows and the runner treats them as unanswered (``on_unfinished``).
+          the part's rows, which stay unanswered (``on_unfinished = "online"`` sends them).
         - several candidates still running and none confirmed: None, and a warning
           (``batch_candidates_ambiguous``) naming them. At most one of them is this part's, so
           adopting one is likely wrong, and a wrong adoption is the worse outcome for the
           user: the part's rows never come back from it (they cost a full-price online pass,
-          more than a second batch, or are left failed), and the part's own batch, if among
+          more than a second batch, or stay unanswered), and the part's own batch, if among
           them, is paid for and never read. Submitting again costs at most a second batch of
           the part, every row still comes back once, and the warning names the batches to
           look at (cancelling a running one stops what it would still cost).
