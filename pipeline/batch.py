@@ -102,4 +102,5 @@ class PartWriter:
         part.file.close()
         self._part = None
         first = part.rows[0][0] if part.rows else ""
-        return BatchPart(part.index, part.path, part.count, part.bytes, first), part.rows
+        last = part.rows[-1][0] if part.rows else ""
+        return BatchPart(part.index, part.path, part.count, part.bytes, first, last), part.rows

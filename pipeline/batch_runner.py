@@ -7,7 +7,9 @@ Shape of a batch run::
 
 Never submit twice: a part and its rows are committed before it is submitted, and its batch id
 right after, so a run killed while waiting resumes polling the same batches (``pipeline
-resume``), and a rerun skips rows a batch already returned. What a batch did not answer
+resume``), and a rerun skips rows a batch already returned. A part left with no batch id (killed
+during the create, or the create's answer lost) is looked for at the provider
+(``find_submitted``) before it is submitted again. What a batch did not answer
 (expired, cancelled, errored) is sent online by the same run when ``on_unfinished = "online"``,
 or recorded as failed with ``"record"``. A part the provider rejects as a whole (failed
 validation) is recorded row by row with the provider's line-numbered errors.
@@ -123,6 +125,8 @@ class BatchRunner:
             )
         if self._extractor is not None:
             self.store.create_extract_view(job.name, self._extractor.columns)
+        # Before anything is submitted: 'pipeline resume' finds a killed run by its manifest.
+        await anyio.to_thread.run_sync(self._write_manifest, "running")
         state = "completed"
         message = None
         try:
@@ -140,9 +144,12 @@ class BatchRunner:
                     if outcome is not None and outcome.state != "completed":
                         state, message = outcome.state, outcome.message
         except ProviderError as exc:
-            if not exc.fatal:
-                raise
+            # Fatal or transient (a create whose answer was lost, a poll that timed out), the
+            # run ends here; what it recorded stays for 'pipeline resume', part files included.
             state, message = f"failed: {exc}", str(exc)
+        except BaseException:
+            state = "failed: interrupted"  # never 'completed': that deletes the part files
+            raise
         finally:
             with anyio.CancelScope(shield=True):
                 await anyio.to_thread.run_sync(self._finish, state)
@@ -153,12 +160,12 @@ class BatchRunner:
     async def _prepare_and_submit(self) -> None:
         """Submit parts left prepared by a killed run, then every row not yet in a batch."""
         parts = await anyio.to_thread.run_sync(self.store.batch_parts, self.run_id)
+        known = {part["batch_id"] for part in parts if part["batch_id"] is not None}
         for part in parts:
             if part["batch_id"] is None:
-                path = self.parts_dir / f"part-{part['part']:04d}.jsonl"
-                if path.exists():
-                    prepared = BatchPart(part["part"], path, part["requests"], part["bytes"])
-                    await self._submit(prepared)
+                batch_id = await self._find_or_submit(part, known)
+                if batch_id is not None:
+                    known.add(batch_id)
         next_index = max((p["part"] for p in parts), default=0) + 1
         writer = PartWriter(
             self.parts_dir,
@@ -266,10 +273,44 @@ class BatchRunner:
         )
         await self._submit(part)
 
-    async def _submit(self, part: BatchPart) -> None:
-        submitted = await self.provider.submit(
-            part, metadata={"run_id": self.run_id, "part": str(part.index), "job": self.job.name}
+    async def _find_or_submit(self, part: Mapping[str, Any], known: set[str]) -> str | None:
+        """A part recorded by an earlier run without a batch id: the create may have reached
+        the provider with its answer lost. Record the batch the provider holds for the part,
+        if any (``batch_found``); else submit the part, if its file is still there. Returns
+        the part's batch id, or None when it has none."""
+        index = part["part"]
+        rows = await anyio.to_thread.run_sync(self.store.batch_requests, self.run_id, index)
+        by_ordinal = sorted(rows, key=lambda key: rows[key][3])
+        prepared = BatchPart(
+            index,
+            self.parts_dir / f"part-{index:04d}.jsonl",
+            part["requests"],
+            part["bytes"],
+            first_key=by_ordinal[0] if by_ordinal else "",
+            last_key=by_ordinal[-1] if by_ordinal else "",
         )
+        found = await self.provider.find_submitted(
+            prepared, metadata=self._metadata(index), since=part["created_at"], known=known
+        )
+        if found is None:
+            if not prepared.path.exists():
+                return None
+            return await self._submit(prepared)
+        await anyio.to_thread.run_sync(
+            self.store.mark_batch_submitted, self.run_id, index, found.batch_id, found.input_file_id
+        )
+        self._log.info(
+            "batch_found", part=index, batch_id=found.batch_id, requests=part["requests"]
+        )
+        self._write_manifest("running")
+        return found.batch_id
+
+    def _metadata(self, index: int) -> dict[str, str]:
+        """What a part's batch carries (OpenAI keeps it; ``find_submitted`` matches on it)."""
+        return {"run_id": self.run_id, "part": str(index), "job": self.job.name}
+
+    async def _submit(self, part: BatchPart) -> str:
+        submitted = await self.provider.submit(part, metadata=self._metadata(part.index))
         await anyio.to_thread.run_sync(
             self.store.mark_batch_submitted,
             self.run_id,
@@ -285,6 +326,7 @@ class BatchRunner:
             bytes=part.bytes,
         )
         self._write_manifest("running")
+        return submitted.batch_id
 
     # -- wait and collect -----------------------------------------------------------------------
 

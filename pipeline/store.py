@@ -1195,10 +1195,12 @@ class Store:
             )
 
     def batch_parts(self, run_id: str) -> list[dict[str, Any]]:
-        """Every part of a run, in order, with ``collected`` (bool)."""
+        """Every part of a run, in order, with ``collected`` (bool) and ``created_at`` (unix
+        seconds when the part was recorded, before it was submitted)."""
         return self.query(
             "SELECT part, provider, batch_id, input_file_id, status, requests, bytes, "
-            "collected_at IS NOT NULL AS collected FROM batches WHERE run_id = ? ORDER BY part",
+            "collected_at IS NOT NULL AS collected, epoch(created_at) AS created_at "
+            "FROM batches WHERE run_id = ? ORDER BY part",
             [run_id],
         )
 

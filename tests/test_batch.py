@@ -48,9 +48,10 @@ def test_part_files_hold_the_lines_in_order(tmp_path: Path) -> None:
     part, rows = closed
     assert part.path.read_bytes() == b'{"a":1}\n{"b":2}\n'
     assert [r[0] for r in rows] == ["a", "b"]
-    assert part.index == 1
+    assert (part.index, part.first_key, part.last_key) == (1, "a", "b")
     last = writer.close()
-    assert last is not None and last[0].index == 2
+    assert last is not None
+    assert (last[0].index, last[0].first_key, last[0].last_key) == (2, "c", "c")
 
 
 def test_a_line_too_big_for_any_batch_is_that_rows_input_error(tmp_path: Path) -> None:

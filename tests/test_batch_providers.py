@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import email.parser
 import email.policy
+import time
 from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from pathlib import Path
@@ -338,11 +339,12 @@ async def test_openai_create_whose_answer_was_lost_finds_the_batch_it_made(
     tmp_path: Path,
 ) -> None:
     part = write_part(tmp_path, [b"{}"])
+    now = int(time.time())
     listing = {
         "object": "list",
         "data": [
-            openai_batch("in_progress", id="batch_other", input_file_id="file-older"),
-            openai_batch("validating", id="batch_made", input_file_id="file-in"),
+            openai_batch("in_progress", id="batch_other", input_file_id="file-o", created_at=now),
+            openai_batch("validating", id="batch_made", input_file_id="file-in", created_at=now),
         ],
         "has_more": False,
     }

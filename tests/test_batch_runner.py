@@ -287,3 +287,78 @@ def test_status_of_a_batch_run_reads_its_manifest(
     out = capsys.readouterr().out
     assert "state: stopped: batches submitted" in out
     assert f"pipeline resume {run_id}" in out
+
+
+def log_events(tmp: Path, run_id: str) -> list[dict[str, Any]]:
+    path = tmp / "runs" / f"{run_id}.log.jsonl"
+    return [orjson.loads(line) for line in path.read_bytes().splitlines() if line.strip()]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_run_killed_before_recording_its_batch_id_resumes_without_paying_twice(
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider, env: None, provider: str
+) -> None:
+    # The fake makes the batch, then holds the create's answer: the run is killed in between.
+    threaded_fake.update_config(batch_create_lost=True, hang_s=60.0)
+    job = make_job(tmp_path, provider, 40)
+    url = threaded_fake.base_url(provider)
+    child = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "run", str(job), "--base-url", url, "--quiet"],
+        cwd=ROOT,
+        env=dict(os.environ),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while batch_accounting(threaded_fake)["batches_created"].get(provider) != 1:
+            assert child.poll() is None, "the run ended before its batch was created"
+            assert time.monotonic() < deadline, "the run never created its batch"
+            time.sleep(0.05)
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.wait(10)
+    db = str(tmp_path / "r.duckdb")
+    with duckdb.connect(db, read_only=True) as con:
+        recorded = con.execute("SELECT run_id, part, batch_id, requests FROM batches").fetchall()
+    [(run_id, part, batch_id, requests)] = recorded
+    assert (part, batch_id, requests) == (1, None, 40)  # the part is recorded, its batch id not
+
+    threaded_fake.update_config(batch_create_lost=False)
+    assert main(["resume", run_id, "--db", db, "--base-url", url, "--quiet"]) == 0
+    rows = results(tmp_path)
+    assert len(rows) == 40
+    assert len({r["request_key"] for r in rows}) == 40
+    assert {r["status"] for r in rows} == {"ok"}
+    assert batch_accounting(threaded_fake)["batches_created"].get(provider) == 1
+    assert threaded_fake.accounting()["duplicates_paid"] == 0
+    with duckdb.connect(db, read_only=True) as con:
+        [(batch_id,)] = con.execute("SELECT batch_id FROM batches").fetchall()
+    found = [e for e in log_events(tmp_path, run_id) if e["event"] == "batch_found"]
+    assert [(e["part"], e["batch_id"]) for e in found] == [(1, batch_id)]
+    assert not [e for e in log_events(tmp_path, run_id) if e["event"] == "batch_submitted"]
+
+
+@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+def test_a_create_whose_answer_is_lost_is_paid_for_once(
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider, env: None, provider: str
+) -> None:
+    threaded_fake.update_config(batch_create_lost=True, hang_s=0.0)  # dropped once made
+    job = make_job(tmp_path, provider, 30)
+    url = threaded_fake.base_url(provider)
+    db = str(tmp_path / "r.duckdb")
+    code = main(["run", str(job), "--base-url", url, "--quiet"])
+    threaded_fake.update_config(batch_create_lost=False)
+    if provider == "anthropic":  # the run stops, resumable, its part kept for 'resume'
+        assert code == 1
+        assert run_state(tmp_path).startswith("failed: anthropic: connection failed")
+        run_id = only_run_id(tmp_path)
+        assert (tmp_path / "runs" / f"{run_id}.parts" / "part-0001.jsonl").exists()
+        code = main(["resume", run_id, "--db", db, "--base-url", url, "--quiet"])
+    # (OpenAI's submit finds the batch over its own input file within the same call.)
+    assert code == 0
+    rows = results(tmp_path)
+    assert len(rows) == 30 and {r["status"] for r in rows} == {"ok"}
+    assert batch_accounting(threaded_fake)["batches_created"].get(provider) == 1
+    assert threaded_fake.accounting()["duplicates_paid"] == 0
+    assert run_state(tmp_path) == "completed"

@@ -5,6 +5,7 @@ second, and waits for a batch's state by polling it in a bounded loop."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -810,3 +811,45 @@ async def test_batch_knobs_are_checked_and_change_at_runtime() -> None:
             assert response.status == 200
         assert fake.config.batch_expire_after == 0.25
         assert fake.config.batch_fail_validation is True
+
+
+async def test_openai_create_lost_makes_the_batch_but_never_answers() -> None:
+    async with openai_fake(batch_create_lost=True, hang_s=0) as (fake, client):
+        uploaded = await client.files.create(file=("in.jsonl", jsonl(rows(3))), purpose="batch")
+        started = int(time.time())
+        with pytest.raises(openai.APIConnectionError):
+            await client.batches.create(
+                input_file_id=uploaded.id,
+                endpoint="/v1/chat/completions",
+                completion_window="24h",
+                metadata={"run_id": "r1", "part": "1"},
+            )
+        raw = await client.batches.with_raw_response.list(limit=100)
+        listing = raw.http_response.json()
+        openai_validator("ListBatchesResponse").validate(listing)
+        await until(lambda: fake.batch_accounting()["lines_paid"]["openai"] == 3)
+        paid = fake.batch_accounting()
+        faults = fake.accounting()["faults"]
+    [batch] = listing["data"]
+    assert batch["input_file_id"] == uploaded.id
+    assert batch["metadata"] == {"run_id": "r1", "part": "1"}
+    assert started <= batch["created_at"] <= time.time()
+    assert paid["batches_created"]["openai"] == 1
+    assert faults == {"batch_create_lost": 1}
+
+
+async def test_anthropic_create_lost_makes_the_batch_but_never_answers() -> None:
+    async with anthropic_fake(batch_create_lost=True, hang_s=0) as (fake, client):
+        started = time.time()
+        with pytest.raises(anthropic.APIConnectionError):
+            await client.messages.batches.create(requests=anthropic_requests(3))  # type: ignore[arg-type]
+        listing = await client.messages.batches.list(limit=100)
+        fake.update_config(batch_create_lost=False)
+        answered = await client.messages.batches.create(requests=anthropic_requests(2))  # type: ignore[arg-type]
+        paid = fake.batch_accounting()
+    [batch] = listing.data
+    MessageBatch.model_validate(batch.model_dump())
+    assert batch.request_counts.processing == 3
+    assert started - 0.001 <= batch.created_at.timestamp() <= time.time()
+    assert answered.id != batch.id
+    assert paid["batches_created"]["anthropic"] == 2

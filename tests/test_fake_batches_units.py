@@ -372,7 +372,7 @@ def test_anthropic_cancel_before_the_start_cancels_every_request() -> None:
 def test_batch_knobs_have_well_behaved_defaults() -> None:
     config = FakeConfig()
     assert config.batch_error_rate == 0 and config.batch_expire_after is None
-    assert not config.batch_fail_validation
+    assert not config.batch_fail_validation and not config.batch_create_lost
     phases = config.batch_validating_s + config.batch_in_progress_s + config.batch_finalizing_s
     assert 0.5 <= phases <= 1.5  # a batch ends in about a second
     assert (config.openai_batch_max_requests, config.openai_batch_max_bytes) == (
@@ -394,6 +394,7 @@ def test_batch_knobs_have_well_behaved_defaults() -> None:
         ({"anthropic_batch_max_bytes": 0}, "anthropic_batch_max_bytes"),
         ({"openai_batch_max_requests": 2.5}, "openai_batch_max_requests must be an integer"),
         ({"batch_fail_validation": 1}, "batch_fail_validation must be true or false"),
+        ({"batch_create_lost": "yes"}, "batch_create_lost must be true or false"),
     ],
 )
 def test_batch_knobs_are_checked(knobs: dict[str, Any], message: str) -> None:

@@ -45,7 +45,8 @@ class AccountingSnapshot(TypedDict):
     ``by_status``: outcomes of those requests by HTTP status (``"200"``, ``"429"`` ...) plus
     ``"dropped"``, ``"hung"`` and ``"client_closed"``; requests still in progress are not in it
     yet.
-    ``faults``: injected faults by knob (``error``, ``drop``, ``hang``, ``malformed``, ``empty``).
+    ``faults``: injected faults by knob (``error``, ``drop``, ``hang``, ``malformed``, ``empty``,
+    ``batch_create_lost``).
     ``arrived``: requests per ``x-client-request-id``, plus processed batch lines per
     ``custom_id``.
     ``paid``: paid answers per ``x-client-request-id`` or batch ``custom_id``.

@@ -33,8 +33,9 @@ Each line is answered by the online endpoints' code (``_openai`` / ``_anthropic`
 provider's answer helpers, prompt cache included): the same params get the same answer and the
 same usage, and a line answered with a message is paid under its ``custom_id``. Batch lines do
 not go through the online faults or rate limits: batches have their own knobs
-(``batch_error_rate``, ``batch_expire_after``, ``batch_fail_validation``). Nothing runs in the
-background (see ``_batches``): catching up happens when a batch is looked at, in slices of
+(``batch_error_rate``, ``batch_expire_after``, ``batch_fail_validation``, and
+``batch_create_lost``, which creates a batch but never answers the create). Nothing runs in
+the background (see ``_batches``): catching up happens when a batch is looked at, in slices of
 ``_SLICE_LINES`` answered lines with a checkpoint in between, so a big batch does not hold up the
 online requests served meanwhile. (Validating an input file is still done in one go: about
 0.2 s for 50,000 lines.)
@@ -43,7 +44,7 @@ online requests served meanwhile. (Validating an input file is still done in one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, Final, TypeVar
 
 import anyio
@@ -126,8 +127,10 @@ class BatchAPI:
         accounting: Accounting,
         openai_completion: OpenAICompletion,
         anthropic_message: AnthropicMessage,
+        sleep: Callable[[float], Awaitable[bool]],
     ) -> None:
         self._config = config
+        self._sleep = sleep
         self._next_id = next_id
         self._accounting = accounting
         self._openai_completion = openai_completion
@@ -259,6 +262,17 @@ class BatchAPI:
             "services": self,
         }
 
+    async def _lose_answer(self, request: web.Request, config: FakeConfig) -> web.Response:
+        """``batch_create_lost``: the batch exists, its answer never leaves. Hold the request
+        ``hang_s`` seconds (less if the server stops), then close its connection."""
+        self._accounting.fault("batch_create_lost")
+        if config.hang_s > 0:
+            await self._sleep(config.hang_s)
+        transport = request.transport
+        if transport is not None:
+            transport.abort()
+        return web.Response()  # never sent: the connection is gone
+
     # -- OpenAI: files --------------------------------------------------------------------------
 
     async def _upload_file(self, request: web.Request) -> web.Response:
@@ -384,6 +398,8 @@ class BatchAPI:
         self._openai[batch_id] = job
         self._accounting.batch_created("openai")
         await self._catch_up((job,))
+        if config.batch_create_lost:
+            return await self._lose_answer(request, config)
         return _openai_json(job.to_json(), ident)
 
     async def _openai_batch(self, request: web.Request) -> OpenAIBatch:
@@ -475,6 +491,8 @@ class BatchAPI:
         self._anthropic[batch_id] = job
         self._accounting.batch_created("anthropic")
         await self._catch_up((job,))
+        if config.batch_create_lost:
+            return await self._lose_answer(request, config)
         return _anthropic_json(job.to_json(_origin(request)), request_id)
 
     async def _anthropic_batch(self, request: web.Request) -> AnthropicBatch:

@@ -72,7 +72,10 @@ class FakeConfig:
         Faults: ``batch_error_rate`` is the share of lines answered with a server error instead
         of an answer; ``batch_expire_after`` (a share in ``[0, 1]``, None = never) expires a
         batch once that share of its lines is done; ``batch_fail_validation`` fails every
-        OpenAI batch's validation and refuses every Anthropic batch at creation (400).
+        OpenAI batch's validation and refuses every Anthropic batch at creation (400);
+        ``batch_create_lost`` creates each batch as asked but never answers the create: the
+        request is held ``hang_s`` seconds (0: not at all), then its connection is closed, so the
+        client never learns the id of a batch that exists (and will be paid for).
         Limits: ``openai_batch_max_requests`` lines per input file (more: the batch fails
         validation with ``too_many_tasks``) and ``openai_batch_max_bytes`` per uploaded file
         (more: 400 at upload), as the real API; ``anthropic_batch_max_requests`` requests and
@@ -106,6 +109,7 @@ class FakeConfig:
     batch_error_rate: float = 0.0
     batch_expire_after: float | None = None
     batch_fail_validation: bool = False
+    batch_create_lost: bool = False
     openai_batch_max_requests: int = 50_000
     openai_batch_max_bytes: int = 200_000_000
     anthropic_batch_max_requests: int = 100_000
@@ -149,7 +153,9 @@ _OPTIONAL_FLOAT_KNOBS = frozenset(
 )
 _INT_KNOBS = frozenset(("seed", *_BATCH_LIMITS))
 _OPTIONAL_INT_KNOBS = frozenset(("error_status",))
-_BOOL_KNOBS = frozenset(("auth_fail", "quota_exhausted", "batch_fail_validation"))
+_BOOL_KNOBS = frozenset(
+    ("auth_fail", "quota_exhausted", "batch_fail_validation", "batch_create_lost")
+)
 KNOBS = frozenset(f.name for f in fields(FakeConfig))
 assert KNOBS == (
     _FLOAT_KNOBS | _OPTIONAL_FLOAT_KNOBS | _INT_KNOBS | _OPTIONAL_INT_KNOBS | _BOOL_KNOBS

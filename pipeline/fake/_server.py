@@ -112,6 +112,7 @@ class FakeProvider:
             accounting=self._accounting,
             openai_completion=self._openai_completion,
             anthropic_message=self._anthropic_message,
+            sleep=self._sleep,
         )
         self.app: Final = self._build_app()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, Protocol
+from urllib.parse import urlencode
 
 import aiohttp
 import httpx
@@ -247,6 +248,34 @@ class APIClient:
                 await response.aclose()
         raise_for_status(self.provider, response)
         return parse_json_body(self.provider, response.status_code, response.content)
+
+    async def pages(
+        self, path: str, *, cursor: str, limit: int
+    ) -> AsyncGenerator[list[Mapping[str, Any]], None]:
+        """The pages of a list endpoint, newest first: ``GET path?limit=...``, then with
+        ``{cursor}=<id of the last item>`` while the answer ``has_more``. Stop early by closing
+        the generator. An answer that is not a list page (``data`` not a list of objects) is a
+        ``TransientError`` (``bad_response``)."""
+        after: str | None = None
+        while True:
+            query = {"limit": str(limit)} if after is None else {"limit": str(limit), cursor: after}
+            listing = await self.call("GET", f"{path}?{urlencode(query)}")
+            data = listing.get("data")
+            if not isinstance(data, list) or not all(isinstance(item, Mapping) for item in data):
+                raise TransientError(
+                    f"{self.provider}: the list of {path} is not a list page ('data' is not a "
+                    "list of objects)",
+                    error_type="bad_response",
+                )
+            yield data
+            last = data[-1].get("id") if data else None
+            if (
+                listing.get("has_more") is not True
+                or not isinstance(last, str)
+                or last in ("", after)
+            ):
+                return
+            after = last
 
     async def lines(
         self, path: str, *, headers: Mapping[str, str] | None = None

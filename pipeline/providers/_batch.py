@@ -5,18 +5,24 @@ no larger than the provider's limits (``pipeline.batch.split_parts``) → ``subm
 ``poll`` until it has ended → ``results`` yields one ``BatchLine`` per request, joined back to its
 row by ``custom_id`` (the row's request key). The runner commits what ``submit`` returns before
 it waits, so a run killed while waiting polls the same batches again instead of paying twice.
+
+A part is recorded before it is submitted, so a part recorded without a batch id is one whose
+create was never sent, or was sent and its answer lost (a kill, a timeout, a dropped
+connection). Before submitting such a part again the runner asks ``find_submitted`` whether the
+provider already holds its batch.
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Collection, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Final, Protocol
 
 from ..records import Reply, Request
 
 __all__ = [
+    "CLOCK_SLACK_S",
     "BatchLine",
     "BatchPart",
     "BatchProvider",
@@ -26,12 +32,24 @@ __all__ = [
 ]
 
 
+# How far the provider's clock may be from ours when ``find_submitted`` compares a batch's
+# ``created_at`` (the provider's clock) with the time a part was recorded (ours). Synced clocks
+# differ by far less than a second; five minutes (the skew Kerberos tolerates by default) also
+# covers a drifting or resumed VM, and OpenAI's whole-second ``created_at``. Too small a slack
+# misses our own batch and pays for the part twice; a larger one only lets older batches be
+# looked at, which the matching rules then rule out (OpenAI: by metadata; Anthropic: by request
+# count, and by request keys once a batch has ended).
+CLOCK_SLACK_S: Final = 300.0
+
+
 @dataclass(frozen=True, slots=True)
 class BatchPart:
     """One prepared input file: ``count`` request lines, ``bytes`` bytes on disk at ``path``.
 
     For OpenAI the file is the JSONL to upload; for Anthropic it holds one ``{"custom_id",
     "params"}`` JSON object per line, which ``submit`` streams as the ``requests`` array.
+    ``first_key`` and ``last_key`` are the request keys (custom_ids) of its first and last line
+    ("" when unknown): ``find_submitted`` recognises the part's batch by them.
     """
 
     index: int
@@ -39,6 +57,7 @@ class BatchPart:
     count: int
     bytes: int
     first_key: str = ""
+    last_key: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,6 +125,27 @@ class BatchProvider(Protocol):
         ...
 
     async def submit(self, part: BatchPart, *, metadata: Mapping[str, str]) -> Submitted: ...
+
+    async def find_submitted(
+        self,
+        part: BatchPart,
+        *,
+        metadata: Mapping[str, str],
+        since: float,
+        known: Collection[str],
+    ) -> Submitted | None:
+        """A batch that an earlier submit of this part may have created though its answer was
+        lost, or None.
+
+        ``metadata`` is what a submit of this part sends; ``since`` is unix seconds when the
+        part was recorded (no such batch is older, give or take ``CLOCK_SLACK_S``); ``known``
+        are batch ids already recorded for other parts (never a match). None means the provider
+        was searched and holds no batch of this part: submitting it does not pay twice. A
+        failure to search is raised, never answered None: ``TransientError`` when listing (or
+        reading a candidate's results) failed in a way worth another attempt, another
+        ``ProviderError`` as for any call (a refused key is fatal).
+        """
+        ...
 
     async def poll(self, batch_id: str) -> BatchState: ...
 

@@ -14,29 +14,39 @@ sent online.
 
 The API has no batch metadata: ``submit`` ignores it. ``BatchState.output_file_id`` carries the
 batch's ``results_url`` once it has ended (the protocol has no field of its own for it).
+
+With no metadata, ``find_submitted`` tells a part's batch by what it holds: ``GET
+{base_url}/v1/messages/batches`` (newest first) gives each batch's creation time and request
+counts; an ended batch's results give its custom_ids (see ``find_submitted`` for the rules).
 """
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from contextlib import aclosing
+from datetime import UTC, datetime
 from typing import Any, Final
 from urllib.parse import quote
 
 import anyio
 import httpx
 import orjson
+import structlog
 
-from ..errors import RowRejectedError, TransientError
+from ..errors import FatalProviderError, RowRejectedError, TransientError
 from ..records import Reply, Request
 from ..retry import classify_http_error
 from ._base import APIClient, iter_lines
-from ._batch import BatchLine, BatchPart, BatchState, Submitted
+from ._batch import CLOCK_SLACK_S, BatchLine, BatchPart, BatchState, Submitted
 from .anthropic import ANTHROPIC_VERSION, messages_body, parse_message
 
 __all__ = ["AnthropicBatchProvider", "batch_state", "result_line"]
 
+log = structlog.get_logger("pipeline.providers.anthropic_batch")
+
 _BATCHES: Final = "/v1/messages/batches"
+_LIST_LIMIT: Final = 100  # batches per page when looking for one (the API allows up to 1,000)
 _CHUNK: Final = 1 << 20  # bytes read from the part file, and sent, at a time
 _RESULTS_HEADERS: Final = {"accept": "application/binary"}  # as the official SDK asks
 _COUNTS: Final = ("processing", "succeeded", "errored", "canceled", "expired")
@@ -111,6 +121,102 @@ class AnthropicBatchProvider:
             )
         return Submitted(batch_state(batch).batch_id)
 
+    async def find_submitted(
+        self,
+        part: BatchPart,
+        *,
+        metadata: Mapping[str, str],
+        since: float,
+        known: Collection[str],
+    ) -> Submitted | None:
+        """The batch an earlier ``submit`` of ``part`` created, told by what it holds.
+
+        Candidates are the batches created between ``since - CLOCK_SLACK_S`` and now (plus the
+        slack), not in ``known``, whose ``request_counts`` add up to ``part.count``; the list is
+        read newest first, 100 a page, until a page reaches back before that time. Then:
+
+        - a candidate that has ended is this part's batch when both ``part.first_key`` and
+          ``part.last_key`` are among its results' custom_ids (results come in any order, so
+          the whole file may be read; reading stops once both are seen). One that does not
+          hold them is another batch and is left out.
+        - a candidate still running cannot show its custom_ids: it is taken only when it is the
+          one candidate left. The evidence is then its request count and the time it was
+          created, nothing more; if it is not this part's after all, its results bring none of
+          the part's rows, which stay unanswered (``on_unfinished = "online"`` sends them).
+        - several candidates still running and none confirmed: None, and a warning
+          (``batch_candidates_ambiguous``) naming them. At most one of them is this part's, so
+          adopting one is likely wrong, and a wrong adoption is the worse outcome for the
+          user: the part's rows never come back from it (they cost a full-price online pass,
+          more than a second batch, or stay unanswered), and the part's own batch, if among
+          them, is paid for and never read. Submitting again costs at most a second batch of
+          the part, every row still comes back once, and the warning names the batches to
+          look at (cancelling a running one stops what it would still cost).
+
+        ``metadata`` is not used (Message Batches have none). Raises ``TransientError`` when
+        listing or reading a candidate's results fails in a way worth another attempt, or when
+        the list is unreadable (a batch without a readable ``created_at``).
+        """
+        low, high = since - CLOCK_SLACK_S, time.time() + CLOCK_SLACK_S
+        confirmable: list[BatchState] = []
+        unconfirmable: list[BatchState] = []
+        pages = self._http.pages(_BATCHES, cursor="after_id", limit=_LIST_LIMIT)
+        async with aclosing(pages):
+            async for page in pages:
+                for item in page:
+                    state = batch_state(item)
+                    if (
+                        state.batch_id in known
+                        or not low <= _created_at(item) <= high
+                        or state.total != part.count
+                    ):
+                        continue
+                    if state.ended and part.first_key and part.last_key:
+                        confirmable.append(state)
+                    else:
+                        unconfirmable.append(state)
+                if page and _created_at(page[-1]) < low:
+                    break  # newest first: every later page is older still
+        for state in confirmable:
+            if await self._holds(state, part):
+                return Submitted(state.batch_id)
+        if len(unconfirmable) == 1:
+            log.info(
+                "batch_matched_by_count",
+                part=part.index,
+                batch_id=unconfirmable[0].batch_id,
+                requests=part.count,
+            )
+            return Submitted(unconfirmable[0].batch_id)
+        if unconfirmable:
+            log.warning(
+                "batch_candidates_ambiguous",
+                part=part.index,
+                requests=part.count,
+                candidates=[state.batch_id for state in unconfirmable],
+                action="submitting the part again; cancel the candidate that is this part's",
+            )
+        return None
+
+    async def _holds(self, state: BatchState, part: BatchPart) -> bool:
+        """Whether an ended batch's results include ``part``'s first and last request keys."""
+        wanted = {part.first_key, part.last_key}
+        number = 0
+        try:
+            lines = self._http.lines(self._results_url(state), headers=_RESULTS_HEADERS)
+            async with aclosing(lines):
+                async for raw in lines:
+                    number += 1
+                    if not raw.strip():
+                        continue
+                    wanted.discard(_custom_id(raw, batch_id=state.batch_id, number=number))
+                    if not wanted:
+                        return True
+        except FatalProviderError as exc:
+            if exc.status_code == 404:
+                return False  # deleted since it was listed: not a batch to adopt
+            raise
+        return False
+
     async def poll(self, batch_id: str) -> BatchState:
         return batch_state(await self._http.call("GET", f"{_BATCHES}/{quote(batch_id, safe='')}"))
 
@@ -125,18 +231,22 @@ class AnthropicBatchProvider:
         """
         if not state.ended:
             raise ValueError(f"batch {state.batch_id} has not ended (status {state.status!r})")
-        url = state.output_file_id
-        if url is None or not self._http.is_own(url):
-            # Behind a gateway, results_url may name the API's host rather than the gateway,
-            # which the configured key may not open: ask the configured base_url instead.
-            url = f"{_BATCHES}/{quote(state.batch_id, safe='')}/results"
         number = 0
+        url = self._results_url(state)
         async with aclosing(self._http.lines(url, headers=_RESULTS_HEADERS)) as lines:
             async for raw in lines:
                 number += 1
                 line = result_line(raw, batch_id=state.batch_id, number=number)
                 if line is not None:
                     yield line
+
+    def _results_url(self, state: BatchState) -> str:
+        url = state.output_file_id
+        if url is None or not self._http.is_own(url):
+            # Behind a gateway, results_url may name the API's host rather than the gateway,
+            # which the configured key may not open: ask the configured base_url instead.
+            url = f"{_BATCHES}/{quote(state.batch_id, safe='')}/results"
+        return url
 
     async def cancel(self, batch_id: str) -> BatchState:
         path = f"{_BATCHES}/{quote(batch_id, safe='')}/cancel"
@@ -201,6 +311,35 @@ def batch_state(body: Mapping[str, Any]) -> BatchState:
         output_file_id=results_url if isinstance(results_url, str) and results_url else None,
         raw_counts=raw_counts,
     )
+
+
+def _created_at(item: Mapping[str, Any]) -> float:
+    """A listed batch's ``created_at`` (RFC 3339) as unix seconds."""
+    value = item.get("created_at")
+    try:
+        if not isinstance(value, str):
+            raise ValueError(value)
+        moment = datetime.fromisoformat(value)
+    except ValueError as exc:
+        raise TransientError(
+            f"anthropic: batch {item.get('id')!r} has no readable created_at ({value!r})",
+            error_type="bad_response",
+        ) from exc
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.timestamp()
+
+
+def _custom_id(raw: bytes, *, batch_id: str, number: int) -> str:
+    """The custom_id of a result line (``number`` is 1-based)."""
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise _bad_line(batch_id, number, "not valid JSON") from exc
+    custom_id = doc.get("custom_id") if isinstance(doc, dict) else None
+    if not isinstance(custom_id, str):
+        raise _bad_line(batch_id, number, "no custom_id")
+    return custom_id
 
 
 def result_line(raw: bytes, *, batch_id: str, number: int) -> BatchLine | None:

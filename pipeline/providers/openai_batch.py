@@ -12,6 +12,10 @@ Output lines are ``{"custom_id", "response": {"status_code", "request_id", "body
 a request the batch never ran (it expired) has ``"response": null`` and an ``error`` object.
 Answers are parsed with the online client's ``parse_chat_completion`` and errors classified
 with ``classify_http_error``, so a batch row looks exactly like the same row sent online.
+
+A batch is found again (``find_submitted``, and within ``submit`` after a create whose answer
+was lost) in ``GET {base_url}/batches``, newest first: by the ``run_id`` and ``part`` of the
+metadata the runner gives every batch, or by the part's uploaded input file.
 """
 
 from __future__ import annotations
@@ -19,7 +23,8 @@ from __future__ import annotations
 import os
 import re
 import secrets
-from collections.abc import AsyncGenerator, AsyncIterator, Mapping
+import time
+from collections.abc import AsyncGenerator, AsyncIterator, Collection, Mapping
 from contextlib import aclosing
 from typing import Any, Final
 from urllib.parse import quote
@@ -32,7 +37,7 @@ from ..errors import ProviderError, RowRejectedError, TransientError
 from ..records import Reply, Request
 from ..retry import classify_http_error
 from ._base import APIClient
-from ._batch import BatchLine, BatchPart, BatchState, LineError, Submitted
+from ._batch import CLOCK_SLACK_S, BatchLine, BatchPart, BatchState, LineError, Submitted
 from .openai import chat_body, parse_chat_completion
 
 __all__ = ["ENDPOINT", "OpenAIBatchProvider", "batch_state", "result_line"]
@@ -42,7 +47,7 @@ _ENDED: Final = frozenset(("completed", "failed", "expired", "cancelled"))
 # ``error.code`` of an output line the batch never ran -> the pipeline's error_type.
 _LINE_ERROR_TYPES: Final = {"batch_expired": "expired", "batch_cancelled": "canceled"}
 _CHUNK: Final = 1 << 20  # bytes read from the part file at a time
-_LOOKUP_LIMIT: Final = 100  # newest batches searched after a failed create (the API's maximum)
+_LIST_LIMIT: Final = 100  # batches per page when looking for one (the API's maximum)
 _UNSAFE_FILENAME: Final = re.compile(r"[^A-Za-z0-9._-]")
 
 
@@ -86,11 +91,13 @@ class OpenAIBatchProvider:
         """Upload the part file, then create a batch over it.
 
         When creating fails transiently (a timeout, a dropped connection, a 5xx), the batch may
-        exist with only the answer lost; since the input file is this call's alone, the newest
-        batches are searched for it before giving up, so that a second ``submit`` does not pay
-        for the part twice. Any other failure after the upload leaves the uploaded file behind
-        (OpenAI deletes batch files after 30 days); a second ``submit`` uploads the part again.
+        exist with only the answer lost: the batches created since this call began are searched
+        for one over the file it uploaded (or with its metadata) before the create's error is
+        raised, so that the caller does not pay for the part twice. Any other failure after the
+        upload leaves the uploaded file behind (OpenAI deletes batch files after 30 days); a
+        second ``submit`` uploads the part again.
         """
+        started = time.time()
         if part.count > self.max_requests or part.bytes > self.max_bytes:
             raise RowRejectedError(
                 f"openai: batch part {part.index} has {part.count} requests and {part.bytes} "
@@ -110,11 +117,67 @@ class OpenAIBatchProvider:
         try:
             batch = await self._http.call("POST", "/batches", json=body)
         except TransientError:
-            found = await self._batch_over(input_file_id)
+            try:
+                found = await self._find(metadata, input_file_id, since=started, known=())
+            except ProviderError:
+                found = None  # the create's own error says more
             if found is None:
                 raise
-            return Submitted(found, input_file_id)
+            return found
         return Submitted(_required_str(batch, "id", "batch"), input_file_id)
+
+    async def find_submitted(
+        self,
+        part: BatchPart,
+        *,
+        metadata: Mapping[str, str],
+        since: float,
+        known: Collection[str],
+    ) -> Submitted | None:
+        """The batch whose metadata has this ``metadata``'s ``run_id`` and ``part``, created no
+        earlier than ``since - CLOCK_SLACK_S`` and not in ``known``; None when the batches
+        created since then hold none (or ``metadata`` has no ``run_id`` and ``part``: nothing to
+        tell this part's batch by).
+
+        The list is read newest first, a page of 100 at a time, until a page reaches back
+        before that time. Raises what ``GET /batches`` raises (``TransientError`` for a
+        timeout, a 5xx or an answer that is not a list page).
+        """
+        return await self._find(metadata, None, since=since, known=known)
+
+    async def _find(
+        self,
+        metadata: Mapping[str, str],
+        input_file_id: str | None,
+        *,
+        since: float,
+        known: Collection[str],
+    ) -> Submitted | None:
+        """A batch created since ``since - CLOCK_SLACK_S``, not in ``known``, over
+        ``input_file_id`` or with ``metadata``'s ``run_id`` and ``part``."""
+        run_id, part = metadata.get("run_id"), metadata.get("part")
+        tag = (run_id, part) if run_id and part else None
+        if input_file_id is None and tag is None:
+            return None
+        oldest = since - CLOCK_SLACK_S
+        pages = self._http.pages("/batches", cursor="after", limit=_LIST_LIMIT)
+        async with aclosing(pages):
+            async for page in pages:
+                for item in page:
+                    batch_id = item.get("id")
+                    created = item.get("created_at")
+                    if (
+                        isinstance(batch_id, str)
+                        and batch_id not in known
+                        and isinstance(created, int | float)
+                        and created >= oldest
+                        and _made_for(item, tag, input_file_id)
+                    ):
+                        return Submitted(batch_id, _optional_str(item.get("input_file_id")))
+                created = page[-1].get("created_at") if page else None
+                if isinstance(created, int | float) and created < oldest:
+                    return None  # newest first: every later page is older still
+        return None
 
     async def poll(self, batch_id: str) -> BatchState:
         return batch_state(await self._http.call("GET", f"/batches/{quote(batch_id, safe='')}"))
@@ -146,20 +209,6 @@ class OpenAIBatchProvider:
 
     async def aclose(self) -> None:
         await self._http.aclose()
-
-    async def _batch_over(self, input_file_id: str) -> str | None:
-        """The id of a recent batch over ``input_file_id``, if the list can say; else None."""
-        try:
-            listing = await self._http.call("GET", f"/batches?limit={_LOOKUP_LIMIT}")
-        except ProviderError:
-            return None
-        data = listing.get("data")
-        for item in data if isinstance(data, list) else ():
-            if isinstance(item, Mapping) and item.get("input_file_id") == input_file_id:
-                batch_id = item.get("id")
-                if isinstance(batch_id, str) and batch_id:
-                    return batch_id
-        return None
 
     async def _upload(self, part: BatchPart) -> Mapping[str, Any]:
         """``POST /files`` as multipart/form-data (``purpose=batch``, then ``file``), the file
@@ -205,6 +254,19 @@ async def _multipart(
             error_type="upload_failed",
         )
     yield tail
+
+
+def _made_for(
+    item: Mapping[str, Any], tag: tuple[str, str] | None, input_file_id: str | None
+) -> bool:
+    """Whether a listed batch is over ``input_file_id`` or has the metadata ``run_id`` and
+    ``part`` of ``tag``."""
+    if input_file_id is not None and item.get("input_file_id") == input_file_id:
+        return True
+    metadata = item.get("metadata")
+    if tag is None or not isinstance(metadata, Mapping):
+        return False
+    return (metadata.get("run_id"), metadata.get("part")) == tag
 
 
 def batch_state(body: Mapping[str, Any]) -> BatchState:
