@@ -126,7 +126,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final
-from urllib.parse import urlsplit, urlunsplit
 
 import duckdb
 import orjson
@@ -135,6 +134,7 @@ import pyarrow as pa
 from .config import Job
 from .errors import StoreError
 from .records import RowResult
+from .redact import redact, safe_url
 
 if TYPE_CHECKING:
     from .cost import Price
@@ -454,7 +454,8 @@ class RunRecord:
     ``started_at`` is unix seconds (``None``: now). ``manifest`` is anything JSON can hold (or
     a JSON string); it is stored as text. ``base_url`` is stored without user, password, query
     or fragment, and ``job_text`` and ``manifest`` with URL passwords, ``?api_key=``-style
-    parameters and ``sk-...`` keys replaced by ``[redacted]``: a best effort, not a licence.
+    parameters, keys and registered secrets replaced by ``[REDACTED]`` (:mod:`pipeline.redact`):
+    a best effort, not a licence.
     """
 
     run_id: str
@@ -581,37 +582,8 @@ def _config(read_only: bool) -> dict[str, Any]:
     return {} if read_only else {"memory_limit": "32MB", "threads": 1}
 
 
-def _safe_url(url: str | None) -> str | None:
-    """The URL without user, password, query or fragment (where a key could hide)."""
-    if url is None:
-        return None
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
-
-
-_SECRET_PATTERNS: Final = (
-    # user:password@ in a URL
-    (re.compile(r"(?<=//)[^/\s@\"']+@"), ""),
-    # ?api_key=... / &token=... in a URL
-    (
-        re.compile(r"(?i)([?&](?:api[_-]?key|key|token|access[_-]?token|secret)=)[^&#\s\"']*"),
-        r"\1[redacted]",
-    ),
-    # things that look like provider keys: sk-..., sk-ant-..., sk-proj-...
-    (re.compile(r"\bsk-[A-Za-z0-9_\-]{8,}"), "[redacted]"),
-)
-
-
-def _redact(text: str | None) -> str | None:
-    """``text`` without anything that looks like a credential (job text, manifest)."""
-    if text is None:
-        return None
-    for pattern, replacement in _SECRET_PATTERNS:
-        text = pattern.sub(replacement, text)
-    return text
+def _redacted(text: str | None) -> str | None:
+    return None if text is None else redact(text)
 
 
 def _check_state(state: str) -> None:
@@ -889,17 +861,17 @@ class Store:
                     run.job,
                     run.job_path,
                     run.job_hash,
-                    _redact(run.job_text),
+                    _redacted(run.job_text),
                     run.prompt_hash,
                     run.provider,
                     run.model,
                     run.mode,
-                    _safe_url(run.base_url),
+                    None if run.base_url is None else safe_url(run.base_url),
                     run.state,
                     started,
                     run.rows_total,
                     run.price_source,
-                    _redact(_manifest_text(run.manifest)),
+                    _redacted(_manifest_text(run.manifest)),
                 ],
             )
 
@@ -936,7 +908,7 @@ class Store:
             "output_tokens": output_tokens,
             "cost_usd": cost_usd,
             "price_source": price_source,
-            "manifest": None if manifest is None else _redact(_manifest_text(manifest)),
+            "manifest": None if manifest is None else _redacted(_manifest_text(manifest)),
         }
         with self._transaction(f"update run {run_id!r}") as cur:
             found = cur.execute("SELECT count(*) FROM runs WHERE run_id = ?", [run_id]).fetchone()

@@ -253,8 +253,8 @@ def test_run_lifecycle(store: Store) -> None:
     assert row["state"] == "running"
     assert row["job"] == "reviews" and row["job_path"] == "jobs/reviews.toml"
     assert row["job_hash"] == job.job_hash  # the hash is of the file as written
-    assert row["job_text"] == JOB_TOML.replace("user:sk-secret@", "").replace(
-        "api_key=sk-secret", "api_key=[redacted]"
+    assert row["job_text"] == JOB_TOML.replace("user:sk-secret@", "[REDACTED]@").replace(
+        "api_key=sk-secret", "api_key=[REDACTED]"
     )
     assert row["base_url"] == "https://proxy.example.com:8443/v1"  # no user, key or query
     everything = str(store.query("SELECT * EXCLUDE (started_at, finished_at) FROM runs"))
