@@ -108,9 +108,9 @@ class BatchRunner:
     async def run(self) -> RunOutcome:
         job = self.job
         if self.resume:
-            self.store.reopen_run(self.run_id)
+            self.store.runs.reopen(self.run_id)
         else:
-            self.store.start_run(
+            self.store.runs.start(
                 RunRecord.for_job(
                     job,
                     run_id=self.run_id,
@@ -122,7 +122,7 @@ class BatchRunner:
                 )
             )
         if self._extractor is not None:
-            self.store.create_extract_view(job.name, self._extractor.columns)
+            self.store.queries.create_extract_view(job.name, self._extractor.columns)
         state = "completed"
         message = None
         try:
@@ -152,7 +152,7 @@ class BatchRunner:
 
     async def _prepare_and_submit(self) -> None:
         """Submit parts left prepared by a killed run, then every row not yet in a batch."""
-        parts = await anyio.to_thread.run_sync(self.store.batch_parts, self.run_id)
+        parts = await anyio.to_thread.run_sync(self.store.batches.parts, self.run_id)
         for part in parts:
             if part["batch_id"] is None:
                 path = self.parts_dir / f"part-{part['part']:04d}.jsonl"
@@ -227,7 +227,7 @@ class BatchRunner:
             errors = [e for e in errors if e.request_key not in done]
             if errors:
                 self.stats.rows_input_error += len(errors)
-                await anyio.to_thread.run_sync(self.store.write_results, errors)
+                await anyio.to_thread.run_sync(self.store.results.write, errors)
             for key, row_id, source, line, data in lines:
                 if key in done:
                     self.stats.rows_skipped += 1
@@ -237,7 +237,7 @@ class BatchRunner:
                 except InputError as exc:
                     self.stats.rows_input_error += 1
                     await anyio.to_thread.run_sync(
-                        self.store.write_results,
+                        self.store.results.write,
                         [
                             self._row(
                                 key, row_id, source, line, "input_error", exc.error_type, str(exc)
@@ -253,14 +253,14 @@ class BatchRunner:
 
     def _already(self, keys: list[str]) -> set[str]:
         """Keys done (ok anywhere, or recorded by this run) or already in this run's batches."""
-        done = self.store.done_request_keys(keys, run_id=self.run_id)
-        return done | self.store.submitted_keys(keys, run_id=self.run_id)
+        done = self.store.results.done_keys(keys, run_id=self.run_id)
+        return done | self.store.batches.submitted_keys(keys, run_id=self.run_id)
 
     async def _record_and_submit(
         self, part: BatchPart, rows: list[tuple[str, str, str, int]]
     ) -> None:
         await anyio.to_thread.run_sync(
-            lambda: self.store.record_batch_part(
+            lambda: self.store.batches.record_part(
                 self.run_id, part.index, self.provider.name, nbytes=part.bytes, requests=rows
             )
         )
@@ -271,7 +271,7 @@ class BatchRunner:
             part, metadata={"run_id": self.run_id, "part": str(part.index), "job": self.job.name}
         )
         await anyio.to_thread.run_sync(
-            self.store.mark_batch_submitted,
+            self.store.batches.mark_submitted,
             self.run_id,
             part.index,
             submitted.batch_id,
@@ -291,7 +291,7 @@ class BatchRunner:
     async def _wait_and_collect(self) -> None:
         delay = FIRST_POLL_S
         while not self._stopping:
-            parts = await anyio.to_thread.run_sync(self.store.batch_parts, self.run_id)
+            parts = await anyio.to_thread.run_sync(self.store.batches.parts, self.run_id)
             open_parts = [p for p in parts if p["batch_id"] and not p["collected"]]
             if not open_parts:
                 return
@@ -305,7 +305,7 @@ class BatchRunner:
             delay = min(delay * 1.5, self.job.batch.poll_interval_s)
 
     def _record_state(self, part: int, state: BatchState) -> None:
-        self.store.update_batch(
+        self.store.batches.update(
             self.run_id,
             part,
             status=state.status,
@@ -314,7 +314,7 @@ class BatchRunner:
         )
 
     async def _collect(self, part: int, state: BatchState) -> None:
-        rows = await anyio.to_thread.run_sync(self.store.batch_requests, self.run_id, part)
+        rows = await anyio.to_thread.run_sync(self.store.batches.requests, self.run_id, part)
         record_unfinished = self.job.batch.on_unfinished == "record" or self.online is None
         results: list[RowResult] = []
         if state.failed:
@@ -346,7 +346,7 @@ class BatchRunner:
                 result = self._answer(answer, meta, record_unfinished)
                 if result is not None:
                     results.append(result)
-        await anyio.to_thread.run_sync(self.store.collect_batch, self.run_id, part, results)
+        await anyio.to_thread.run_sync(self.store.batches.collect, self.run_id, part, results)
         for r in results:
             if r.status in ("ok", "invalid"):
                 self.stats.input_tokens += r.input_tokens
@@ -419,7 +419,7 @@ class BatchRunner:
 
     async def _unfinished(self) -> RunOutcome | None:
         """Rows the batches did not answer: online, or recorded as failed."""
-        keys = await anyio.to_thread.run_sync(self.store.unanswered_keys, self.run_id)
+        keys = await anyio.to_thread.run_sync(self.store.batches.unanswered_keys, self.run_id)
         if not keys:
             return None
         self._log.info("batch_unfinished", rows=len(keys), action=self.job.batch.on_unfinished)
@@ -482,7 +482,7 @@ class BatchRunner:
             "cost_usd": s.cost_usd,
             "batches": [
                 {k: p[k] for k in ("part", "batch_id", "input_file_id", "status", "requests")}
-                for p in self.store.batch_parts(self.run_id)
+                for p in self.store.batches.parts(self.run_id)
             ],
         }
 
@@ -492,7 +492,7 @@ class BatchRunner:
 
     def _finish(self, state: str) -> None:
         self._write_manifest(state)
-        self.store.finish_run(self.run_id, state, finished_at=self._clock())
-        self.store.update_run(self.run_id, manifest=self._manifest(state))
+        self.store.runs.finish(self.run_id, state, finished_at=self._clock())
+        self.store.runs.update(self.run_id, manifest=self._manifest(state))
         if state == "completed":
             shutil.rmtree(self.parts_dir, ignore_errors=True)

@@ -6,8 +6,8 @@ Two steps, so the drawing can be tested without a database::
         data = collect_html_report(store, job=None, run_id=None, db_path=db)
     Path("report.html").write_text(render_html(data), encoding="utf-8")
 
-:func:`collect_html_report` asks the store for numbers (``Store.report()``,
-``Store.chart_data()``, ``Store.latency_histogram()``) and prices the cache reads;
+:func:`collect_html_report` asks the store for numbers (``store.queries``: ``report()``,
+``chart_data()``, ``latency_histogram()``) and prices the cache reads;
 :func:`render_html` is pure: plain data in, an HTML string out. The charts are inline SVG drawn
 here; the page has no script, no font, no stylesheet and no image to fetch, so it opens the
 same offline, from a mail attachment or a CI artefact. Every value from the database is
@@ -223,8 +223,8 @@ def collect_html_report(
     ``price(provider, model, batch)`` prices the cache reads (default:
     :func:`pipeline.cost.lookup_price`).
     """
-    report = store.report(job=job, run_id=run_id)
-    raw = store.chart_data(job=job, run_id=run_id)
+    report = store.queries.report(job=job, run_id=run_id)
+    raw = store.queries.chart_data(job=job, run_id=run_id)
     cost_by_day = tuple(
         DayCost(
             day=_EPOCH + timedelta(days=r["day"]),
@@ -262,7 +262,7 @@ def collect_html_report(
     latency = LatencySummary()
     if lat["rows"]:
         start, width, n = latency_bins(lat["min_ms"], lat["p99_ms"])
-        counts = store.latency_histogram(
+        counts = store.queries.latency_histogram(
             start_ms=start, width_ms=width, bins=n, job=job, run_id=run_id
         )
         bins = [

@@ -87,10 +87,10 @@ def _result(
 def _db(tmp_path: Path, results: list[RowResult]) -> Path:
     db = tmp_path / "results.duckdb"
     with Store(db) as store:
-        store.start_run(RunRecord(run_id="run-1", job="reviews", started_at=T0))
+        store.runs.start(RunRecord(run_id="run-1", job="reviews", started_at=T0))
         if results:
-            store.write_results(results)
-        store.finish_run("run-1", "completed", finished_at=T0 + 3 * DAY)
+            store.results.write(results)
+        store.runs.finish("run-1", "completed", finished_at=T0 + 3 * DAY)
     return db
 
 

@@ -18,6 +18,7 @@ from pipeline.config import parse_job
 from pipeline.errors import StoreError
 from pipeline.records import RowResult
 from pipeline.store import SCHEMA_VERSION, RunRecord, Store
+from pipeline.store import results as results_module
 
 PROJECT = Path(__file__).resolve().parents[1]
 T0 = 1_763_000_000.25  # a fixed unix time, with a fraction
@@ -121,7 +122,7 @@ def test_closed_store_says_so(db: Path) -> None:
     s.close()
     s.close()
     with pytest.raises(StoreError, match=r"results\.duckdb is closed"):
-        s.write_results([result(0)])
+        s.results.write([result(0)])
 
 
 # -- writing results ------------------------------------------------------------------------------
@@ -129,8 +130,8 @@ def test_closed_store_says_so(db: Path) -> None:
 
 def test_written_results_add_up_in_sql(store: Store) -> None:
     batch = [result(i) for i in range(250)]
-    store.write_results(batch)
-    store.write_results([result(i, run_id="run-2") for i in range(250, 300)])
+    store.results.write(batch)
+    store.results.write([result(i, run_id="run-2") for i in range(250, 300)])
     assert one(store, "SELECT count(*) FROM results") == 300
     expected = sum(r.cost_usd or 0 for r in batch) + sum(0.0001 * (i + 1) for i in range(250, 300))
     assert one(store, "SELECT sum(cost_usd) FROM results") == pytest.approx(expected, rel=1e-12)
@@ -150,7 +151,7 @@ def test_every_field_round_trips(store: Store) -> None:
         latency_ms=None,
         attempts=6,
     )
-    store.write_results([original])
+    store.results.write([original])
     names = [f.name for f in dataclasses.fields(RowResult)]
     select = ", ".join(
         "epoch(finished_at) AS finished_at" if n == "finished_at" else n for n in names
@@ -164,32 +165,32 @@ def test_every_field_round_trips(store: Store) -> None:
 
 
 def test_bad_value_fails_the_whole_batch(store: Store) -> None:
-    store.write_results([result(0)])
+    store.results.write([result(0)])
     batch = [result(i) for i in range(1, 10)] + [result(10, status="maybe")]
     with pytest.raises(StoreError, match=r"results\.duckdb") as info:
-        store.write_results(batch)
+        store.results.write(batch)
     assert "none was written" in str(info.value)
     assert isinstance(info.value.__cause__, duckdb.Error)
     assert one(store, "SELECT count(*) FROM results") == 1
-    store.write_results([result(11)])  # the store is usable afterwards
+    store.results.write([result(11)])  # the store is usable afterwards
     assert one(store, "SELECT count(*) FROM results") == 2
 
 
 def test_a_failure_in_a_later_chunk_rolls_back_the_earlier_chunks(
     store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(store_module, "_INSERT_CHUNK", 3)
+    monkeypatch.setattr(results_module, "_INSERT_CHUNK", 3)
     batch = [result(i) for i in range(8)] + [result(8, input_tokens="lots")]
     with pytest.raises(StoreError, match="input_tokens") as info:
-        store.write_results(batch)
+        store.results.write(batch)
     assert "lots" in str(info.value)
     assert one(store, "SELECT count(*) FROM row_results") == 0
-    store.write_results(batch[:8])  # three chunks, one transaction
+    store.results.write(batch[:8])  # three chunks, one transaction
     assert one(store, "SELECT count(*) FROM row_results") == 8
 
 
 def test_empty_batch_is_a_no_op(store: Store) -> None:
-    store.write_results([])
+    store.results.write([])
     assert one(store, "SELECT count(*) FROM results") == 0
 
 
@@ -197,7 +198,7 @@ def test_empty_batch_is_a_no_op(store: Store) -> None:
 
 
 def test_done_request_keys_counts_only_ok_results_of_the_asked_keys(store: Store) -> None:
-    store.write_results(
+    store.results.write(
         [
             result(0),
             result(1, status="failed"),
@@ -207,17 +208,17 @@ def test_done_request_keys_counts_only_ok_results_of_the_asked_keys(store: Store
             result(5, status="failed"),
         ]
     )
-    store.write_results([result(5, run_id="run-2")])  # failed first, ok on the rerun
+    store.results.write([result(5, run_id="run-2")])  # failed first, ok on the rerun
     asked = ["key-0", "key-1", "key-2", "key-3", "key-5", "key-99"]
-    assert store.done_request_keys(asked) == {"key-0", "key-3", "key-5"}
-    assert store.done_request_keys([]) == set()
-    assert store.done_request_keys(["key-1"]) == set()
+    assert store.results.done_keys(asked) == {"key-0", "key-3", "key-5"}
+    assert store.results.done_keys([]) == set()
+    assert store.results.done_keys(["key-1"]) == set()
 
 
 def test_done_request_keys_handles_a_full_chunk(store: Store) -> None:
-    store.write_results([result(i, status="ok" if i % 2 else "failed") for i in range(1_000)])
+    store.results.write([result(i, status="ok" if i % 2 else "failed") for i in range(1_000)])
     keys = [f"key-{i}" for i in range(0, 1_024)]
-    assert store.done_request_keys(keys) == {f"key-{i}" for i in range(1, 1_000, 2)}
+    assert store.results.done_keys(keys) == {f"key-{i}" for i in range(1, 1_000, 2)}
 
 
 # -- runs -----------------------------------------------------------------------------------------
@@ -248,7 +249,7 @@ def test_run_lifecycle(store: Store) -> None:
             "env": "OPENAI_API_KEY=sk-abcdef123456",
         },
     )
-    store.start_run(dataclasses.replace(run, started_at=T0))
+    store.runs.start(dataclasses.replace(run, started_at=T0))
     row = store.query("SELECT * EXCLUDE (started_at, finished_at) FROM runs")[0]
     assert row["state"] == "running"
     assert row["job"] == "reviews" and row["job_path"] == "jobs/reviews.toml"
@@ -262,9 +263,9 @@ def test_run_lifecycle(store: Store) -> None:
     assert one(store, "SELECT manifest::JSON->>'$.argv[1]' FROM runs") == "run"
     assert one(store, "SELECT epoch(started_at) FROM runs") == pytest.approx(T0)
 
-    store.write_results([result(i) for i in range(5)] + [result(5, status="failed")])
-    store.write_results([result(6, run_id="other-run")])
-    store.finish_run("run-1", "stopped: budget", rows_total=10, finished_at=T0 + 60)
+    store.results.write([result(i) for i in range(5)] + [result(5, status="failed")])
+    store.results.write([result(6, run_id="other-run")])
+    store.runs.finish("run-1", "stopped: budget", rows_total=10, finished_at=T0 + 60)
     row = store.query(
         "SELECT state, rows_total, rows_ok, rows_failed, input_tokens, output_tokens, cost_usd,"
         " epoch(finished_at) AS finished FROM runs"
@@ -280,38 +281,38 @@ def test_run_lifecycle(store: Store) -> None:
         "cost_usd": pytest.approx(sum(r.cost_usd or 0 for r in mine)),
         "finished": pytest.approx(T0 + 60),
     }
-    counts = store.run_counts("run-1")
+    counts = store.results.counts("run-1")
     assert counts["rows"] == 6 and counts["ok"] == 5 and counts["failed"] == 1
     assert counts["cost_usd"] == pytest.approx(row["cost_usd"])
 
 
 def test_finish_run_takes_explicit_counts_and_keeps_unknown_cost_null(store: Store) -> None:
-    store.start_run(RunRecord(run_id="run-1", job="reviews"))
-    store.write_results([result(i, cost_usd=None) for i in range(3)])
-    store.finish_run("run-1", "completed", rows_ok=2, rows_total=3)
+    store.runs.start(RunRecord(run_id="run-1", job="reviews"))
+    store.results.write([result(i, cost_usd=None) for i in range(3)])
+    store.runs.finish("run-1", "completed", rows_ok=2, rows_total=3)
     row = store.query("SELECT rows_total, rows_ok, rows_failed, cost_usd FROM runs")[0]
     assert row == {"rows_total": 3, "rows_ok": 2, "rows_failed": 0, "cost_usd": None}
 
 
 def test_run_states_are_checked(store: Store) -> None:
-    store.start_run(RunRecord(run_id="r", job="j"))
+    store.runs.start(RunRecord(run_id="r", job="j"))
     for bad in ("done", "failed:", "failed: ", "stopped"):
         with pytest.raises(ValueError, match="bad run state"):
-            store.finish_run("r", bad)
-    store.update_run("r", state="failed: provider said 401")
+            store.runs.finish("r", bad)
+    store.runs.update("r", state="failed: provider said 401")
     assert one(store, "SELECT state FROM runs") == "failed: provider said 401"
 
 
 def test_run_errors_are_store_errors(store: Store) -> None:
-    store.start_run(RunRecord(run_id="r", job="j"))
+    store.runs.start(RunRecord(run_id="r", job="j"))
     with pytest.raises(StoreError, match="record run 'r'"):
-        store.start_run(RunRecord(run_id="r", job="j"))
+        store.runs.start(RunRecord(run_id="r", job="j"))
     with pytest.raises(StoreError, match="no run 'nope'"):
-        store.finish_run("nope", "completed")
+        store.runs.finish("nope", "completed")
 
 
 def test_run_counts_of_a_run_without_results(store: Store) -> None:
-    counts = store.run_counts("empty")
+    counts = store.results.counts("empty")
     assert counts["rows"] == 0 and counts["cost_usd"] is None
 
 
@@ -319,18 +320,18 @@ def test_run_counts_of_a_run_without_results(store: Store) -> None:
 
 
 def test_report_groups_add_up(store: Store) -> None:
-    store.start_run(RunRecord(run_id="run-1", job="reviews", model="gpt-4o-mini", started_at=T0))
-    store.start_run(RunRecord(run_id="run-2", job="reviews", started_at=T0 + 100))
+    store.runs.start(RunRecord(run_id="run-1", job="reviews", model="gpt-4o-mini", started_at=T0))
+    store.runs.start(RunRecord(run_id="run-2", job="reviews", started_at=T0 + 100))
     batch = [result(i) for i in range(20)]
     batch += [result(i, status="failed", cost_usd=0.0, latency_ms=None) for i in range(20, 23)]
     batch += [
         result(i, provider="anthropic", model="claude-x", cost_usd=None, run_id="run-2")
         for i in range(23, 30)
     ]
-    store.write_results(batch)
-    store.write_results([result(99, job="other", run_id="run-9")])
+    store.results.write(batch)
+    store.results.write([result(99, job="other", run_id="run-9")])
 
-    report = store.report(job="reviews")
+    report = store.queries.report(job="reviews")
     by_key = {(g.provider, g.model, g.status): g for g in report.groups}
     assert set(by_key) == {
         ("openai", "gpt-4o-mini", "ok"),
@@ -362,13 +363,13 @@ def test_report_groups_add_up(store: Store) -> None:
     assert run1.started_at.timestamp() == pytest.approx(T0)
     assert report.runs[0].cost_usd is None
 
-    only_run2 = store.report(run_id="run-2")
+    only_run2 = store.queries.report(run_id="run-2")
     assert only_run2.totals.rows == 7 and [r.run_id for r in only_run2.runs] == ["run-2"]
-    assert store.report().totals.rows == 31
+    assert store.queries.report().totals.rows == 31
 
 
 def test_report_of_an_empty_database(store: Store) -> None:
-    report = store.report()
+    report = store.queries.report()
     assert report.totals.rows == 0 and report.totals.cost_usd is None
     assert report.groups == () and report.runs == ()
 
@@ -385,7 +386,7 @@ def test_reads_from_other_threads_while_a_thread_writes(store: Store) -> None:
     def write() -> None:
         try:
             for batch in batches:
-                store.write_results(batch)
+                store.results.write(batch)
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
         finally:
@@ -394,10 +395,10 @@ def test_reads_from_other_threads_while_a_thread_writes(store: Store) -> None:
     def read() -> None:
         try:
             while not writer_done.is_set():
-                n = store.report().totals.rows
+                n = store.queries.report().totals.rows
                 assert n % 100 == 0  # only whole, committed batches are ever visible
                 seen.append(n)
-                store.done_request_keys([f"key-{i}" for i in range(0, 3_000, 7)])
+                store.results.done_keys([f"key-{i}" for i in range(0, 3_000, 7)])
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -408,7 +409,7 @@ def test_reads_from_other_threads_while_a_thread_writes(store: Store) -> None:
         t.join()
     assert errors == []
     assert seen == sorted(seen)
-    assert store.report().totals.rows == 3_000
+    assert store.queries.report().totals.rows == 3_000
 
 
 HOLD_OPEN = textwrap.dedent(
@@ -424,7 +425,7 @@ HOLD_OPEN = textwrap.dedent(
 
 def test_a_database_written_by_another_process_gives_a_clear_error(db: Path) -> None:
     with Store(db) as s:
-        s.write_results([result(0)])
+        s.results.write([result(0)])
     child = subprocess.Popen(
         [sys.executable, "-c", HOLD_OPEN, str(db)],
         cwd=PROJECT,
@@ -449,17 +450,17 @@ def test_a_database_written_by_another_process_gives_a_clear_error(db: Path) -> 
         child.stdin.close()
         assert child.wait(timeout=60) == 0
     with Store(db, read_only=True) as s:  # the writer is gone: reading works
-        assert s.report().totals.rows == 1
+        assert s.queries.report().totals.rows == 1
 
 
 def test_read_only_store_reads_but_does_not_write(db: Path) -> None:
     with Store(db) as s:
-        s.write_results([result(0), result(1)])
+        s.results.write([result(0), result(1)])
     with Store(db, read_only=True) as s1, Store(db, read_only=True) as s2:
-        assert s1.report().totals.rows == 2
-        assert s2.done_request_keys(["key-0"]) == {"key-0"}
+        assert s1.queries.report().totals.rows == 2
+        assert s2.results.done_keys(["key-0"]) == {"key-0"}
         with pytest.raises(StoreError, match="read-only"):
-            s1.write_results([result(2)])
+            s1.results.write([result(2)])
 
 
 def test_read_only_open_of_a_missing_file(tmp_path: Path) -> None:
@@ -481,6 +482,6 @@ def test_write_speed_is_reasonable(store: Store) -> None:
     batches = [[result(b * 1_000 + i) for i in range(1_000)] for b in range(10)]
     start = time.perf_counter()
     for batch in batches:
-        store.write_results(batch)
+        store.results.write(batch)
     per_row = (time.perf_counter() - start) / 10_000
     assert per_row < 100e-6
