@@ -80,6 +80,7 @@ def test_the_package_exports_exactly_its_public_names() -> None:
             "ANALYSIS_VIEWS",
             "RUN_STATES",
             "SCHEMA_VERSION",
+            "CacheSaving",
             "ModelGroup",
             "Report",
             "RunRecord",

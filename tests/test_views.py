@@ -223,6 +223,31 @@ def test_cache_savings_of_a_run_without_recorded_prices_is_null_and_counted(
     assert a["saved_usd"] == pytest.approx(2000 * 0.075 / 1e6)  # the priced rows' saving only
 
 
+def test_the_reports_cache_figures_are_the_views_by_provider_model_and_mode(
+    store: Store,
+) -> None:
+    store.results.write([row(10, run_id="r9", input_tokens=100, cache_read_tokens=50)])
+    groups = {(c.provider, c.model, c.mode): c for c in store.queries.cache_savings()}
+    # groups without cache tokens (the batch run, mystery-ft) are left out
+    assert set(groups) == {
+        ("openai", "gpt-4o-mini", "online"),
+        ("anthropic", "claude-3-5-haiku-latest", "online"),
+    }
+    gpt = groups[("openai", "gpt-4o-mini", "online")]
+    assert (gpt.input_tokens, gpt.cache_read_tokens, gpt.cache_write_tokens) == (4100, 2050, 0)
+    assert gpt.saved_usd == gpt.read_saved_usd == pytest.approx(2000 * 0.075 / 1e6)
+    assert gpt.unpriced_rows == 1  # r9 recorded no price
+    claude = groups[("anthropic", "claude-3-5-haiku-latest", "online")]
+    assert claude.read_saved_usd == pytest.approx(0.00072)
+    assert claude.saved_usd == pytest.approx(0.00052)
+    view = store.query("SELECT sum(saved_usd) AS s, sum(unpriced_rows) AS u FROM cache_savings")
+    assert view == [{"s": pytest.approx(gpt.saved_usd + claude.saved_usd), "u": 1}]
+    assert store.queries.report().cache_saved_usd == pytest.approx(view[0]["s"])
+    only_b = store.queries.cache_savings(job="b")
+    assert [c.model for c in only_b] == ["claude-3-5-haiku-latest"]
+    assert store.queries.cache_savings(run_id="r4") == ()
+
+
 def test_failures_by_type(store: Store) -> None:
     failures = by(store.query("SELECT * FROM failures_by_type"), "job", "status", "error_type")
     assert failures == {

@@ -94,7 +94,7 @@ from typing import Any
 from ..errors import StoreError
 from ._db import Database
 from .ledger import BatchLedger, RunLedger, RunRecord
-from .queries import ModelGroup, Queries, Report, RunSummary, Totals
+from .queries import CacheSaving, ModelGroup, Queries, Report, RunSummary, Totals
 from .results import ResultTable
 from .schema import (
     ANALYSIS_VIEWS,
@@ -109,6 +109,7 @@ __all__ = [
     "ANALYSIS_VIEWS",
     "RUN_STATES",
     "SCHEMA_VERSION",
+    "CacheSaving",
     "ModelGroup",
     "Report",
     "RunRecord",

@@ -7,7 +7,7 @@ read-only store, except :meth:`Queries.create_extract_view`, which writes a view
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,13 +17,27 @@ import orjson
 
 from ..extract import extract_view_name
 from ._db import Database
-from .schema import UNPRICED
+from .schema import CACHE_SAVINGS_JOIN, CACHE_SAVINGS_MEASURES, UNPRICED
 
-__all__ = ["ModelGroup", "Queries", "Report", "RunSummary", "Totals"]
+__all__ = ["CacheSaving", "ModelGroup", "Queries", "Report", "RunSummary", "Totals"]
 
-# "this job (if given) and this run (if given)", over $job and $run_id
-_FILTER: Final = (
-    "($job::VARCHAR IS NULL OR job = $job) AND ($run_id::VARCHAR IS NULL OR run_id = $run_id)"
+
+def _filter(table: str = "") -> str:
+    """SQL: "this job (if given) and this run (if given)", over $job and $run_id; ``table``
+    qualifies the columns (``"r."``) where a join makes them ambiguous."""
+    return (
+        f"($job::VARCHAR IS NULL OR {table}job = $job) "
+        f"AND ($run_id::VARCHAR IS NULL OR {table}run_id = $run_id)"
+    )
+
+
+_FILTER: Final = _filter()
+
+# Stands in for table run_prices in a file that has none (written by an older pipeline, opened
+# read-only): every row is then unpriced.
+_NO_PRICES: Final = (
+    "(SELECT NULL::VARCHAR AS run_id, NULL::VARCHAR AS mode, NULL::DOUBLE AS input_mtok, "
+    "NULL::DOUBLE AS cache_read_mtok, NULL::DOUBLE AS cache_write_mtok WHERE false)"
 )
 
 _EXTRACT_TYPES: Final = frozenset({"VARCHAR", "BIGINT", "DOUBLE", "BOOLEAN", "JSON"})
@@ -83,6 +97,28 @@ class RunSummary:
 
 
 @dataclass(frozen=True, slots=True)
+class CacheSaving:
+    """Prompt-cache use of one (provider, model, mode) and what it saved, at the prices each
+    run recorded (table ``run_prices``), by the expressions of view ``cache_savings``.
+
+    ``read_saved_usd`` is what cache reads saved against the input price; ``saved_usd`` the
+    same less what cache writes cost above the input price (the net saving). Both are ``None``
+    when no run of the group recorded its prices; ``unpriced_rows`` counts the rows with cache
+    tokens whose run recorded none (their saving is not in the sums).
+    """
+
+    provider: str | None
+    model: str | None
+    mode: str | None
+    input_tokens: int
+    cache_read_tokens: int
+    cache_write_tokens: int
+    read_saved_usd: float | None
+    saved_usd: float | None
+    unpriced_rows: int
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Everything ``pipeline.report.render_report`` prints, as plain data."""
 
@@ -91,9 +127,16 @@ class Report:
     totals: Totals
     groups: tuple[ModelGroup, ...]
     runs: tuple[RunSummary, ...]
-    cache_saved_usd: float | None = None
-    """What cache reads and writes saved against the full input price (``cache_savings``'s
-    ``saved_usd``); ``None`` when no run of the selection recorded its prices."""
+    cache: tuple[CacheSaving, ...] = ()
+    """The prompt cache by (provider, model, mode), for the groups that read or wrote it
+    (``Queries.cache_savings``)."""
+
+    @property
+    def cache_saved_usd(self) -> float | None:
+        """The net saving of the prompt cache over the selection: the sum of the groups'
+        ``saved_usd``; ``None`` when no group's is known. The one figure both reports print."""
+        saved = [c.saved_usd for c in self.cache if c.saved_usd is not None]
+        return sum(saved) if saved else None
 
 
 def _ts(value: float | None) -> datetime | None:
@@ -224,30 +267,39 @@ class Queries:
             totals=totals,
             groups=tuple(ModelGroup(*g) for g in group_rows),
             runs=runs,
-            cache_saved_usd=self._cache_saved_usd(params) if totals.cache_read_tokens else None,
+            cache=self.cache_savings(job=job, run_id=run_id),
         )
 
-    def _cache_saved_usd(self, params: Mapping[str, Any]) -> float | None:
-        """Net USD the prompt cache saved over the selection, at each run's recorded prices."""
+    def cache_savings(
+        self, *, job: str | None = None, run_id: str | None = None
+    ) -> tuple[CacheSaving, ...]:
+        """What the prompt cache saved, per (provider, model, mode) that read or wrote it,
+        optionally for one job and/or one run: the measures of view ``cache_savings`` (see
+        :data:`~pipeline.store.schema.CACHE_SAVINGS_MEASURES`) at each run's recorded prices.
+
+        The only source of the cache figures of ``pipeline report`` and its HTML page.
+        """
         with self._db.cursor("sum the cache savings") as cur:
-            exists = cur.execute(
+            found = cur.execute(
                 "SELECT count(*) FROM duckdb_tables() WHERE table_name = 'run_prices'"
             ).fetchone()
-            if not exists or not exists[0]:  # a file no pipeline of this version has written
-                return None
-            row = cur.execute(
-                """
-                SELECT sum(r.cache_read_tokens
-                           * (p.input_mtok - coalesce(p.cache_read_mtok, p.input_mtok))
-                           + r.cache_write_tokens
-                           * (p.input_mtok - coalesce(p.cache_write_mtok, p.input_mtok))) / 1e6
-                FROM row_results r JOIN run_prices p ON p.run_id = r.run_id AND p.mode = r.mode
-                WHERE ($job::VARCHAR IS NULL OR r.job = $job)
-                  AND ($run_id::VARCHAR IS NULL OR r.run_id = $run_id)
+            prices = "run_prices" if found and found[0] else _NO_PRICES
+            rel = cur.execute(
+                f"""
+                SELECT r.provider, r.model, r.mode, {CACHE_SAVINGS_MEASURES}
+                FROM row_results r {CACHE_SAVINGS_JOIN.format(prices=prices)}
+                WHERE {_filter("r.")}
+                GROUP BY r.provider, r.model, r.mode
+                HAVING coalesce(sum(r.cache_read_tokens), 0)
+                       + coalesce(sum(r.cache_write_tokens), 0) > 0
+                ORDER BY r.provider, r.model, r.mode
                 """,
-                dict(params),
-            ).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
+                {"job": job, "run_id": run_id},
+            )
+            names = [d[0] for d in rel.description or ()]
+            rows = [dict(zip(names, row, strict=True)) for row in rel.fetchall()]
+        fields = CacheSaving.__dataclass_fields__
+        return tuple(CacheSaving(**{k: v for k, v in r.items() if k in fields}) for r in rows)
 
     def ok_history(self, *, job: str, model: str, prompt_hash: str | None = None) -> dict[str, Any]:
         """What earlier ``ok`` results of ``job`` with ``model`` (and ``prompt_hash``, if given)
@@ -322,14 +374,13 @@ class Queries:
     def chart_data(
         self, *, job: str | None = None, run_id: str | None = None
     ) -> dict[str, list[dict[str, Any]]]:
-        """The numbers behind the charts of ``pipeline report --html``, as rows (dicts).
+        """The numbers behind the charts of ``pipeline report --html``, as rows (dicts); the
+        cache chart's come with the report (``Report.cache``).
 
         * ``cost_by_day``: ``day`` (days since 1970-01-01, UTC), ``provider``, ``model``,
           ``rows``, ``cost_usd`` (``None``: no row had a known price), ``unpriced_rows``.
         * ``failures``: rows that are not ok by ``status`` and ``error_type``: ``rows`` and
           one ``example`` error message; most frequent first.
-        * ``cache``: ``provider``, ``model``, ``mode``, ``input_tokens``,
-          ``cache_read_tokens``, ``cache_write_tokens``.
         * ``latency``: one row over the ok rows' latencies: ``rows``, ``min_ms``, ``p50_ms``,
           ``p95_ms``, ``p99_ms``, ``max_ms`` (``None`` when there are none).
         """
@@ -352,17 +403,6 @@ class Queries:
                        count(*) AS rows, min(error) AS example
                 FROM row_results WHERE status <> 'ok' AND {_FILTER}
                 GROUP BY ALL ORDER BY rows DESC, status, error_type
-                """,
-                params,
-            ),
-            "cache": query(
-                f"""
-                SELECT provider, model, mode,
-                       coalesce(sum(input_tokens), 0) AS input_tokens,
-                       coalesce(sum(cache_read_tokens), 0) AS cache_read_tokens,
-                       coalesce(sum(cache_write_tokens), 0) AS cache_write_tokens
-                FROM row_results WHERE {_FILTER}
-                GROUP BY ALL ORDER BY provider, model, mode
                 """,
                 params,
             ),
