@@ -110,9 +110,9 @@ class BatchRunner:
     async def run(self) -> RunOutcome:
         job = self.job
         if self.resume:
-            self.store.reopen_run(self.run_id)
+            self.store.runs.reopen(self.run_id)
         else:
-            self.store.start_run(
+            self.store.runs.start(
                 RunRecord.for_job(
                     job,
                     run_id=self.run_id,
@@ -124,7 +124,7 @@ class BatchRunner:
                 )
             )
         if self._extractor is not None:
-            self.store.create_extract_view(job.name, self._extractor.columns)
+            self.store.queries.create_extract_view(job.name, self._extractor.columns)
         # Before anything is submitted: 'pipeline resume' finds a killed run by its manifest.
         await anyio.to_thread.run_sync(self._write_manifest, "running")
         state = "completed"
@@ -159,7 +159,7 @@ class BatchRunner:
 
     async def _prepare_and_submit(self) -> None:
         """Submit parts left prepared by a killed run, then every row not yet in a batch."""
-        parts = await anyio.to_thread.run_sync(self.store.batch_parts, self.run_id)
+        parts = await anyio.to_thread.run_sync(self.store.batches.parts, self.run_id)
         known = {part["batch_id"] for part in parts if part["batch_id"] is not None}
         for part in parts:
             if part["batch_id"] is None:
@@ -234,7 +234,7 @@ class BatchRunner:
             errors = [e for e in errors if e.request_key not in done]
             if errors:
                 self.stats.rows_input_error += len(errors)
-                await anyio.to_thread.run_sync(self.store.write_results, errors)
+                await anyio.to_thread.run_sync(self.store.results.write, errors)
             for key, row_id, source, line, data in lines:
                 if key in done:
                     self.stats.rows_skipped += 1
@@ -244,7 +244,7 @@ class BatchRunner:
                 except InputError as exc:
                     self.stats.rows_input_error += 1
                     await anyio.to_thread.run_sync(
-                        self.store.write_results,
+                        self.store.results.write,
                         [
                             self._row(
                                 key, row_id, source, line, "input_error", exc.error_type, str(exc)
@@ -260,14 +260,14 @@ class BatchRunner:
 
     def _already(self, keys: list[str]) -> set[str]:
         """Keys done (ok anywhere, or recorded by this run) or already in this run's batches."""
-        done = self.store.done_request_keys(keys, run_id=self.run_id)
-        return done | self.store.submitted_keys(keys, run_id=self.run_id)
+        done = self.store.results.done_keys(keys, run_id=self.run_id)
+        return done | self.store.batches.submitted_keys(keys, run_id=self.run_id)
 
     async def _record_and_submit(
         self, part: BatchPart, rows: list[tuple[str, str, str, int]]
     ) -> None:
         await anyio.to_thread.run_sync(
-            lambda: self.store.record_batch_part(
+            lambda: self.store.batches.record_part(
                 self.run_id, part.index, self.provider.name, nbytes=part.bytes, requests=rows
             )
         )
@@ -279,7 +279,7 @@ class BatchRunner:
         if any (``batch_found``); else submit the part, if its file is still there. Returns
         the part's batch id, or None when it has none."""
         index = part["part"]
-        rows = await anyio.to_thread.run_sync(self.store.batch_requests, self.run_id, index)
+        rows = await anyio.to_thread.run_sync(self.store.batches.requests, self.run_id, index)
         by_ordinal = sorted(rows, key=lambda key: rows[key][3])
         prepared = BatchPart(
             index,
@@ -297,7 +297,11 @@ class BatchRunner:
                 return None
             return await self._submit(prepared)
         await anyio.to_thread.run_sync(
-            self.store.mark_batch_submitted, self.run_id, index, found.batch_id, found.input_file_id
+            self.store.batches.mark_submitted,
+            self.run_id,
+            index,
+            found.batch_id,
+            found.input_file_id,
         )
         self._log.info(
             "batch_found", part=index, batch_id=found.batch_id, requests=part["requests"]
@@ -312,7 +316,7 @@ class BatchRunner:
     async def _submit(self, part: BatchPart) -> str:
         submitted = await self.provider.submit(part, metadata=self._metadata(part.index))
         await anyio.to_thread.run_sync(
-            self.store.mark_batch_submitted,
+            self.store.batches.mark_submitted,
             self.run_id,
             part.index,
             submitted.batch_id,
@@ -333,7 +337,7 @@ class BatchRunner:
     async def _wait_and_collect(self) -> None:
         delay = FIRST_POLL_S
         while not self._stopping:
-            parts = await anyio.to_thread.run_sync(self.store.batch_parts, self.run_id)
+            parts = await anyio.to_thread.run_sync(self.store.batches.parts, self.run_id)
             open_parts = [p for p in parts if p["batch_id"] and not p["collected"]]
             if not open_parts:
                 return
@@ -347,7 +351,7 @@ class BatchRunner:
             delay = min(delay * 1.5, self.job.batch.poll_interval_s)
 
     def _record_state(self, part: int, state: BatchState) -> None:
-        self.store.update_batch(
+        self.store.batches.update(
             self.run_id,
             part,
             status=state.status,
@@ -356,7 +360,7 @@ class BatchRunner:
         )
 
     async def _collect(self, part: int, state: BatchState) -> None:
-        rows = await anyio.to_thread.run_sync(self.store.batch_requests, self.run_id, part)
+        rows = await anyio.to_thread.run_sync(self.store.batches.requests, self.run_id, part)
         record_unfinished = self.job.batch.on_unfinished == "record" or self.online is None
         results: list[RowResult] = []
         if state.failed:
@@ -388,7 +392,7 @@ class BatchRunner:
                 result = self._answer(answer, meta, record_unfinished)
                 if result is not None:
                     results.append(result)
-        await anyio.to_thread.run_sync(self.store.collect_batch, self.run_id, part, results)
+        await anyio.to_thread.run_sync(self.store.batches.collect, self.run_id, part, results)
         for r in results:
             if r.status in ("ok", "invalid"):
                 self.stats.input_tokens += r.input_tokens
@@ -461,7 +465,7 @@ class BatchRunner:
 
     async def _unfinished(self) -> RunOutcome | None:
         """Rows the batches did not answer: online, or recorded as failed."""
-        keys = await anyio.to_thread.run_sync(self.store.unanswered_keys, self.run_id)
+        keys = await anyio.to_thread.run_sync(self.store.batches.unanswered_keys, self.run_id)
         if not keys:
             return None
         self._log.info("batch_unfinished", rows=len(keys), action=self.job.batch.on_unfinished)
@@ -524,7 +528,7 @@ class BatchRunner:
             "cost_usd": s.cost_usd,
             "batches": [
                 {k: p[k] for k in ("part", "batch_id", "input_file_id", "status", "requests")}
-                for p in self.store.batch_parts(self.run_id)
+                for p in self.store.batches.parts(self.run_id)
             ],
         }
 
@@ -534,7 +538,7 @@ class BatchRunner:
 
     def _finish(self, state: str) -> None:
         self._write_manifest(state)
-        self.store.finish_run(self.run_id, state, finished_at=self._clock())
-        self.store.update_run(self.run_id, manifest=self._manifest(state))
+        self.store.runs.finish(self.run_id, state, finished_at=self._clock())
+        self.store.runs.update(self.run_id, manifest=self._manifest(state))
         if state == "completed":
             shutil.rmtree(self.parts_dir, ignore_errors=True)

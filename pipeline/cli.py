@@ -302,7 +302,7 @@ def _resume(args: argparse.Namespace) -> int:
             "file, or start a new run with 'pipeline run'"
         )
     with Store(job.output.db, read_only=True) as store:
-        spent = store.run_counts(run_id)["cost_usd"] or 0.0
+        spent = store.results.counts(run_id)["cost_usd"] or 0.0
     plan = _Plan(
         job,
         run_id,
@@ -320,7 +320,7 @@ def _rerun(args: argparse.Namespace) -> int:
     manifest = read_manifest(find_manifest(args.run, args.db))
     job = _job_from_manifest(manifest, args)
     with Store(job.output.db, read_only=True) as store:
-        keys, lines = store.not_ok_rows(manifest["run_id"])
+        keys, lines = store.results.not_ok_rows(manifest["run_id"])
     if not keys and not lines:
         print(f"run {manifest['run_id']} has no failed rows: nothing to send")
         return 0
@@ -373,7 +373,7 @@ def _execute(plan: _Plan) -> int:
     _print_summary(out, job, outcome, log_path)
     if not plan.quiet:
         with Store(job.output.db, read_only=True) as store:
-            render_report(store.report(run_id=outcome.run_id), out)
+            render_report(store.queries.report(run_id=outcome.run_id), out)
     if outcome.state == "completed":
         return 0
     if outcome.state.startswith("stopped"):
@@ -458,7 +458,7 @@ async def _run_async(
         store = stack.enter_context(Store(job.output.db))
         # Both prices come from cost.price_for; the store keeps them for view cache_savings.
         batch_price = price_for(job, batch=True) if job.request.mode == "batch" else None
-        store.record_run_prices(plan.run_id, {"online": price, "batch": batch_price})
+        store.runs.record_prices(plan.run_id, {"online": price, "batch": batch_price})
         provider = make_provider(job, api_key=api_key, base_url=base_url)
         stack.push_async_callback(provider.aclose)
         if price is None:
@@ -653,7 +653,7 @@ def _runs(args: argparse.Namespace) -> int:
     out = _stdout()
     try:
         with Store(args.db, read_only=True) as store:
-            rows = store.list_runs(limit=args.limit)
+            rows = store.runs.list(limit=args.limit)
     except StoreError as exc:
         # A run is writing the database: the manifests tell the same story.
         print(f"note: {exc}; showing the run manifests instead", file=sys.stderr)
@@ -701,7 +701,7 @@ def _batches(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise ConfigError(f"no results database at {args.db}; run a job first or pass --db")
     with Store(args.db, read_only=True) as store:
-        rows = store.list_batches(run_id=args.run_id)
+        rows = store.batches.list(run_id=args.run_id)
     out = _stdout()
     if not rows:
         out.print("no batches yet")
@@ -769,10 +769,10 @@ def _cancel(args: argparse.Namespace) -> int:
         done = []
         try:
             with Store(job.output.db) as store:
-                for part in store.batch_parts(manifest["run_id"]):
+                for part in store.batches.parts(manifest["run_id"]):
                     if part["batch_id"] and not part["collected"]:
                         state = await provider.cancel(part["batch_id"])
-                        store.update_batch(manifest["run_id"], part["part"], status=state.status)
+                        store.batches.update(manifest["run_id"], part["part"], status=state.status)
                         done.append((part["batch_id"], state.status))
         finally:
             await provider.aclose()
@@ -803,7 +803,7 @@ def _report(args: argparse.Namespace) -> int:
         print(args.html)
         return 0
     with Store(args.db, read_only=True) as store:
-        render_report(store.report(job=args.job, run_id=args.run_id), _stdout())
+        render_report(store.queries.report(job=args.job, run_id=args.run_id), _stdout())
     return 0
 
 
@@ -828,7 +828,7 @@ def _export(args: argparse.Namespace) -> int:
 
     out = args.out or str(runs_dir(args.db) / f"{args.run}.results.{args.format}")
     with Store(args.db, read_only=True) as store:
-        if store.get_run(args.run) is None:
+        if store.runs.get(args.run) is None:
             raise ConfigError(f"no run {args.run!r} in {args.db}; 'pipeline runs' lists them")
         count = export_run(store, args.run, out, args.format)
     print(f"wrote {count:,} rows of run {args.run} to {out}")

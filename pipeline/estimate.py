@@ -11,7 +11,7 @@ Rows
     Every row of the input is read (``iter_row_chunks``), so the row counts are exact. A row is
     *already done* when its request key (row id under this request version, ``prompt_hash``)
     has an ``ok`` result in the database: exactly the rows ``pipeline run`` would skip
-    (``Store.done_request_keys``). Unreadable rows, rows missing a template field and rows
+    (``store.results.done_keys``). Unreadable rows, rows missing a template field and rows
     longer than the context are *bad input*: recorded, never sent, free.
 
 Input tokens
@@ -187,12 +187,12 @@ def estimate_job(
         history: dict[str, Any] = {"rows": 0}
         basis_scope = ""
         if store is not None:
-            history = store.ok_history(
+            history = store.queries.ok_history(
                 job=job.name, model=job.request.model, prompt_hash=renderer.prompt_hash
             )
             basis_scope = "this request version"
             if not history["rows"]:
-                history = store.ok_history(job=job.name, model=job.request.model)
+                history = store.queries.ok_history(job=job.name, model=job.request.model)
                 basis_scope = f"job {job.name} with {job.request.model}"
     finally:
         if store is not None:
@@ -311,7 +311,7 @@ def _open_store(job: Job, notes: list[str]) -> Store | None:
 def _read_rows(job: Job, renderer: Renderer, store: Store | None, stride: int) -> _Counts:
     """Read every row; render the rows to send (about one in ``stride``, by request key)."""
     ph = renderer.prompt_hash
-    look_up = store is not None and store.has_results(ph)
+    look_up = store is not None and store.results.has_results(ph)
     context = job.request.context_tokens
     counts = _Counts()
     for chunk in iter_row_chunks(job.input, chunk_size=_CHUNK):
@@ -321,7 +321,7 @@ def _read_rows(job: Job, renderer: Renderer, store: Store | None, stride: int) -
         keys = [request_key(row.row_id, ph) for row in rows]
         done: set[str] = set()
         if look_up and store is not None and keys:
-            done = store.done_request_keys(keys, near=_near(chunk))
+            done = store.results.done_keys(keys, near=_near(chunk))
         for row, key in zip(rows, keys, strict=True):
             if key in done:
                 counts.done += 1

@@ -15,7 +15,8 @@ words (Anthropic's ``end_turn`` / ``tool_use`` / ``stop_sequence`` → ``stop``,
 prompt token; cache reads are ``prompt_tokens_details.cached_tokens``). ``custom_id`` is the
 row's request key; ``row_id`` is in the Parquet export and the ``results`` view.
 
-Parquet is every column of the ``results`` view, written by DuckDB (``Store.export_parquet``).
+Parquet is every column of the ``results`` view, written by DuckDB
+(``store.queries.export_parquet``).
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ def export_run(store: Store, run_id: str, path: str | os.PathLike[str], fmt: str
     partial = target.with_name(f".{target.name}.partial")
     try:
         if fmt == "jsonl":
-            count = _write_lines(partial, store.iter_results(run_id))
+            count = _write_lines(partial, store.queries.iter_results(run_id))
         else:
-            count = store.export_parquet(run_id, partial)
+            count = store.queries.export_parquet(run_id, partial)
         partial.replace(target)
     finally:
         partial.unlink(missing_ok=True)

@@ -2,13 +2,13 @@
 
 Every run writes all its events (info and up) as JSON lines to a log file next to the database;
 the terminal gets warnings and errors only, so the progress bar stays readable. A processor
-replaces anything that looks like an API key, and the exact keys the run uses, with
-``[REDACTED]`` before anything is rendered.
+(:func:`redact_secrets`) passes every value through :func:`pipeline.redact.redact` before anything
+is rendered: anything that looks like an API key, and the exact keys the run uses (registered with
+``register_secret``, re-exported here from :mod:`pipeline.redact`), become ``[REDACTED]``.
 """
 
 from __future__ import annotations
 
-import re
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -17,35 +17,22 @@ from typing import IO, Any
 import orjson
 import structlog
 
+from .redact import redact, register_secret
+
 __all__ = ["configure_logging", "redact_secrets", "register_secret"]
 
-_KEY_PATTERN = re.compile(r"(sk-ant-[A-Za-z0-9_\-]{6,}|sk-[A-Za-z0-9_\-]{16,}|Bearer\s+\S+)")
-_SECRETS: set[str] = set()
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
-
-
-def register_secret(value: str) -> None:
-    """Make sure ``value`` (an API key) never appears in a log line."""
-    if len(value) >= 4:
-        _SECRETS.add(value)
-
-
-def _scrub(text: str) -> str:
-    for secret in _SECRETS:
-        if secret in text:
-            text = text.replace(secret, "[REDACTED]")
-    return _KEY_PATTERN.sub("[REDACTED]", text)
 
 
 def _scrub_value(value: Any) -> Any:
     if isinstance(value, str):
-        return _scrub(value)
+        return redact(value)
     if isinstance(value, dict):
         return {k: _scrub_value(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_scrub_value(v) for v in value]
     if isinstance(value, BaseException):
-        return _scrub(f"{type(value).__name__}: {value}")
+        return redact(f"{type(value).__name__}: {value}")
     return value
 
 

@@ -1,7 +1,8 @@
 """Print a :class:`pipeline.store.Report` as rich tables: what ran, what it cost, how fast.
 
-Printing only; the numbers come from ``Store.report()``. A cost that is not known (the model's
-price is not in genai-prices and the job gave none) is shown as "unknown price", never as $0.
+Printing only; the numbers come from ``store.queries.report()``. A cost that is not known (the
+model's price is not in genai-prices and the job gave none) is shown as "unknown price", never as
+$0.
 """
 
 from __future__ import annotations

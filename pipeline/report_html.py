@@ -6,17 +6,19 @@ Two steps, so the drawing can be tested without a database::
         data = collect_html_report(store, job=None, run_id=None, db_path=db)
     Path("report.html").write_text(render_html(data), encoding="utf-8")
 
-:func:`collect_html_report` asks the store for numbers (``Store.report()``,
-``Store.chart_data()``, ``Store.latency_histogram()``) and prices the cache reads;
+:func:`collect_html_report` asks the store for numbers (``store.queries``: ``report()``,
+``chart_data()``, ``latency_histogram()``);
 :func:`render_html` is pure: plain data in, an HTML string out. The charts are inline SVG drawn
 here; the page has no script, no font, no stylesheet and no image to fetch, so it opens the
 same offline, from a mail attachment or a CI artefact. Every value from the database is
 HTML-escaped.
 
 Charts: cost per day and model (stacked columns), the latency of ok rows (a histogram with p50
-and p95 marked), rows that failed by error type, and what prompt-cache reads saved compared
-with paying the full input price (``cache_read_tokens x (input price - cache read price)``, at
-the genai-prices list price of the model, batch rates for batch rows).
+and p95 marked), rows that failed by error type, and what the prompt cache saved compared with
+paying the full input price for every prompt token: cache reads x (input price - cache-read
+price), less cache writes x (cache-write price - input price), at the prices each run recorded
+(table ``run_prices``). That figure is ``Report.cache`` (``store.queries.cache_savings``), the
+same the text report prints; a run that recorded no price has an unknown saving.
 """
 
 from __future__ import annotations
@@ -28,18 +30,15 @@ from datetime import UTC, date, datetime, timedelta
 from html import escape
 from typing import Final
 
-from .cost import Price, lookup_price
 from .report import ANALYSIS_SQL, UNKNOWN_PRICE, format_usd
-from .store import ModelGroup, Report, Store
+from .store import CacheSaving, ModelGroup, Report, Store
 
 __all__ = [
-    "CacheSaving",
     "DayCost",
     "FailureType",
     "HtmlReport",
     "LatencyBin",
     "LatencySummary",
-    "cache_saving_usd",
     "collect_html_report",
     "latency_bins",
     "nice_ticks",
@@ -123,20 +122,6 @@ class FailureType:
 
 
 @dataclass(frozen=True, slots=True)
-class CacheSaving:
-    """Prompt-cache use of one model (and mode). ``saved_usd`` is what the cache reads saved
-    against the full input price; ``None`` when the model's price is unknown."""
-
-    provider: str | None
-    model: str | None
-    mode: str | None
-    input_tokens: int
-    cache_read_tokens: int
-    cache_write_tokens: int
-    saved_usd: float | None
-
-
-@dataclass(frozen=True, slots=True)
 class HtmlReport:
     """Everything :func:`render_html` draws, as plain data."""
 
@@ -144,25 +129,17 @@ class HtmlReport:
     cost_by_day: tuple[DayCost, ...]
     latency: LatencySummary
     failures: tuple[FailureType, ...]
-    cache: tuple[CacheSaving, ...]
     generated_at: datetime = field(default_factory=lambda: datetime.now(tz=UTC))
     db_path: str | None = None
+
+    @property
+    def cache(self) -> tuple[CacheSaving, ...]:
+        """The prompt cache by (provider, model, mode): the report's own figures."""
+        return self.report.cache
 
 
 # --------------------------------------------------------------------------------------------
 # Pure arithmetic
-
-
-def cache_saving_usd(price: Price | None, cache_read_tokens: int) -> float | None:
-    """What ``cache_read_tokens`` saved against paying ``price.input_mtok`` for them.
-
-    ``None`` when the price is unknown. A model without a separate cache-read rate charges cache
-    reads as input, so they saved nothing.
-    """
-    if price is None:
-        return None
-    read_mtok = price.input_mtok if price.cache_read_mtok is None else price.cache_read_mtok
-    return cache_read_tokens * (price.input_mtok - read_mtok) / 1_000_000
 
 
 def _nice_step(raw: float, *, whole: bool = False) -> float:
@@ -216,15 +193,10 @@ def collect_html_report(
     run_id: str | None = None,
     db_path: str | None = None,
     now: datetime | None = None,
-    price: Callable[[str, str, bool], Price | None] | None = None,
 ) -> HtmlReport:
-    """Ask ``store`` for everything the HTML report shows (optionally one job and/or run).
-
-    ``price(provider, model, batch)`` prices the cache reads (default:
-    :func:`pipeline.cost.lookup_price`).
-    """
-    report = store.report(job=job, run_id=run_id)
-    raw = store.chart_data(job=job, run_id=run_id)
+    """Ask ``store`` for everything the HTML report shows (optionally one job and/or run)."""
+    report = store.queries.report(job=job, run_id=run_id)
+    raw = store.queries.chart_data(job=job, run_id=run_id)
     cost_by_day = tuple(
         DayCost(
             day=_EPOCH + timedelta(days=r["day"]),
@@ -239,30 +211,11 @@ def collect_html_report(
     failures = tuple(
         FailureType(r["status"], r["error_type"], r["rows"], r["example"]) for r in raw["failures"]
     )
-    lookup = price or (lambda p, m, batch: lookup_price(p, m, batch=batch))
-    cache = tuple(
-        CacheSaving(
-            provider=r["provider"],
-            model=r["model"],
-            mode=r["mode"],
-            input_tokens=r["input_tokens"],
-            cache_read_tokens=r["cache_read_tokens"],
-            cache_write_tokens=r["cache_write_tokens"],
-            saved_usd=cache_saving_usd(
-                lookup(r["provider"], r["model"], r["mode"] == "batch")
-                if r["provider"] and r["model"]
-                else None,
-                r["cache_read_tokens"],
-            ),
-        )
-        for r in raw["cache"]
-        if r["cache_read_tokens"] > 0
-    )
     lat = raw["latency"][0]
     latency = LatencySummary()
     if lat["rows"]:
         start, width, n = latency_bins(lat["min_ms"], lat["p99_ms"])
-        counts = store.latency_histogram(
+        counts = store.queries.latency_histogram(
             start_ms=start, width_ms=width, bins=n, job=job, run_id=run_id
         )
         bins = [
@@ -284,7 +237,6 @@ def collect_html_report(
         cost_by_day=cost_by_day,
         latency=latency,
         failures=failures,
-        cache=cache,
         generated_at=now or datetime.now(tz=UTC),
         db_path=db_path,
     )
@@ -666,15 +618,22 @@ def _cache_chart(report: HtmlReport, series: dict[tuple[str | None, str | None],
         s = series[(c.provider, c.model)]
         label = s.label + (" (batch)" if c.mode == "batch" else "")
         share = _pct(c.cache_read_tokens, c.input_tokens)
-        reads = f"{_tokens(c.cache_read_tokens)} cached tokens ({share} of input)"
+        use = f"{_tokens(c.cache_read_tokens)} cached tokens ({share} of input)"
+        if c.cache_write_tokens:
+            use += f", {_tokens(c.cache_write_tokens)} written"
         if c.saved_usd is None:
-            text = f"{UNKNOWN_PRICE} · {reads}"
-            title = f"{label}: {reads}; the model's price is unknown"
+            text = f"{UNKNOWN_PRICE} · {use}"
+            title = f"{label}: {use}; its runs recorded no price"
         else:
-            text = f"{format_usd(c.saved_usd)} saved · {reads}"
+            text = f"{format_usd(c.saved_usd)} saved · {use}"
             title = (
                 f"{label}: {format_usd(c.saved_usd)} saved by {c.cache_read_tokens:,} cached tokens"
             )
+            if c.cache_write_tokens:
+                premium = (c.read_saved_usd or 0.0) - c.saved_usd
+                title += f", after {format_usd(premium)} paid above the input price for writes"
+            if c.unpriced_rows:
+                title += f"; {_n_rows(c.unpriced_rows)} of runs without a recorded price left out"
         items.append(
             _HBar(
                 label=label,
@@ -688,7 +647,7 @@ def _cache_chart(report: HtmlReport, series: dict[tuple[str | None, str | None],
                 },
             )
         )
-    return _hbar_chart("cache-savings", items, _usd_short, "Savings from prompt-cache reads")
+    return _hbar_chart("cache-savings", items, _usd_short, "Net savings from the prompt cache")
 
 
 # --------------------------------------------------------------------------------------------
@@ -786,14 +745,14 @@ def _scope(report: Report) -> str:
 
 def _tiles(data: HtmlReport) -> str:
     t = data.report.totals
-    saved = [c.saved_usd for c in data.cache if c.saved_usd is not None]
-    unknown_saved = any(c.saved_usd is None for c in data.cache)
-    if saved:
-        saved_text = format_usd(sum(saved))
+    saved = data.report.cache_saved_usd  # the figure the text report prints
+    unknown_saved = any(c.saved_usd is None or c.unpriced_rows for c in data.cache)
+    if saved is not None:
+        saved_text = format_usd(saved)
         saved_detail = f"{_tokens(t.cache_read_tokens)} tokens read from cache"
         if unknown_saved:
             saved_detail += ", some at an unknown price"
-    elif unknown_saved:
+    elif data.cache:
         saved_text, saved_detail = UNKNOWN_PRICE, f"{_tokens(t.cache_read_tokens)} cached tokens"
     else:
         saved_text, saved_detail = "$0", "no prompt-cache reads"
@@ -977,8 +936,10 @@ def _failures_section(data: HtmlReport) -> str:
 def _cache_section(data: HtmlReport, series: dict[tuple[str | None, str | None], _Series]) -> str:
     title = "Cache savings"
     intro = (
-        "What prompt-cache reads saved against paying the full input price for those tokens: "
-        "cached tokens × (input price − cache-read price), at the genai-prices list price."
+        "What the prompt cache saved against paying the full input price for every prompt "
+        "token: cache reads × (input price − cache-read price), less cache writes × "
+        "(cache-write price − input price), at the prices each run recorded. The same figure "
+        "as 'pipeline report' and the view cache_savings."
     )
     if not data.cache:
         text = (
@@ -991,8 +952,14 @@ def _cache_section(data: HtmlReport, series: dict[tuple[str | None, str | None],
     writes = sum(c.cache_write_tokens for c in data.cache)
     if writes:
         body += (
-            f'<p class="note">{writes:,} tokens were written to the cache; writes can cost more '
-            "than plain input and are not subtracted here.</p>"
+            f'<p class="note">{writes:,} tokens were written to the cache; what writing cost '
+            "above the input price is subtracted.</p>"
+        )
+    unpriced = sum(c.unpriced_rows for c in data.cache)
+    if unpriced:
+        body += (
+            f'<p class="note">{_n_rows(unpriced)} with cache tokens belong to runs that recorded '
+            "no price: their saving is unknown and left out.</p>"
         )
     return _section("cache", title, intro, body)
 

@@ -11,7 +11,8 @@ The rules follow the official OpenAI and Anthropic SDKs: retry 408, 409, 429 and
 authentication, permission and quota failures stop the run: no later request can succeed.
 
 Messages are built from the status and the provider's own error message; header values never go
-into them, and anything in a body that looks like an API key is masked.
+into them, and a body passes through :func:`pipeline.redact.redact` (anything that looks like an
+API key, and the run's own keys, become ``[REDACTED]``).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from .errors import (
     RowRejectedError,
     TransientError,
 )
+from .redact import redact
 
 __all__ = [
     "MAX_RETRY_AFTER_S",
@@ -66,8 +68,6 @@ _BY_STATUS: dict[int, tuple[type[ProviderError], str]] = {
 
 _KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
 
-# OpenAI keys: sk-..., sk-proj-...; Anthropic keys: sk-ant-...; also bare bearer tokens.
-_SECRET = re.compile(r"(\bsk-[A-Za-z0-9_*\-]{4,}|\bBearer\s+\S+)", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
 
 
@@ -230,7 +230,7 @@ def _parse_body(body: bytes) -> tuple[str | None, str | None, str | None]:
 
 
 def _clean(text: str) -> str:
-    text = _SECRET.sub("[redacted]", _SPACES.sub(" ", text).strip())
+    text = redact(_SPACES.sub(" ", text).strip())
     if len(text) > _MESSAGE_CHARS:
         text = text[: _MESSAGE_CHARS - 3] + "..."
     return text
@@ -238,7 +238,7 @@ def _clean(text: str) -> str:
 
 def _excerpt(body: bytes) -> str:
     text = body[: _EXCERPT_CHARS * 4].decode("utf-8", errors="replace")
-    text = _SECRET.sub("[redacted]", _SPACES.sub(" ", text).strip())
+    text = redact(_SPACES.sub(" ", text).strip())
     if len(text) > _EXCERPT_CHARS or len(body) > _EXCERPT_CHARS * 4:
         text = text[:_EXCERPT_CHARS] + "..."
     return f"unparseable body: {text!r}"

@@ -228,9 +228,9 @@ class Runner:
     async def run(self) -> RunOutcome:
         job = self.job
         if self.resume:
-            self.store.reopen_run(self.run_id)
+            self.store.runs.reopen(self.run_id)
         else:
-            self.store.start_run(
+            self.store.runs.start(
                 RunRecord(
                     run_id=self.run_id,
                     job=job.name,
@@ -249,7 +249,7 @@ class Runner:
                 )
             )
         if self._extractor is not None:
-            self.store.create_extract_view(job.name, self._extractor.columns)
+            self.store.queries.create_extract_view(job.name, self._extractor.columns)
         self._log.info(
             "run_started",
             input=job.input.path,
@@ -335,8 +335,8 @@ class Runner:
     def _finish_run(self, state: str) -> None:
         self._write_manifest(state)
         # Counts and cost come from what was committed: a NULL-priced run stays NULL, not $0.
-        self.store.finish_run(self.run_id, state, finished_at=self._clock())
-        self.store.update_run(self.run_id, manifest=self.manifest(state))
+        self.store.runs.finish(self.run_id, state, finished_at=self._clock())
+        self.store.runs.update(self.run_id, manifest=self.manifest(state))
 
     # -- tasks ----------------------------------------------------------------------------------
 
@@ -353,7 +353,7 @@ class Runner:
         # one's finished rows (DuckDB, which releases the GIL, in another).
         send_chunks, receive_chunks = anyio.create_memory_object_stream[list[Row | BadRow]](1)
         self._look_up = self.resume or await anyio.to_thread.run_sync(
-            self.store.has_results, self.prompt_hash
+            self.store.results.has_results, self.prompt_hash
         )
         async with anyio.create_task_group() as tg:
             tg.start_soon(self._read_chunks, send_chunks)
@@ -462,7 +462,7 @@ class Runner:
     ) -> set[str]:
         first, last = chunk[0], chunk[-1]
         near = (first.source, first.line, last.line) if first.source == last.source else None
-        return self.store.done_request_keys([k for k, _ in keyed], run_id=self.run_id, near=near)
+        return self.store.results.done_keys([k for k, _ in keyed], run_id=self.run_id, near=near)
 
     def _worst_cost(self, request: Request) -> float:
         if self.budget_usd is None:
@@ -677,7 +677,7 @@ class Runner:
                         closed = True
                 if batch:
                     with anyio.CancelScope(shield=True):
-                        await anyio.to_thread.run_sync(self.store.write_results, batch)
+                        await anyio.to_thread.run_sync(self.store.results.write, batch)
                     self.stats.rows_committed += len(batch)
                     batch = []
                 if closed:

@@ -221,7 +221,7 @@ def test_estimate_leaves_out_rows_longer_than_the_context(tmp_path: Path) -> Non
 def test_estimate_subtracts_rows_done_and_uses_earlier_output(tmp_path: Path) -> None:
     job = load_job(write_job(tmp_path, rows=30))
     with Store(job.output.db) as store:
-        store.write_results([ok_result("est", job, f"r{i}", output_tokens=2) for i in range(10)])
+        store.results.write([ok_result("est", job, f"r{i}", output_tokens=2) for i in range(10)])
 
     est = estimate_job(job)
 
@@ -239,7 +239,7 @@ def test_expected_output_falls_back_to_the_jobs_model_then_caps_at_max_tokens(
     job = load_job(write_job(tmp_path, rows=6))
     older = parse_job(job.text.replace("max_tokens = 5", "max_tokens = 50"))
     with Store(job.output.db) as store:  # another request version of the job, longer answers
-        store.write_results([ok_result("est", older, f"x{i}", output_tokens=40) for i in range(4)])
+        store.results.write([ok_result("est", older, f"x{i}", output_tokens=40) for i in range(4)])
 
     est = estimate_job(job)
 
@@ -290,7 +290,7 @@ def test_an_unknown_model_has_no_cost_and_says_so(tmp_path: Path) -> None:
 def test_a_database_in_use_is_noted_and_nothing_counts_as_done(tmp_path: Path) -> None:
     job = load_job(write_job(tmp_path, rows=5))
     with Store(job.output.db) as store:
-        store.write_results([ok_result("est", job, "r0", output_tokens=2)])
+        store.results.write([ok_result("est", job, "r0", output_tokens=2)])
 
     def refuse(*args: Any, **kwargs: Any) -> Store:
         from pipeline.errors import StoreError

@@ -782,8 +782,8 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
         source="in.jsonl", line=2,
     )  # fmt: skip
     with Store(db) as store:
-        store.write_results([RowResult(status="invalid", **base)])
-        store.write_results(
+        store.results.write([RowResult(status="invalid", **base)])
+        store.results.write(
             [RowResult(status="ok", **{**base, "row_id": "r3", "output_json": '{"a":1}'})]
         )
         rows = store.query("SELECT row_id, status, output_json FROM results ORDER BY row_id")
@@ -798,7 +798,7 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
     with Store(db) as store:  # opening again changes nothing
         assert store.query("SELECT count(*) AS n FROM schema_version") == [{"n": 2}]
         with pytest.raises(Exception, match="CHECK"):
-            store.write_results([RowResult(status="maybe", **base)])
+            store.results.write([RowResult(status="maybe", **base)])
 
 
 def test_rerun_failed_sends_invalid_rows_again(tmp_path: Path) -> None:
@@ -806,7 +806,7 @@ def test_rerun_failed_sends_invalid_rows_again(tmp_path: Path) -> None:
         tmp_path, lambda body, n: completion("nope"), request_lines="invalid_retries = 0"
     )
     with Store(tmp_path / "out.duckdb", read_only=True) as store:
-        keys, lines = store.not_ok_rows(outcome.run_id)
+        keys, lines = store.results.not_ok_rows(outcome.run_id)
     assert keys == {results[0]["request_key"]} and lines == set()
 
 

@@ -59,15 +59,15 @@ def test_format_usd() -> None:
 def test_report_from_a_database_shows_models_costs_and_the_query(tmp_path: Path) -> None:
     db = tmp_path / "results.duckdb"
     with Store(db) as store:
-        store.start_run(RunRecord(run_id="run-1", job="reviews", started_at=T0))
-        store.write_results(
+        store.runs.start(RunRecord(run_id="run-1", job="reviews", started_at=T0))
+        store.results.write(
             [_result(i, "gpt-4o-mini", 0.0012345) for i in range(4)]
             + [_result(4, "gpt-4o-mini", 0.0, status="failed")]
             + [_result(i, "claude-mystery-9", None) for i in range(5, 7)]
         )
-        store.finish_run("run-1", "completed", finished_at=T0 + 10)
+        store.runs.finish("run-1", "completed", finished_at=T0 + 10)
     with Store(db, read_only=True) as store:
-        text = _render(store.report(job="reviews"), db_path=str(db))
+        text = _render(store.queries.report(job="reviews"), db_path=str(db))
     assert "gpt-4o-mini" in text and "claude-mystery-9" in text
     assert "$0.004938" in text  # 4 x 0.0012345, the gpt-4o-mini ok rows and the total
     assert "unknown price" in text  # claude-mystery-9 has no price: not $0

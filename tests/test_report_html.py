@@ -7,6 +7,7 @@ say so: the rest of the report is still checked without one.
 
 from __future__ import annotations
 
+import io
 import math
 import os
 import re
@@ -22,13 +23,14 @@ from pathlib import Path
 import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
+from rich.console import Console
 
 from pipeline.cli import main
 from pipeline.cost import Price, lookup_price
 from pipeline.records import RowResult
+from pipeline.report import format_usd, render_report
 from pipeline.report_html import (
     PALETTE,
-    cache_saving_usd,
     collect_html_report,
     latency_bins,
     nice_ticks,
@@ -51,12 +53,14 @@ def _result(
     error_type: str | None = None,
     error: str | None = None,
     cache_read: int = 0,
+    cache_write: int = 0,
     latency_ms: float | None = None,
+    run_id: str | None = None,
 ) -> RowResult:
     ok = status == "ok"
     return RowResult(
         job="reviews",
-        run_id="run-1",
+        run_id=run_id or f"run-{model}",  # one run per model, as `pipeline run` makes them
         row_id=f"r{i}",
         request_key=f"k{i}",
         prompt_hash="p",
@@ -72,7 +76,7 @@ def _result(
         input_tokens=1_000 if ok else 0,
         output_tokens=10 if ok else 0,
         cache_read_tokens=cache_read,
-        cache_write_tokens=0,
+        cache_write_tokens=cache_write,
         reasoning_tokens=0,
         cost_usd=cost if ok else None,
         latency_ms=(latency_ms if latency_ms is not None else 200.0 + (i * 37) % 400)
@@ -84,19 +88,46 @@ def _result(
     )
 
 
-def _db(tmp_path: Path, results: list[RowResult]) -> Path:
+def _db(
+    tmp_path: Path, results: list[RowResult], prices: dict[str, Price | None] | None = None
+) -> Path:
+    """A database of ``results`` whose runs record their prices as ``pipeline run`` does:
+    ``prices`` by run id, else the genai-prices price of each run's model (none if unknown)."""
     db = tmp_path / "results.duckdb"
+    runs = {r.run_id: (r.provider, r.model) for r in results} or {"run-1": ("openai", "m")}
     with Store(db) as store:
-        store.start_run(RunRecord(run_id="run-1", job="reviews", started_at=T0))
+        for run_id, (provider, model) in runs.items():
+            store.runs.start(RunRecord(run_id=run_id, job="reviews", started_at=T0))
+            price = lookup_price(provider, model) if prices is None else prices.get(run_id)
+            store.runs.record_prices(run_id, {"online": price})
         if results:
-            store.write_results(results)
-        store.finish_run("run-1", "completed", finished_at=T0 + 3 * DAY)
+            store.results.write(results)
+        for run_id in runs:
+            store.runs.finish(run_id, "completed", finished_at=T0 + 3 * DAY)
     return db
 
 
 def _html(db: Path) -> str:
     with Store(db, read_only=True) as store:
         return render_html(collect_html_report(store, db_path=str(db)))
+
+
+def _text(db: Path) -> str:
+    buffer = io.StringIO()
+    with Store(db, read_only=True) as store:
+        render_report(store.queries.report(), Console(file=buffer, width=200))
+    return buffer.getvalue()
+
+
+def _tile(html: str, name: str) -> tuple[str, str]:
+    """The value and the detail line of one of the page's tiles."""
+    found = re.search(
+        rf'data-tile="{name}"><div class="k">[^<]*</div><div class="v">([^<]*)</div>'
+        r'<div class="d">([^<]*)</div>',
+        html,
+    )
+    assert found, f"no tile {name!r}"
+    return found.group(1), found.group(2)
 
 
 def _busy_results() -> list[RowResult]:
@@ -136,15 +167,6 @@ def _busy_results() -> list[RowResult]:
 
 
 # -- pure arithmetic --------------------------------------------------------------------------
-
-
-def test_cache_savings_are_the_cached_tokens_at_input_minus_cache_read_price() -> None:
-    mini = Price(input_mtok=0.15, output_mtok=0.6, cache_read_mtok=0.075)
-    assert cache_saving_usd(mini, 1_000_000) == pytest.approx(0.075)
-    assert cache_saving_usd(mini, 0) == 0
-    # no separate cache-read rate: cache reads are charged as input and save nothing
-    assert cache_saving_usd(Price(input_mtok=1.0, output_mtok=2.0), 1_000_000) == 0
-    assert cache_saving_usd(None, 1_000_000) is None  # unknown price: unknown, not $0
 
 
 @given(st.floats(min_value=1e-6, max_value=1e9))
@@ -197,6 +219,62 @@ def test_one_day_one_unpriced_model_no_failures_no_cache_says_so(tmp_path: Path)
     assert 'data-chart="latency"' in html  # the answers still have latencies
     assert "$0.0" not in html  # an unknown price is never shown as zero dollars
     assert "unknown price" in html
+
+
+# A model with a cache-write premium: reads at a tenth of the input price, writes at 125%.
+CACHED = Price(
+    input_mtok=1.0, output_mtok=5.0, cache_read_mtok=0.1, cache_write_mtok=1.25, source="test"
+)
+
+
+def _cached_results() -> list[RowResult]:
+    """Run run-m-a (price CACHED): 2 rows write 800 tokens to the cache, 10 read 800 each.
+    Run run-m-b: 5 rows read 800 each."""
+    results = [_result(i, model="m-a", cache_write=800) for i in range(2)]
+    results += [_result(i, model="m-a", cache_read=800) for i in range(2, 12)]
+    results += [_result(i, model="m-b", cache_read=800) for i in range(12, 17)]
+    return results
+
+
+def _text_saving(text: str) -> str:
+    found = re.search(r"saving (\$[\d.,]+) against the full input price", text)
+    assert found, text
+    return found.group(1)
+
+
+def test_both_reports_print_one_cache_saving_net_of_writes_at_the_recorded_prices(
+    tmp_path: Path,
+) -> None:
+    db = _db(tmp_path, _cached_results(), prices={"run-m-a": CACHED, "run-m-b": CACHED})
+    # reads: 15 x 800 tokens at $0.90/M less than input; writes: 2 x 800 at $0.25/M more
+    expected = format_usd((15 * 800 * 0.9 - 2 * 800 * 0.25) / 1e6)
+    assert expected == "$0.010400"
+    html = _html(db)
+    assert _text_saving(_text(db)) == expected
+    assert _tile(html, "cache") == (expected, "12,000 tokens read from cache")
+    parser = _Charts()
+    parser.feed(html)
+    bars = {b["data-series"]: b["data-value"] for b in parser.charts["cache-savings"].bars}
+    assert bars == {"m-a": "0.006800", "m-b": "0.003600"}  # 0.0072 - 0.0004; 0.0036
+    assert "1,600 tokens were written to the cache" in html
+    assert "genai-prices list price" not in html
+
+
+def test_a_run_without_recorded_prices_is_left_out_of_both_reports_alike(
+    tmp_path: Path,
+) -> None:
+    db = _db(tmp_path, _cached_results(), prices={"run-m-a": CACHED})
+    html, text = _html(db), _text(db)
+    assert _text_saving(text) == "$0.006800"  # run-m-b's reads are not in it
+    assert _tile(html, "cache") == (
+        "$0.006800",
+        "12,000 tokens read from cache, some at an unknown price",
+    )
+    assert "5 rows with cache tokens belong to runs that recorded no price" in html
+
+    db_unpriced = _db(tmp_path / "none", _cached_results(), prices={})
+    assert "what it saved is unknown (no run recorded its price)" in _text(db_unpriced)
+    assert _tile(_html(db_unpriced), "cache") == ("unknown price", "12,000 cached tokens")
 
 
 def test_an_empty_database_renders_a_page_that_says_there_is_nothing_yet(tmp_path: Path) -> None:
@@ -400,15 +478,19 @@ def test_chromium_draws_every_chart_with_its_bars_and_labels(
     values = [t for cls, t in failures.texts if cls == "value"]
     assert values[0].startswith("6 rows") and values[2].startswith("2 rows")
 
-    # cache savings: the two priced models, at list price
+    # cache savings: the two priced models, at the prices their runs recorded (no writes)
     cache = {b["data-series"]: float(b["data-value"]) for b in charts["cache-savings"].bars}
     mini, haiku = (
         lookup_price("openai", "gpt-4o-mini"),
         lookup_price("anthropic", "claude-3-5-haiku-latest"),
     )
-    assert cache["gpt-4o-mini"] == pytest.approx(cache_saving_usd(mini, 120 * 400), abs=1e-6)
+    assert mini is not None and haiku is not None
+    assert mini.cache_read_mtok is not None and haiku.cache_read_mtok is not None
+    assert cache["gpt-4o-mini"] == pytest.approx(
+        120 * 400 * (mini.input_mtok - mini.cache_read_mtok) / 1e6, abs=1e-6
+    )
     assert cache["claude-3-5-haiku-latest"] == pytest.approx(
-        cache_saving_usd(haiku, 30 * 800), abs=1e-6
+        30 * 800 * (haiku.input_mtok - haiku.cache_read_mtok) / 1e6, abs=1e-6
     )
 
     # the summary table names every model, the unpriced one as such

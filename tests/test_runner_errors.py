@@ -9,7 +9,7 @@ from test_integration import make_job, make_reviews, query, run_job, write_jsonl
 
 from pipeline.errors import StoreError
 from pipeline.fake import FakeConfig, running_fake_provider
-from pipeline.store import Store
+from pipeline.store.results import ResultTable
 
 pytestmark = pytest.mark.anyio
 
@@ -17,10 +17,10 @@ pytestmark = pytest.mark.anyio
 async def test_a_refused_write_ends_the_run_with_that_error_not_a_task_group_traceback(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def refuse(self: Store, results: object) -> None:
+    def refuse(self: ResultTable, results: object) -> None:
         raise StoreError("cannot write results: disk full")
 
-    monkeypatch.setattr(Store, "write_results", refuse)
+    monkeypatch.setattr(ResultTable, "write", refuse)
     job = make_job(tmp_path, "openai", write_jsonl(tmp_path / "in.jsonl", make_reviews(20)))
     async with running_fake_provider(FakeConfig()) as fake:
         with pytest.raises(StoreError, match="disk full"):

@@ -90,9 +90,9 @@ ROWS = [
 @pytest.fixture
 def store(tmp_path: Path) -> Iterator[Store]:
     with Store(tmp_path / "views.duckdb") as s:
-        s.write_results(ROWS)
-        s.record_run_prices("r1", {"online": GPT_ONLINE, "batch": None})
-        s.record_run_prices("r3", {"online": CLAUDE_ONLINE})
+        s.results.write(ROWS)
+        s.runs.record_prices("r1", {"online": GPT_ONLINE, "batch": None})
+        s.runs.record_prices("r3", {"online": CLAUDE_ONLINE})
         yield s
 
 
@@ -217,10 +217,35 @@ def test_cache_savings_uses_each_runs_recorded_prices(store: Store) -> None:
 def test_cache_savings_of_a_run_without_recorded_prices_is_null_and_counted(
     store: Store,
 ) -> None:
-    store.write_results([row(10, run_id="r9", input_tokens=100, cache_read_tokens=50)])
+    store.results.write([row(10, run_id="r9", input_tokens=100, cache_read_tokens=50)])
     a = by(store.query("SELECT * FROM cache_savings"), "job")["a"]
     assert a["unpriced_rows"] == 1
     assert a["saved_usd"] == pytest.approx(2000 * 0.075 / 1e6)  # the priced rows' saving only
+
+
+def test_the_reports_cache_figures_are_the_views_by_provider_model_and_mode(
+    store: Store,
+) -> None:
+    store.results.write([row(10, run_id="r9", input_tokens=100, cache_read_tokens=50)])
+    groups = {(c.provider, c.model, c.mode): c for c in store.queries.cache_savings()}
+    # groups without cache tokens (the batch run, mystery-ft) are left out
+    assert set(groups) == {
+        ("openai", "gpt-4o-mini", "online"),
+        ("anthropic", "claude-3-5-haiku-latest", "online"),
+    }
+    gpt = groups[("openai", "gpt-4o-mini", "online")]
+    assert (gpt.input_tokens, gpt.cache_read_tokens, gpt.cache_write_tokens) == (4100, 2050, 0)
+    assert gpt.saved_usd == gpt.read_saved_usd == pytest.approx(2000 * 0.075 / 1e6)
+    assert gpt.unpriced_rows == 1  # r9 recorded no price
+    claude = groups[("anthropic", "claude-3-5-haiku-latest", "online")]
+    assert claude.read_saved_usd == pytest.approx(0.00072)
+    assert claude.saved_usd == pytest.approx(0.00052)
+    view = store.query("SELECT sum(saved_usd) AS s, sum(unpriced_rows) AS u FROM cache_savings")
+    assert view == [{"s": pytest.approx(gpt.saved_usd + claude.saved_usd), "u": 1}]
+    assert store.queries.report().cache_saved_usd == pytest.approx(view[0]["s"])
+    only_b = store.queries.cache_savings(job="b")
+    assert [c.model for c in only_b] == ["claude-3-5-haiku-latest"]
+    assert store.queries.cache_savings(run_id="r4") == ()
 
 
 def test_failures_by_type(store: Store) -> None:
@@ -266,7 +291,7 @@ def test_latency_percentiles_over_ok_online_rows(store: Store) -> None:
 
 
 def test_record_run_prices_replaces_what_the_run_recorded(store: Store) -> None:
-    store.record_run_prices("r1", {"online": CLAUDE_ONLINE, "batch": GPT_ONLINE.halved()})
+    store.runs.record_prices("r1", {"online": CLAUDE_ONLINE, "batch": GPT_ONLINE.halved()})
     rows = store.query("SELECT mode, input_mtok FROM run_prices WHERE run_id = 'r1' ORDER BY mode")
     assert rows == [{"mode": "batch", "input_mtok": 0.075}, {"mode": "online", "input_mtok": 0.8}]
 
@@ -281,7 +306,7 @@ def test_views_come_back_on_an_older_file_opened_for_writing(tmp_path: Path) -> 
     con.execute("DROP TABLE run_prices")
     con.close()
     with Store(path, read_only=True) as old:  # a reader neither needs nor makes them
-        assert old.report().cache_saved_usd is None
+        assert old.queries.report().cache_saved_usd is None
     with Store(path) as s:
         names = {r["view_name"] for r in s.query("SELECT view_name FROM duckdb_views()")}
         assert set(ANALYSIS_VIEWS) <= names
@@ -293,17 +318,17 @@ def test_views_come_back_on_an_older_file_opened_for_writing(tmp_path: Path) -> 
 
 def report_text(store: Store, **scope: Any) -> str:
     buffer = io.StringIO()
-    render_report(store.report(**scope), Console(file=buffer, width=200))
+    render_report(store.queries.report(**scope), Console(file=buffer, width=200))
     return buffer.getvalue()
 
 
 def test_report_says_what_the_cache_saved(store: Store) -> None:
-    report = store.report()
+    report = store.queries.report()
     assert report.cache_saved_usd == pytest.approx((2000 * 0.075 + 1000 * 0.72 - 200) / 1e6)
     text = report_text(store)
     assert "Prompt cache: 3,000 of 6,510 input tokens read from the cache (46.1%)" in text
     assert "saving $0.000670 against the full input price" in text
-    assert store.report(job="b").cache_saved_usd == pytest.approx(0.00052)
+    assert store.queries.report(job="b").cache_saved_usd == pytest.approx(0.00052)
 
 
 def test_report_has_no_cache_line_without_cache_reads(store: Store) -> None:
@@ -312,8 +337,8 @@ def test_report_has_no_cache_line_without_cache_reads(store: Store) -> None:
 
 def test_report_says_when_the_saving_is_unknown(tmp_path: Path) -> None:
     with Store(tmp_path / "unpriced.duckdb") as s:
-        s.write_results([row(1, input_tokens=100, cache_read_tokens=25, cost_usd=0.1)])
-        assert s.report().cache_saved_usd is None
+        s.results.write([row(1, input_tokens=100, cache_read_tokens=25, cost_usd=0.1)])
+        assert s.queries.report().cache_saved_usd is None
         text = report_text(s)
     assert "Prompt cache: 25 of 100 input tokens read from the cache (25.0%)" in text
     assert "unknown" in text
