@@ -7,35 +7,91 @@ every result lands in DuckDB with its token usage and cost.
 The names below are the library's public interface; ``pipeline.cli`` is a thin shell over them::
 
     job = load_job("jobs/review_sentiment.toml")
+    url = job.resolved_base_url()
     with Store(job.output.db) as store:
-        runner = Runner(job, store=store, provider=make_provider(job, api_key=..., base_url=...),
-                        budget=LocalRateBudget(requests_per_minute=5000), price=price_for(job),
-                        base_url=...)
-        outcome = await runner.run()
+        provider = make_provider(job, api_key=..., base_url=url)
+        session = RunSession(job, store=store, provider=provider, base_url=url)
+        outcome = await session.run()
+
+The flow, left to right (a module imports only from its left)::
+
+    config (job file) → sources (rows) → render → plan → limits → providers → execution → store
+                                                                                 ↘ report, cli
+
+Names are imported when first used, so ``import pipeline.fake`` (or any one part) does not load
+DuckDB, Arrow or the runner.
 """
 
 from __future__ import annotations
 
-from .batch_runner import BatchRunner
-from .config import Job, load_job, parse_job
-from .cost import Price, cost_usd, lookup_price, price_for
-from .errors import (
-    ConfigError,
-    FatalProviderError,
-    InputError,
-    PipelineError,
-    ProviderError,
-    RateLimitError,
-    RowRejectedError,
-    StoreError,
-    TransientError,
-)
-from .estimate import Estimate, estimate_job
-from .limits import LocalRateBudget, RateBudget
-from .providers import Provider, make_batch_provider, make_provider
-from .records import Reply, Request, Row, RowResult, Usage
-from .runner import RowFilter, Runner, RunOutcome, RunStats
-from .store import Store
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .config import Job, load_job, parse_job
+    from .cost import Price, cost_usd, lookup_price, price_for
+    from .errors import (
+        ConfigError,
+        FatalProviderError,
+        InputError,
+        PipelineError,
+        ProviderError,
+        RateLimitError,
+        RowRejectedError,
+        StoreError,
+        TransientError,
+        UnreachableError,
+    )
+    from .estimate import Estimate, estimate_job
+    from .execution import BatchRunner, Runner, RunOutcome, RunSession, RunStats
+    from .limits import LocalRateBudget, RateBudget, RunBudget
+    from .plan import Planner, RowFilter
+    from .providers import Provider, make_batch_provider, make_provider
+    from .records import Mode, Reply, Request, Row, RowResult, Status, Usage
+    from .store import Store
+
+_WHERE = {
+    "BatchRunner": "execution",
+    "ConfigError": "errors",
+    "Estimate": "estimate",
+    "FatalProviderError": "errors",
+    "InputError": "errors",
+    "Job": "config",
+    "LocalRateBudget": "limits",
+    "Mode": "records",
+    "PipelineError": "errors",
+    "Planner": "plan",
+    "Price": "cost",
+    "Provider": "providers",
+    "ProviderError": "errors",
+    "RateBudget": "limits",
+    "RateLimitError": "errors",
+    "Reply": "records",
+    "Request": "records",
+    "Row": "records",
+    "RowFilter": "plan",
+    "RowRejectedError": "errors",
+    "RowResult": "records",
+    "RunBudget": "limits",
+    "RunOutcome": "execution",
+    "RunSession": "execution",
+    "RunStats": "execution",
+    "Runner": "execution",
+    "Status": "records",
+    "Store": "store",
+    "StoreError": "errors",
+    "TransientError": "errors",
+    "UnreachableError": "errors",
+    "Usage": "records",
+    "cost_usd": "cost",
+    "estimate_job": "estimate",
+    "load_job": "config",
+    "lookup_price": "cost",
+    "make_batch_provider": "providers",
+    "make_provider": "providers",
+    "parse_job": "config",
+    "price_for": "cost",
+}
 
 __all__ = [
     "BatchRunner",
@@ -45,7 +101,9 @@ __all__ = [
     "InputError",
     "Job",
     "LocalRateBudget",
+    "Mode",
     "PipelineError",
+    "Planner",
     "Price",
     "Provider",
     "ProviderError",
@@ -57,12 +115,16 @@ __all__ = [
     "RowFilter",
     "RowRejectedError",
     "RowResult",
+    "RunBudget",
     "RunOutcome",
+    "RunSession",
     "RunStats",
     "Runner",
+    "Status",
     "Store",
     "StoreError",
     "TransientError",
+    "UnreachableError",
     "Usage",
     "cost_usd",
     "estimate_job",
@@ -73,3 +135,16 @@ __all__ = [
     "parse_job",
     "price_for",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f".{module}", __name__), name)
+    globals()[name] = value  # the next look-up is a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

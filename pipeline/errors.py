@@ -35,6 +35,7 @@ __all__ = [
     "StoreError",
     "TransientError",
     "UnreachableError",
+    "first_pipeline_error",
 ]
 
 
@@ -130,3 +131,16 @@ class FatalProviderError(ProviderError):
 
     fatal = True
     default_type = "fatal"
+
+
+def first_pipeline_error(group: BaseExceptionGroup[BaseException]) -> PipelineError | None:
+    """The first ``PipelineError`` in a task group's exception group (nested ones included):
+    the one clear error to report instead of the group's traceback."""
+    for exc in group.exceptions:
+        if isinstance(exc, PipelineError):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = first_pipeline_error(exc)
+            if found is not None:
+                return found
+    return None

@@ -8,11 +8,13 @@ Method
 ======
 
 Rows
-    Every row of the input is read (``iter_row_chunks``), so the row counts are exact. A row is
-    *already done* when its request key (row id under this request version, ``prompt_hash``)
-    has an ``ok`` result in the database: exactly the rows ``pipeline run`` would skip
-    (``store.results.done_keys``). Unreadable rows, rows missing a template field and rows
-    longer than the context are *bad input*: recorded, never sent, free.
+    Every row of the input is read and planned as a run would plan it (``pipeline.plan``), so
+    the row counts are exact. A row is *already done* when its request key (row id under this
+    request version, ``prompt_hash``) has an ``ok`` result in the database, and *in open
+    batches* when a batch an earlier run submitted holds it and nobody has collected it yet:
+    exactly the rows ``pipeline run`` would not send. Unreadable rows, rows missing a template
+    field, rows longer than the context and repeated row ids are *bad input*: recorded, never
+    sent, free.
 
 Input tokens
     Each row still to send is rendered and its prompt estimated as the runner's rate limiter
@@ -54,25 +56,25 @@ import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-from rich.console import Console
+from typing import TYPE_CHECKING, Any
 
 from .config import Job, LimitsSpec
 from .cost import Price, cost_usd, price_for
-from .errors import InputError, StoreError
-from .progress import count_rows
-from .records import BadRow, Row, Usage
+from .errors import StoreError
+from .plan import Planner, Send, Skip, Unrendered
+from .records import ResultBuilder, Usage
 from .render import (
     REPLY_OVERHEAD_TOKENS,
     Renderer,
     cached_prefix_tokens,
     estimate_tokens,
-    request_key,
 )
 from .report import format_usd
-from .sources import input_files, iter_row_chunks
+from .sources import count_rows, input_files, iter_row_chunks
 from .store import Store
+
+if TYPE_CHECKING:
+    from rich.console import Console
 
 __all__ = [
     "DEFAULT_LATENCY_S",
@@ -132,6 +134,8 @@ class Estimate:
     time_s: float | None
     notes: tuple[str, ...] = ()
     cached_tokens_per_row: int = 0
+    rows_in_batches: int = 0
+    """Rows in batches earlier runs submitted and nobody collected yet: never sent again."""
 
     @property
     def cost_expected(self) -> float | None:
@@ -169,17 +173,25 @@ def throughput(limits: LimitsSpec, *, tokens_per_row: float, latency_s: float) -
 
 
 def estimate_job(
-    job: Job, *, latency_s: float | None = None, sample_limit: int = SAMPLE_LIMIT
+    job: Job,
+    *,
+    latency_s: float | None = None,
+    sample_limit: int = SAMPLE_LIMIT,
+    store: Store | None = None,
 ) -> Estimate:
     """Estimate ``job``: rows, tokens, cost online and batch, and time (see the module docstring).
 
-    Raises ConfigError when the input cannot be read. A results database that cannot be opened
-    (another process is writing it) is noted, and no row counts as done.
+    ``store``: the job's database, already open (a run checking its budget); else it is opened
+    read-only when it exists. Raises ConfigError when the input cannot be read. A results
+    database that cannot be opened (another process is writing it) is noted, and no row counts
+    as done.
     """
     files = input_files(job.input.path)
     renderer = Renderer(job.request)
     notes: list[str] = []
-    store = _open_store(job, notes)
+    own = store is None
+    if store is None:
+        store = _open_store(job, notes)
     try:
         total_hint = count_rows(files) or 0
         stride = max(1, math.ceil(total_hint / sample_limit)) if sample_limit > 0 else 1
@@ -195,7 +207,7 @@ def estimate_job(
                 history = store.queries.ok_history(job=job.name, model=job.request.model)
                 basis_scope = f"job {job.name} with {job.request.model}"
     finally:
-        if store is not None:
+        if own and store is not None:
             store.close()
 
     max_tokens = job.request.max_tokens
@@ -249,7 +261,8 @@ def estimate_job(
         prompt_hash=renderer.prompt_hash,
         rows_total=counts.total,
         rows_done=counts.done,
-        rows_input_error=counts.total - counts.done - to_send,
+        rows_in_batches=counts.in_batches,
+        rows_input_error=counts.total - counts.done - counts.in_batches - to_send,
         rows_to_send=to_send,
         rows_rendered=counts.rendered,
         sampled=stride > 1,
@@ -278,7 +291,8 @@ def estimate_job(
 class _Counts:
     total: int = 0
     done: int = 0
-    bad: int = 0  # unreadable rows: exact
+    in_batches: int = 0  # in a batch an earlier run submitted and nobody collected yet
+    bad: int = 0  # unreadable rows and repeated ids: exact
     pending: int = 0  # readable rows not done
     rendered_ok: int = 0
     rendered_bad: int = 0  # missing field, bad value, longer than the context
@@ -309,45 +323,55 @@ def _open_store(job: Job, notes: list[str]) -> Store | None:
 
 
 def _read_rows(job: Job, renderer: Renderer, store: Store | None, stride: int) -> _Counts:
-    """Read every row; render the rows to send (about one in ``stride``, by request key)."""
+    """Plan every row as a run would; render the rows to send (about one in ``stride``, by
+    request key, and always the first)."""
     ph = renderer.prompt_hash
-    look_up = store is not None and store.results.has_results(ph)
-    context = job.request.context_tokens
+    results = ResultBuilder(
+        job=job.name,
+        run_id="",  # no run: only other runs' results and open batches count
+        prompt_hash=ph,
+        provider=job.request.provider,
+        model=job.request.model,
+    )
+    planner = Planner(
+        renderer,
+        results,
+        lookup=None if store is None else store.results,
+        context_window=job.request.context_tokens,
+        look_up_first=store is not None and store.results.has_results(ph),
+        track_duplicates=False,
+    )
     counts = _Counts()
+
+    picked = 0
+
+    def sampled(key: str) -> bool:
+        nonlocal picked
+        if stride == 1 or int(key[:8], 16) % stride == 0 or not picked:
+            picked += 1
+            return True
+        return False
+
     for chunk in iter_row_chunks(job.input, chunk_size=_CHUNK):
         counts.total += len(chunk)
-        rows = [item for item in chunk if isinstance(item, Row)]
-        counts.bad += len(chunk) - len(rows)
-        keys = [request_key(row.row_id, ph) for row in rows]
-        done: set[str] = set()
-        if look_up and store is not None and keys:
-            done = store.results.done_keys(keys, near=_near(chunk))
-        for row, key in zip(rows, keys, strict=True):
-            if key in done:
-                counts.done += 1
-                continue
-            if stride == 1 or int(key[:8], 16) % stride == 0 or not counts.rendered:
-                _render_one(renderer, row, context, counts)
-            counts.pending += 1
+        for item in planner.plan(chunk, render=sampled):
+            if isinstance(item, Skip):
+                if item.reason == "pending":
+                    counts.in_batches += 1
+                else:
+                    counts.done += 1
+            elif isinstance(item, Unrendered):
+                counts.pending += 1
+            elif isinstance(item, Send):
+                counts.pending += 1
+                counts.rendered_ok += 1
+                counts.tokens += item.request.est_input_tokens
+            elif item.rendered:
+                counts.pending += 1
+                counts.rendered_bad += 1
+            else:
+                counts.bad += 1
     return counts
-
-
-def _render_one(renderer: Renderer, row: Row, context: int, counts: _Counts) -> None:
-    try:
-        request = renderer.render(row)
-    except InputError:
-        counts.rendered_bad += 1
-        return
-    if request.est_total_tokens > context:  # the runner records these as context_exceeded
-        counts.rendered_bad += 1
-        return
-    counts.rendered_ok += 1
-    counts.tokens += request.est_input_tokens
-
-
-def _near(chunk: list[Row | BadRow]) -> tuple[str, int, int] | None:
-    first, last = chunk[0], chunk[-1]
-    return (first.source, first.line, last.line) if first.source == last.source else None
 
 
 def _cost(
@@ -395,7 +419,8 @@ def _lines(est: Estimate) -> Iterable[str]:
     )
     yield (
         f"rows: {est.rows_total:,} in the input · {est.rows_done:,} already done · "
-        f"{est.rows_input_error:,} bad input · {est.rows_to_send:,} to send"
+        + (f"{est.rows_in_batches:,} in open batches · " if est.rows_in_batches else "")
+        + f"{est.rows_input_error:,} bad input · {est.rows_to_send:,} to send"
     )
     if not est.rows_to_send:
         how = "no row to send"

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-from pathlib import Path
-
 import anyio
 import structlog
 from rich.console import Console
@@ -18,31 +15,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .runner import RunStats
+from .execution.stats import RunStats
 
-__all__ = ["count_rows", "show_progress"]
+__all__ = ["show_progress"]
 
 log = structlog.get_logger("pipeline.progress")
-
-
-def count_rows(files: list[Path]) -> int | None:
-    """Rows in the input, cheaply (Parquet metadata, newline count); None if unknown."""
-    total = 0
-    try:
-        for path in files:
-            name = path.name
-            if name.endswith(".parquet"):
-                import pyarrow.parquet as pq
-
-                total += pq.ParquetFile(path).metadata.num_rows
-                continue
-            opener = gzip.open if name.endswith(".gz") else open
-            with opener(path, "rb") as f:
-                while block := f.read(1 << 20):
-                    total += block.count(b"\n")
-    except OSError:
-        return None
-    return total
 
 
 def _line(stats: RunStats) -> str:

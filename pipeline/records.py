@@ -3,25 +3,63 @@
 ``Row`` / ``BadRow`` (sources) → ``Request`` (render) → ``Reply`` (providers) →
 ``RowResult`` (store).
 All are frozen, slotted dataclasses: cheap to make by the million and safe to share between tasks.
+
+A row's outcome is a ``Status``, the way it went a ``Mode``; a run ends ``completed``,
+``stopped: <why>`` or ``failed: <why>`` (``run_state``). ``ResultBuilder`` makes every
+``RowResult`` of one run, so that the planner and both executors build them the same way.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from enum import StrEnum
+from typing import Any, Literal
 
 __all__ = [
     "AnswerSchema",
     "BadRow",
+    "Ending",
     "Framing",
+    "Mode",
     "RateLimitInfo",
     "Reply",
     "Request",
+    "ResultBuilder",
     "Row",
     "RowResult",
+    "Status",
     "Usage",
+    "run_state",
 ]
+
+
+class Status(StrEnum):
+    """What became of a row (``results.status``)."""
+
+    OK = "ok"
+    FAILED = "failed"  # the provider refused it, or its attempts ran out
+    INPUT_ERROR = "input_error"  # never sent: unreadable, missing a field, too long, duplicate
+    INVALID = "invalid"  # a schema job's answer that did not match the schema
+
+
+class Mode(StrEnum):
+    """How a row was sent (``results.mode``)."""
+
+    ONLINE = "online"
+    BATCH = "batch"
+
+
+Ending = Literal["completed", "stopped", "failed"]
+"""How a run ended; with its reason it makes the state ``runs.state`` records."""
+
+
+def run_state(ending: Ending, why: str | None = None) -> str:
+    """``completed``, ``stopped: <why>`` or ``failed: <why>``: a run's state as stored."""
+    if ending == "completed":
+        return "completed"
+    return f"{ending}: {why or 'unknown'}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,10 +207,10 @@ class RowResult:
     row_id: str
     request_key: str
     prompt_hash: str
-    status: str  # 'ok' | 'failed' | 'input_error' | 'invalid'
+    status: Status
     provider: str
     model: str
-    mode: str  # 'online' | 'batch'
+    mode: Mode
     output_text: str | None
     finish_reason: str | None
     error_type: str | None
@@ -190,50 +228,129 @@ class RowResult:
     line: int
     output_json: str | None = None  # the answer as JSON, when the job has a schema and it is ok
 
-    @classmethod
-    def unanswered(
-        cls,
+
+_NO_USAGE = Usage()
+
+
+class ResultBuilder:
+    """Makes the ``RowResult``\\ s of one run (``job``, ``run_id``, request version, provider,
+    model and mode), stamped with ``clock()``."""
+
+    __slots__ = ("_clock", "job", "mode", "model", "prompt_hash", "provider", "run_id")
+
+    def __init__(
+        self,
         *,
         job: str,
         run_id: str,
-        row_id: str,
-        request_key: str,
         prompt_hash: str,
-        status: str,
         provider: str,
         model: str,
-        mode: str,
-        error_type: str,
-        error: str,
-        attempts: int,
-        finished_at: float,
+        mode: Mode = Mode.ONLINE,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.job = job
+        self.run_id = run_id
+        self.prompt_hash = prompt_hash
+        self.provider = provider
+        self.model = model
+        self.mode = mode
+        self._clock = clock
+
+    def input_error(
+        self, key: str, row_id: str, source: str, line: int, error_type: str, error: str
+    ) -> RowResult:
+        """A row that was never sent: no tokens, no cost."""
+        return self.unanswered(
+            key, row_id, source, line, Status.INPUT_ERROR, error_type, error, attempts=0
+        )
+
+    def unanswered(
+        self,
+        key: str,
+        row_id: str,
         source: str,
         line: int,
+        status: Status,
+        error_type: str,
+        error: str,
+        *,
+        attempts: int,
+        usage: Usage = _NO_USAGE,
+        cost: float | None = None,
     ) -> RowResult:
-        """A row without an answer (bad input, or failed for good): no tokens, no cost."""
-        return cls(
-            job=job,
-            run_id=run_id,
-            row_id=row_id,
-            request_key=request_key,
-            prompt_hash=prompt_hash,
-            status=status,
-            provider=provider,
-            model=model,
-            mode=mode,
-            output_text=None,
-            finish_reason=None,
-            error_type=error_type,
-            error=error,
-            attempts=attempts,
-            input_tokens=0,
-            output_tokens=0,
-            cache_read_tokens=0,
-            cache_write_tokens=0,
-            reasoning_tokens=0,
-            cost_usd=None,
-            latency_ms=None,
-            finished_at=finished_at,
-            source=source,
-            line=line,
+        """A row without a good answer; ``usage``/``cost``: answers paid for that were not
+        good enough (invalid ones that were followed up)."""
+        return RowResult(
+            self.job,
+            self.run_id,
+            row_id,
+            key,
+            self.prompt_hash,
+            status,
+            self.provider,
+            self.model,
+            self.mode,
+            None,
+            None,
+            error_type,
+            error,
+            attempts,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.reasoning_tokens,
+            cost,
+            None,
+            self._clock(),
+            source,
+            line,
+        )
+
+    def answered(
+        self,
+        key: str,
+        row_id: str,
+        source: str,
+        line: int,
+        reply: Reply,
+        *,
+        attempts: int,
+        usage: Usage,
+        cost: float | None,
+        latency_ms: float | None,
+        status: Status = Status.OK,
+        error_type: str | None = None,
+        error: str | None = None,
+        output_json: str | None = None,
+    ) -> RowResult:
+        """A row the provider answered: ``ok``, or ``invalid`` for a schema job. ``usage`` and
+        ``cost`` count every answer paid for the row."""
+        return RowResult(
+            self.job,
+            self.run_id,
+            row_id,
+            key,
+            self.prompt_hash,
+            status,
+            self.provider,
+            self.model,
+            self.mode,
+            reply.text,
+            reply.finish_reason,
+            error_type,
+            error,
+            attempts,
+            usage.input_tokens,
+            usage.output_tokens,
+            usage.cache_read_tokens,
+            usage.cache_write_tokens,
+            usage.reasoning_tokens,
+            cost,
+            latency_ms,
+            self._clock(),
+            source,
+            line,
+            output_json,
         )

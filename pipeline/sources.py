@@ -39,6 +39,7 @@ __all__ = [
     "SUPPORTED_SUFFIXES",
     "Fingerprint",
     "content_id",
+    "count_rows",
     "fingerprint",
     "input_files",
     "iter_row_chunks",
@@ -132,6 +133,24 @@ def iter_row_chunks(spec: InputSpec, *, chunk_size: int = 512) -> Iterator[list[
                 buf = buf[chunk_size:]
     if buf:
         yield buf
+
+
+def count_rows(files: list[Path]) -> int | None:
+    """Rows in the input, cheaply (Parquet metadata, newline count); None if unknown."""
+    total = 0
+    try:
+        for path in files:
+            name = path.name
+            if name.endswith(".parquet"):
+                total += pq.ParquetFile(path).metadata.num_rows
+                continue
+            opener = gzip.open if name.endswith(".gz") else open
+            with opener(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    total += block.count(b"\n")
+    except OSError:
+        return None
+    return total
 
 
 def content_id(fields: Any) -> str:

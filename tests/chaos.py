@@ -19,8 +19,9 @@ Each seed, deterministically from ``random.Random(seed)``:
 
    - no input row is missing from ``results`` for the run, and none is there twice;
    - every row is ``ok`` (the faults are transient, and ``max_attempts`` is high);
-   - the fake's ``duplicates_paid`` is at most ``kills × (concurrency + WRITE_BATCH +
-     RESULTS_BUFFER)``, and 0 when the run was only stopped gracefully (or not at all);
+   - the fake's ``duplicates_paid`` is at most ``kills × concurrency``: every answer is in
+     the run's journal before anything else, so a kill can only cost the requests in flight
+     and unanswered; and 0 when the run was only stopped gracefully (or not at all);
    - the run's ``runs.state`` is ``completed`` and every process exited as documented
      (0 when completed, 3 after a graceful stop, which leaves ``stopped: signal``);
    - no row committed before an interruption reaches the fake again afterwards, and a graceful
@@ -58,7 +59,6 @@ import orjson
 
 from pipeline.cost import cost_usd, lookup_price
 from pipeline.records import Usage
-from pipeline.runner import RESULTS_BUFFER, WRITE_BATCH
 
 __all__ = [
     "Interruption",
@@ -216,7 +216,7 @@ class SeedResult:
     dup_rows: int  # results beyond one per request key
     not_ok: int  # results whose status is not 'ok'
     extra_paid: int  # the fake's duplicates_paid
-    bound: int  # the most extra_paid may be
+    bound: int  # the most extra_paid may be: kills × concurrency (the requests in flight)
     kills: int
     graceful: int
     state: str  # runs.state
@@ -232,6 +232,13 @@ class SeedResult:
     @property
     def verdict(self) -> str:
         return "ok" if self.ok else "VIOLATED"
+
+    @property
+    def per_kill(self) -> str:
+        """Answers paid twice per kill, against the requests in flight at a kill."""
+        if not self.kills:
+            return "–"
+        return f"{self.extra_paid / self.kills:.0f}/{self.bound // self.kills}"
 
 
 # -- processes ------------------------------------------------------------------------------
@@ -415,7 +422,7 @@ def evaluate(plan: Plan, seen: Observed, elapsed_s: float = 0.0) -> SeedResult:
     lost = len(set(seen.ids) - {r[0] for r in rows})
     dup_rows = len(rows) - len(keys)
     not_ok = sum(1 for r in rows if r[2] != "ok")
-    bound = seen.kills * (plan.concurrency + WRITE_BATCH + RESULTS_BUFFER)
+    bound = seen.kills * plan.concurrency  # the requests in flight at each kill
     extra_paid = int(accounting["duplicates_paid"])
     paid: Mapping[str, int] = accounting["paid"]
     arrived: Mapping[str, int] = accounting["arrived"]
@@ -751,10 +758,11 @@ _COLUMNS = (
     ("lost", ">"),
     ("dup rows", ">"),
     ("extra paid (bound)", ">"),
+    ("per kill/in flight", ">"),
     ("time", ">"),
     ("verdict", "<"),
 )
-_MIN_WIDTHS = (4, 9, 0, 4, 8, 5, 4, 8, 18, 6, 8)
+_MIN_WIDTHS = (4, 9, 0, 4, 8, 5, 4, 8, 18, 18, 6, 8)
 
 
 def _cells(r: SeedResult) -> tuple[str, ...]:
@@ -768,6 +776,7 @@ def _cells(r: SeedResult) -> tuple[str, ...]:
         str(r.lost),
         str(r.dup_rows),
         f"{r.extra_paid} ({r.bound})",
+        r.per_kill,
         f"{r.elapsed_s:.1f}s",
         r.verdict,
     )
@@ -842,6 +851,16 @@ def main(argv: list[str] | None = None) -> int:
         if result.folder:
             print(f"    seed {seed}: kept {result.folder}", flush=True)
     print(f"{len(results)} seeds in {time.monotonic() - began:.0f}s")
+    kills = sum(r.kills for r in results)
+    if kills:
+        paid = sum(r.extra_paid for r in results)
+        in_flight = sum(r.bound for r in results)
+        worst = max((r.extra_paid / r.kills for r in results if r.kills), default=0.0)
+        print(
+            f"{kills} kills: {paid} answers paid twice in all, {paid / kills:.1f} a kill "
+            f"(worst seed {worst:.1f} a kill), against {in_flight / kills:.1f} requests in "
+            "flight a kill"
+        )
     failed = sum(1 for r in results if not r.ok)
     print(f"{len(results) - failed} passed, {failed} failed")
     return 1 if failed else 0

@@ -8,8 +8,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pipeline.batch import ENVELOPE_BYTES, PartWriter
 from pipeline.errors import InputError
+from pipeline.execution.parts import ENVELOPE_BYTES, PartWriter
 
 
 def write_all(

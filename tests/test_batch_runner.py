@@ -346,16 +346,10 @@ def test_a_create_whose_answer_is_lost_is_paid_for_once(
     threaded_fake.update_config(batch_create_lost=True, hang_s=0.0)  # dropped once made
     job = make_job(tmp_path, provider, 30)
     url = threaded_fake.base_url(provider)
-    db = str(tmp_path / "r.duckdb")
+    # OpenAI's submit finds the batch over its own input file within the same call; for
+    # Anthropic the run waits, then asks the provider for the batch before sending it again.
     code = main(["run", str(job), "--base-url", url, "--quiet"])
     threaded_fake.update_config(batch_create_lost=False)
-    if provider == "anthropic":  # the run stops, resumable, its part kept for 'resume'
-        assert code == 1
-        assert run_state(tmp_path).startswith("failed: anthropic: connection failed")
-        run_id = only_run_id(tmp_path)
-        assert (tmp_path / "runs" / f"{run_id}.parts" / "part-0001.jsonl").exists()
-        code = main(["resume", run_id, "--db", db, "--base-url", url, "--quiet"])
-    # (OpenAI's submit finds the batch over its own input file within the same call.)
     assert code == 0
     rows = results(tmp_path)
     assert len(rows) == 30 and {r["status"] for r in rows} == {"ok"}

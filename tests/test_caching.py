@@ -16,6 +16,7 @@ import structlog
 from pipeline.cli import main
 from pipeline.config import Job, RequestSpec, parse_job
 from pipeline.cost import cost_usd, lookup_price
+from pipeline.execution import Runner
 from pipeline.extract import anthropic_cache_minimum
 from pipeline.fake import FakeConfig, running_fake_provider
 from pipeline.limits import LocalRateBudget
@@ -24,7 +25,6 @@ from pipeline.providers.anthropic import AnthropicProvider, messages_body
 from pipeline.providers.openai import chat_body
 from pipeline.records import Row, Usage
 from pipeline.render import Renderer, estimate_tokens
-from pipeline.runner import Runner
 from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -29,7 +29,6 @@ from chaos import (
 
 from pipeline.cost import cost_usd, lookup_price
 from pipeline.records import Usage
-from pipeline.runner import RESULTS_BUFFER, WRITE_BATCH
 
 ROWS = 200
 
@@ -174,11 +173,12 @@ def test_each_broken_promise_is_a_violation(changes: dict[str, object], expected
     assert any(expected in v for v in r.violations), r.violations
 
 
-def test_paying_twice_is_allowed_up_to_the_bound_of_a_kill() -> None:
+def test_paying_twice_is_allowed_up_to_the_requests_in_flight_at_each_kill() -> None:
     accounting = _accounting({"ka": 2, "kb": 2, "kc": 1})
     r = evaluate(_PLAN, _observed(accounting=accounting, kills=1))
-    assert r.bound == _PLAN.concurrency + WRITE_BATCH + RESULTS_BUFFER
+    assert r.bound == _PLAN.concurrency
     assert (r.extra_paid, r.ok) == (2, True), r.violations
+    assert r.per_kill == f"2/{_PLAN.concurrency}"
 
 
 def test_a_resume_that_sends_a_committed_row_again_is_caught() -> None:

@@ -23,6 +23,7 @@ from pipeline.cli import main
 from pipeline.config import RequestSpec, parse_job
 from pipeline.cost import cost_usd, lookup_price
 from pipeline.errors import ConfigError
+from pipeline.execution import Runner, RunOutcome
 from pipeline.extract import (
     Extractor,
     check_schema,
@@ -37,7 +38,6 @@ from pipeline.providers.anthropic import messages_body, parse_message
 from pipeline.providers.openai import OpenAIProvider, chat_body
 from pipeline.records import Request, Row, Usage
 from pipeline.render import Renderer, prompt_hash
-from pipeline.runner import Runner, RunOutcome
 from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

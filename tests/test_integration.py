@@ -20,15 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import runner as runner_module
 from pipeline.config import Job, parse_job
 from pipeline.cost import cost_usd, lookup_price
+from pipeline.execution import Runner, RunOutcome
+from pipeline.execution import online as online_module
 from pipeline.fake import FakeConfig, FakeProvider, running_fake_provider
 from pipeline.limits import LocalRateBudget
 from pipeline.providers import make_provider
 from pipeline.records import Usage
 from pipeline.retry import backoff_s
-from pipeline.runner import Runner, RunOutcome
 from pipeline.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -116,7 +116,7 @@ db = "{db or tmp_path / "results.duckdb"}"
 
 
 async def run_job(job: Job, fake: FakeProvider, *, api_key: str = API_KEY) -> RunOutcome:
-    """One run of ``job`` against ``fake``, wired as ``pipeline.cli._run_async`` wires it."""
+    """One run of ``job`` against ``fake``, wired as the CLI wires it."""
     provider_name = job.request.provider
     base_url = fake.openai_base_url if provider_name == "openai" else fake.anthropic_base_url
     with Store(job.output.db) as store:
@@ -159,7 +159,7 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     def quick(attempt: int, **kwargs: Any) -> float:
         return backoff_s(attempt, **{**kwargs, "base": 0.005, "cap": 0.05})
 
-    monkeypatch.setattr(runner_module, "backoff_s", quick)
+    monkeypatch.setattr(online_module, "backoff_s", quick)
 
 
 def assert_all_ok_and_paid_once(

@@ -122,7 +122,7 @@ def test_reads_from_other_threads_while_a_thread_writes(store: Store) -> None:
                 n = store.queries.report().totals.rows
                 assert n % 100 == 0  # only whole, committed batches are ever visible
                 seen.append(n)
-                store.results.done_keys([f"key-{i}" for i in range(0, 3_000, 7)])
+                store.results.seen([f"key-{i}" for i in range(0, 3_000, 7)], run_id="run-1")
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
@@ -182,7 +182,7 @@ def test_read_only_store_reads_but_does_not_write(db: Path) -> None:
         s.results.write([result(0), result(1)])
     with Store(db, read_only=True) as s1, Store(db, read_only=True) as s2:
         assert s1.queries.report().totals.rows == 2
-        assert s2.results.done_keys(["key-0"]) == {"key-0"}
+        assert set(s2.results.seen(["key-0"], run_id="run-1")) == {"key-0"}
         with pytest.raises(StoreError, match="read-only"):
             s1.results.write([result(2)])
 

@@ -100,28 +100,60 @@ def test_empty_batch_is_a_no_op(store: Store) -> None:
 # -- skipping work already paid for ---------------------------------------------------------------
 
 
-def test_done_request_keys_counts_only_ok_results_of_the_asked_keys(store: Store) -> None:
+def test_seen_tells_ok_results_of_any_run_and_everything_this_run_recorded(store: Store) -> None:
     store.results.write(
         [
             result(0),
             result(1, status="failed"),
             result(2, status="input_error"),
             result(3, run_id="run-0"),  # ok in an earlier run
-            result(4),
-            result(5, status="failed"),
+            result(4, run_id="run-0", status="failed"),  # an earlier run's failure
         ]
     )
-    store.results.write([result(5, run_id="run-2")])  # failed first, ok on the rerun
-    asked = ["key-0", "key-1", "key-2", "key-3", "key-5", "key-99"]
-    assert store.results.done_keys(asked) == {"key-0", "key-3", "key-5"}
-    assert store.results.done_keys([]) == set()
-    assert store.results.done_keys(["key-1"]) == set()
+    asked = ["key-0", "key-1", "key-2", "key-3", "key-4", "key-99"]
+    seen = store.results.seen(asked, run_id="run-1")
+    assert {k: [(s.kind, s.run_id, s.line) for s in v] for k, v in seen.items()} == {
+        "key-0": [("ok", "run-1", 1)],
+        "key-1": [("recorded", "run-1", 2)],
+        "key-2": [("recorded", "run-1", 3)],
+        "key-3": [("ok", "run-0", 4)],
+    }
+    # Another run sees only what was ok.
+    assert set(store.results.seen(asked, run_id="run-9")) == {"key-0", "key-3"}
+    assert store.results.seen([], run_id="run-1") == {}
 
 
-def test_done_request_keys_handles_a_full_chunk(store: Store) -> None:
+def test_seen_looks_near_the_rows_first_and_still_finds_the_rest(store: Store) -> None:
     store.results.write([result(i, status="ok" if i % 2 else "failed") for i in range(1_000)])
     keys = [f"key-{i}" for i in range(0, 1_024)]
-    assert store.results.done_keys(keys) == {f"key-{i}" for i in range(1, 1_000, 2)}
+    everywhere = store.results.seen(keys, run_id="run-9")
+    near = store.results.seen(keys, run_id="run-9", near=("data/in.jsonl", 1, 10))
+    assert set(everywhere) == set(near) == {f"key-{i}" for i in range(1, 1_000, 2)}
+
+
+def test_seen_tells_rows_in_open_batches_of_any_run_and_in_this_runs_own(store: Store) -> None:
+    rows = [(f"key-{i}", f"row-{i}", "data/in.jsonl", i + 1) for i in range(4)]
+    store.batches.record_part("run-0", 1, "openai", nbytes=10, requests=rows[:2])
+    store.batches.mark_submitted("run-0", 1, "batch_a", None)
+    store.batches.record_part("run-1", 1, "openai", nbytes=10, requests=rows[2:])
+    store.batches.collect("run-1", 1, [result(2, run_id="run-1")])  # key-3 left unanswered
+    seen = store.results.seen([r[0] for r in rows], run_id="run-1")
+    assert [(s.kind, s.run_id, s.batch_id) for s in seen["key-0"]] == [
+        ("batched", "run-0", "batch_a")
+    ]
+    assert [s.kind for s in seen["key-2"]] == ["ok"]
+    assert [(s.kind, s.run_id) for s in seen["key-3"]] == [("batched", "run-1")]
+    store.batches.collect("run-0", 1, [])  # collected, nothing answered: not open any more
+    assert "key-0" not in store.results.seen(["key-0"], run_id="run-1")
+
+
+def test_a_journal_replayed_twice_records_its_results_once(store: Store) -> None:
+    store.results.write([result(0)])
+    assert store.results.write_missing([result(0), result(1), result(2)]) == 2
+    assert store.results.write_missing([result(1), result(2)]) == 0
+    assert store.queries.report().totals.rows == 3
+    # The same key at another line (a repeated row id) is another result.
+    assert store.results.write_missing([result(0, line=99, status="input_error")]) == 1
 
 
 # -- counts ---------------------------------------------------------------------------------------

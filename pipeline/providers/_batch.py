@@ -1,7 +1,7 @@
 """The batch side of a provider: submit many requests at once, poll, collect (half price).
 
 A batch job goes: rows → one serialized line per request (``BatchProvider.line``) → part files
-no larger than the provider's limits (``pipeline.batch.split_parts``) → ``submit`` each part →
+no larger than the provider's limits (``pipeline.execution.parts``) → ``submit`` each part →
 ``poll`` until it has ended → ``results`` yields one ``BatchLine`` per request, joined back to its
 row by ``custom_id`` (the row's request key). The runner commits what ``submit`` returns before
 it waits, so a run killed while waiting polls the same batches again instead of paying twice.

@@ -401,6 +401,43 @@ class BatchLedger:
             [run_id],
         )
 
+    def open_parts(self, *, job: str, prompt_hash: str, exclude_run: str) -> _Rows:
+        """The parts other runs of ``job`` under request version ``prompt_hash`` recorded and
+        nobody collected: submitted and waiting, or prepared and never given a batch id. Each
+        with ``run_id``, ``part``, ``batch_id``, ``input_file_id``, ``status``, ``requests``,
+        ``bytes`` and ``created_at`` (unix seconds)."""
+        return self._db.query(
+            "SELECT b.run_id, b.part, b.provider, b.batch_id, b.input_file_id, b.status, "
+            "b.requests, b.bytes, epoch(b.created_at) AS created_at "
+            "FROM batches b JOIN runs r ON r.run_id = b.run_id "
+            "WHERE r.job = $job AND r.prompt_hash = $prompt_hash AND b.run_id <> $exclude "
+            "AND b.collected_at IS NULL ORDER BY b.run_id, b.part",
+            {"job": job, "prompt_hash": prompt_hash, "exclude": exclude_run},
+        )
+
+    def adopt(self, from_run: str, part: int, to_run: str) -> int:
+        """Move one part (and its requests) of ``from_run`` to ``to_run``, as its next part
+        number, in one transaction; returns that number. A run takes over the batches of an
+        earlier run it would otherwise submit again."""
+        with self._db.transaction(f"take over batch part {part} of run {from_run!r}") as cur:
+            row = cur.execute(
+                "SELECT coalesce(max(part), 0) + 1 FROM batches WHERE run_id = ?", [to_run]
+            ).fetchone()
+            new = int(row[0]) if row else 1
+            for table in ("batches", "batch_requests"):
+                cur.execute(
+                    f"UPDATE {table} SET run_id = ?, part = ? WHERE run_id = ? AND part = ?",
+                    [to_run, new, from_run, part],
+                )
+        return new
+
+    def drop_part(self, run_id: str, part: int) -> None:
+        """Forget a part that was never submitted (its file is gone): its rows are planned
+        again."""
+        with self._db.transaction(f"drop batch part {part} of run {run_id!r}") as cur:
+            for table in ("batch_requests", "batches"):
+                cur.execute(f"DELETE FROM {table} WHERE run_id = ? AND part = ?", [run_id, part])
+
     def requests(self, run_id: str, part: int) -> dict[str, tuple[str, str, int, int]]:
         """request_key → (row_id, source, line, ordinal) for one part."""
         with self._db.cursor(f"read batch part {part} of run {run_id!r}") as cur:

@@ -16,6 +16,7 @@ import duckdb
 import pyarrow as pa
 
 from ..errors import StoreError
+from ..plan import Seen
 from ..records import RowResult
 from ._db import Database
 from .schema import ROW_RESULTS, ROW_RESULTS_ARROW, UNPRICED
@@ -30,6 +31,33 @@ _get_result_fields = operator.attrgetter(*(c.name for c in ROW_RESULTS))
 _INSERT_SQL: Final = (
     f"INSERT INTO row_results ({', '.join(c.name for c in ROW_RESULTS)}) "
     f"SELECT {', '.join(c.insert_expr for c in ROW_RESULTS)} FROM arrow_table"
+)
+
+# Rows of a journal the table does not hold yet; DuckDB's INSERT answers with the count.
+_INSERT_MISSING_SQL: Final = (
+    f"INSERT INTO row_results ({', '.join(c.name for c in ROW_RESULTS)}) "
+    f"SELECT {', '.join(c.insert_expr for c in ROW_RESULTS)} FROM arrow_table a "
+    "WHERE NOT EXISTS (SELECT 1 FROM row_results r WHERE r.run_id = a.run_id "
+    "AND r.request_key = a.request_key AND r.source IS NOT DISTINCT FROM a.source "
+    "AND r.line IS NOT DISTINCT FROM a.line)"
+)
+
+# What is known of some keys: ok results of any run, and every result of run $run_id ...
+_SEEN_RESULTS_SQL: Final = (
+    "SELECT request_key, CASE WHEN status = 'ok' THEN 'ok' ELSE 'recorded' END, run_id, "
+    "source, line, NULL, NULL FROM row_results "
+    "WHERE (status = 'ok' OR run_id = $run_id) "
+    "AND request_key IN (SELECT unnest($keys::VARCHAR[]))"
+)
+# ... and the batch parts holding them without an answer: any run's open parts, and this run's
+# own (whose unanswered rows its online pass sends).
+_SEEN_BATCHED_SQL: Final = (
+    "SELECT q.request_key, 'batched', q.run_id, q.source, q.line, b.batch_id, b.status "
+    "FROM batch_requests q JOIN batches b ON b.run_id = q.run_id AND b.part = q.part "
+    "WHERE q.request_key IN (SELECT unnest($keys::VARCHAR[])) "
+    "AND (b.collected_at IS NULL OR q.run_id = $run_id) "
+    "AND NOT EXISTS (SELECT 1 FROM row_results r "
+    "WHERE r.run_id = q.run_id AND r.request_key = q.request_key)"
 )
 
 _COUNT_KEYS: Final = (
@@ -80,6 +108,11 @@ def count_results(cur: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]
     return dict(zip(_COUNT_KEYS, row, strict=True))
 
 
+def _add_seen(found: dict[str, list[Seen]], rows: Sequence[tuple[Any, ...]]) -> None:
+    for key, kind, run_id, source, line, batch_id, status in rows:
+        found.setdefault(key, []).append(Seen(kind, run_id, source, int(line), batch_id, status))
+
+
 def _results_table(results: Sequence[RowResult]) -> pa.Table:
     """Build the Arrow table column by column (fast: one ``pa.array`` per column)."""
     columns = zip(*map(_get_result_fields, results), strict=True)
@@ -106,7 +139,7 @@ def _first_bad(column: Sequence[Any], kind: pa.DataType) -> Any:
 
 
 class ResultTable:
-    """``store.results``: write rows' outcomes, and ask which rows are done."""
+    """``store.results``: write rows' outcomes, and say what is known of rows (``seen``)."""
 
     def __init__(self, db: Database) -> None:
         self._db = db
@@ -122,51 +155,57 @@ class ResultTable:
         with self._db.transaction(f"write {len(results)} results (none was written)") as cur:
             insert_results(cur, results)
 
-    def done_keys(
+    def write_missing(self, results: Sequence[RowResult]) -> int:
+        """Insert those of ``results`` the table does not hold yet (the same run, request key,
+        source and line), in one transaction; returns how many it inserted. Replaying a
+        journal (``pipeline.execution.journal``) twice records nothing twice."""
+        if not results:
+            return 0
+        inserted = 0
+        with self._db.transaction(f"record {len(results)} results from a journal") as cur:
+            for start in range(0, len(results), _INSERT_CHUNK):
+                # DuckDB finds `arrow_table` by name, as in insert_results.
+                arrow_table = _results_table(results[start : start + _INSERT_CHUNK])
+                row = cur.execute(_INSERT_MISSING_SQL).fetchone()
+                del arrow_table
+                inserted += int(row[0]) if row else 0
+        return inserted
+
+    def seen(
         self,
         keys: Sequence[str],
         *,
-        run_id: str | None = None,
+        run_id: str,
         near: tuple[str, int, int] | None = None,
-    ) -> set[str]:
-        """The subset of ``keys`` a run must not send again.
-
-        That is every key with an ``ok`` result in any run (a new run skips those) and, when
-        resuming ``run_id``, every key that run has already recorded in any status (a resumed
-        run finishes what is missing; it does not retry what already failed).
+    ) -> dict[str, list[Seen]]:
+        """What the database holds for ``keys`` (the planner's ``KeyLookup``): their ``ok``
+        results in any run, every result ``run_id`` recorded, and the batch parts that hold
+        them without a result: parts of any run not collected yet, and ``run_id``'s own.
 
         ``near`` = (source, first line, last line) of the keys' rows. Results are stored in
         roughly input order, so looking there first lets DuckDB skip every row group whose
         lines are elsewhere (its min/max statistics); only keys not found there are looked up
         in the whole table. A rerun of a finished million-row job is several times faster so.
         """
+        found: dict[str, list[Seen]] = {}
         if not keys:
-            return set()
-        sql = (
-            "SELECT DISTINCT request_key FROM row_results "
-            "WHERE (status = 'ok' OR run_id = $run_id) "
-            "AND request_key IN (SELECT unnest($keys::VARCHAR[]))"
-        )
-        found: set[str] = set()
+            return found
         rest = list(keys)
-        with self._db.cursor("look up finished rows") as cur:
+        with self._db.cursor("look up what is known of the rows") as cur:
             if near is not None:
                 source, first, last = near
+                params = {"keys": rest, "run_id": run_id, "source": source}
                 rows = cur.execute(
-                    sql + " AND source = $source AND line BETWEEN $first AND $last",
-                    {
-                        "keys": rest,
-                        "run_id": run_id,
-                        "source": source,
-                        "first": first,
-                        "last": last,
-                    },
+                    _SEEN_RESULTS_SQL + " AND source = $source AND line BETWEEN $first AND $last",
+                    {**params, "first": first, "last": last},
                 ).fetchall()
-                found = {row[0] for row in rows}
+                _add_seen(found, rows)
                 rest = [k for k in rest if k not in found]
             if rest:
-                rows = cur.execute(sql, {"keys": rest, "run_id": run_id}).fetchall()
-                found.update(row[0] for row in rows)
+                rows = cur.execute(_SEEN_RESULTS_SQL, {"keys": rest, "run_id": run_id}).fetchall()
+                _add_seen(found, rows)
+            rows = cur.execute(_SEEN_BATCHED_SQL, {"keys": list(keys), "run_id": run_id}).fetchall()
+            _add_seen(found, rows)
         return found
 
     def has_results(self, prompt_hash: str) -> bool:

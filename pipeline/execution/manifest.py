@@ -13,15 +13,14 @@ only and nothing here reads the environment.
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from .errors import ConfigError
-from .sources import Fingerprint, fingerprint
+from ..errors import ConfigError
+from ..sources import Fingerprint, fingerprint
 
 __all__ = [
     "changed_inputs",
@@ -113,7 +112,3 @@ def changed_inputs(recorded: Sequence[Mapping[str, Any]]) -> list[str]:
         if now["sha256"] != old["sha256"]:
             changes.append(f"{path} changed (size {old['size']:,} → {now['size']:,} bytes)")
     return changes
-
-
-def now() -> float:
-    return time.time()

@@ -3,7 +3,9 @@
 Providers cap a batch by request count *and* by size (OpenAI: 50,000 requests, 200 MB;
 Anthropic: 100,000 requests, 256 MB). Splitting by count alone is not enough: long prompts hit
 the size cap first. ``PartWriter`` streams lines to disk and starts a new part before either
-limit would be passed, so memory stays flat however many rows there are.
+limit would be passed, so memory stays flat however many rows there are. (Each request key
+comes once: the planner records a second row with the same id as ``duplicate_id``, so no part
+holds a ``custom_id`` twice, which would get the whole batch rejected.)
 """
 
 from __future__ import annotations
@@ -12,8 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
-from .errors import InputError
-from .providers._batch import BatchPart
+from ..errors import InputError
+from ..providers._batch import BatchPart
 
 __all__ = ["PartWriter", "PendingPart"]
 
@@ -31,7 +33,6 @@ class PendingPart:
     count: int = 0
     bytes: int = 0
     rows: list[tuple[str, str, str, int]] = field(default_factory=list)
-    lines: dict[str, int] = field(default_factory=dict)  # request key → line, for duplicates
 
 
 class PartWriter:
@@ -61,13 +62,6 @@ class PartWriter:
                 error_type="request_too_large",
             )
         part = self._part
-        if part is not None and key in part.lines:
-            # The provider would reject the whole batch for a repeated custom_id.
-            raise InputError(
-                f"{source} line {line} (row {row_id}): the same row id (and request) as line "
-                f"{part.lines[key]}; give every row its own id",
-                error_type="duplicate_id",
-            )
         closed = None
         if part is not None and (
             part.count + 1 > self.max_requests
@@ -81,7 +75,6 @@ class PartWriter:
         part.count += 1
         part.bytes += size
         part.rows.append((key, row_id, source, line))
-        part.lines[key] = line
         return closed
 
     def close(self) -> tuple[BatchPart, list[tuple[str, str, str, int]]] | None:

@@ -1,0 +1,75 @@
+"""Read and plan a job's rows, a chunk at a time, for an executor.
+
+``feed`` (a task) reads the next chunk of rows in a worker thread while the current one is
+being planned (rendering, and the store's look-ups, which release the GIL) in another, so that
+reading overlaps with planning and with the event loop. What the planner records (input errors)
+goes to the sink; what it skips is counted; the requests to send go into the executor's stream,
+in input order. The reader never runs more than one chunk ahead of the consumer, so memory does
+not grow with the input.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+
+import anyio
+from anyio.abc import ObjectSendStream
+
+from ..config import InputSpec
+from ..plan import Planner, Record, Send, Skip, WorkItem
+from ..records import BadRow, Request, Row
+from ..sources import iter_row_chunks
+from .sink import ResultSink
+from .stats import RunStats
+
+__all__ = ["READ_CHUNK", "feed"]
+
+READ_CHUNK = 4096  # rows read, rendered and looked up at a time
+
+
+async def feed(
+    planner: Planner,
+    spec: InputSpec,
+    out: ObjectSendStream[Request],
+    *,
+    sink: ResultSink,
+    stats: RunStats,
+    stopping: Callable[[], bool] = lambda: False,
+    chunk_size: int = READ_CHUNK,
+) -> None:
+    """Send the request of every row to send into ``out``, in input order, then close it;
+    stops early once ``stopping()``."""
+    send_chunks, receive_chunks = anyio.create_memory_object_stream[Sequence[Row | BadRow]](1)
+    async with out, anyio.create_task_group() as tg:
+        tg.start_soon(_read, spec, chunk_size, send_chunks, stopping)
+        async with receive_chunks:
+            async for chunk in receive_chunks:
+                stats.rows_read += len(chunk)
+                items: list[WorkItem] = await anyio.to_thread.run_sync(planner.plan, chunk)
+                for item in items:
+                    if stopping():
+                        break
+                    if isinstance(item, Send):
+                        await out.send(item.request)
+                    elif isinstance(item, Record):
+                        await sink.put(item.result)
+                    elif isinstance(item, Skip):
+                        stats.rows_skipped += 1
+                if stopping():
+                    break
+        tg.cancel_scope.cancel()
+
+
+async def _read(
+    spec: InputSpec,
+    chunk_size: int,
+    out: ObjectSendStream[Sequence[Row | BadRow]],
+    stopping: Callable[[], bool],
+) -> None:
+    chunks: Iterator[list[Row | BadRow]] = iter_row_chunks(spec, chunk_size=chunk_size)
+    async with out:
+        while not stopping():
+            chunk = await anyio.to_thread.run_sync(next, chunks, None)
+            if chunk is None:
+                return
+            await out.send(chunk)
