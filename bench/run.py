@@ -56,9 +56,9 @@ def child(args: argparse.Namespace) -> None:
     import anyio
     import httpx
 
-    from pipeline.config import load_job
-    from pipeline.cost import lookup_price
     from pipeline.execution import Runner
+    from pipeline.job import load_job
+    from pipeline.job.pricing import lookup_price
     from pipeline.limits import LocalRateBudget
     from pipeline.providers import OpenAIProvider, make_transport
     from pipeline.store import Store

@@ -15,8 +15,8 @@ The names below are the library's public interface; ``pipeline.cli`` is a thin s
 
 The flow, left to right (a module imports only from its left)::
 
-    config (job file) → sources (rows) → render → plan → limits → providers → execution → store
-                                                                                 ↘ report, cli
+    job (file, prices) → sources (rows) → render → plan → limits → providers → execution → store
+                                                                                  ↘ reporting, cli
 
 Names are imported when first used, so ``import pipeline.fake`` (or any one part) does not load
 DuckDB, Arrow or the runner.
@@ -28,8 +28,6 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import Job, load_job, parse_job
-    from .cost import Price, cost_usd, lookup_price, price_for
     from .errors import (
         ConfigError,
         FatalProviderError,
@@ -44,6 +42,8 @@ if TYPE_CHECKING:
     )
     from .estimate import Estimate, estimate_job
     from .execution import BatchRunner, Runner, RunOutcome, RunSession, RunStats
+    from .job import Job, load_job, parse_job
+    from .job.pricing import Price, cost_usd, lookup_price, price_for
     from .limits import LocalRateBudget, RateBudget, RunBudget
     from .plan import Planner, RowFilter
     from .providers import Provider, make_batch_provider, make_provider
@@ -56,12 +56,12 @@ _WHERE = {
     "Estimate": "estimate",
     "FatalProviderError": "errors",
     "InputError": "errors",
-    "Job": "config",
+    "Job": "job",
     "LocalRateBudget": "limits",
     "Mode": "records",
     "PipelineError": "errors",
     "Planner": "plan",
-    "Price": "cost",
+    "Price": "job.pricing",
     "Provider": "providers",
     "ProviderError": "errors",
     "RateBudget": "limits",
@@ -83,14 +83,14 @@ _WHERE = {
     "TransientError": "errors",
     "UnreachableError": "errors",
     "Usage": "records",
-    "cost_usd": "cost",
+    "cost_usd": "job.pricing",
     "estimate_job": "estimate",
-    "load_job": "config",
-    "lookup_price": "cost",
+    "load_job": "job",
+    "lookup_price": "job.pricing",
     "make_batch_provider": "providers",
     "make_provider": "providers",
-    "parse_job": "config",
-    "price_for": "cost",
+    "parse_job": "job",
+    "price_for": "job.pricing",
 }
 
 __all__ = [

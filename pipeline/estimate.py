@@ -58,9 +58,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .config import Job, LimitsSpec
-from .cost import Price, cost_usd, price_for
 from .errors import StoreError
+from .job import Job, LimitsSpec
+from .job.pricing import Price, cost_usd, format_usd, price_for
 from .plan import Planner, Send, Skip, Unrendered
 from .records import ResultBuilder, Usage
 from .render import (
@@ -69,7 +69,6 @@ from .render import (
     cached_prefix_tokens,
     estimate_tokens,
 )
-from .report import format_usd
 from .sources import count_rows, input_files, iter_row_chunks
 from .store import Store
 

@@ -1,6 +1,6 @@
 """Structured answers: a job's ``[request].schema``, checked once, applied to every answer.
 
-Pure and synchronous: no I/O. ``pipeline.config`` uses it to check a schema and the few-shot
+Pure and synchronous: no I/O. ``pipeline.job`` uses it to check a schema and the few-shot
 examples when a job file is loaded; ``pipeline.render`` to decide how providers are asked for the
 schema; the runners to check every answer.
 

@@ -38,7 +38,6 @@ from typing import Any
 
 import orjson
 
-from .config import RequestSpec
 from .errors import ConfigError, InputError
 from .extract import (
     anthropic_cache_minimum,
@@ -46,6 +45,7 @@ from .extract import (
     openai_strict,
     schema_name,
 )
+from .job import RequestSpec
 from .records import AnswerSchema, Framing, Request, Row
 
 __all__ = [

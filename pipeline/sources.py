@@ -31,8 +31,8 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from .config import InputSpec
 from .errors import ConfigError
+from .job import InputSpec
 from .records import BadRow, Row
 
 __all__ = [

@@ -57,7 +57,7 @@ from typing import Any
 import duckdb
 import orjson
 
-from pipeline.cost import cost_usd, lookup_price
+from pipeline.job.pricing import cost_usd, lookup_price
 from pipeline.records import Usage
 
 __all__ = [

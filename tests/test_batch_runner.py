@@ -16,7 +16,7 @@ import pytest
 from conftest import ThreadedFakeProvider
 
 from pipeline.cli import main
-from pipeline.cost import cost_usd, lookup_price
+from pipeline.job.pricing import cost_usd, lookup_price
 from pipeline.records import Usage
 
 ROOT = Path(__file__).resolve().parent.parent

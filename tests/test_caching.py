@@ -1,5 +1,5 @@
 """Prompt caching: where the cache breakpoints go, the first request sent alone, and what the
-cache saves on a whole job against the fake provider (prices from ``pipeline.cost``)."""
+cache saves on a whole job against the fake provider (prices from ``pipeline.job.pricing``)."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ import pytest
 import structlog
 
 from pipeline.cli import main
-from pipeline.config import Job, RequestSpec, parse_job
-from pipeline.cost import cost_usd, lookup_price
 from pipeline.execution import Runner
 from pipeline.extract import anthropic_cache_minimum
 from pipeline.fake import FakeConfig, running_fake_provider
+from pipeline.job import Job, RequestSpec, parse_job
+from pipeline.job.pricing import cost_usd, lookup_price
 from pipeline.limits import LocalRateBudget
 from pipeline.providers import make_provider
 from pipeline.providers.anthropic import AnthropicProvider, messages_body

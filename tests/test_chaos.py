@@ -27,7 +27,7 @@ from chaos import (
     running_fake,
 )
 
-from pipeline.cost import cost_usd, lookup_price
+from pipeline.job.pricing import cost_usd, lookup_price
 from pipeline.records import Usage
 
 ROWS = 200

@@ -19,7 +19,7 @@ import pytest
 import structlog
 
 from pipeline.cli import main
-from pipeline.report import format_usd
+from pipeline.reporting.text import format_usd
 
 if TYPE_CHECKING:
     from conftest import ThreadedFakeProvider

@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import load_job, parse_job
 from pipeline.errors import ConfigError
+from pipeline.job import load_job, parse_job
 
 GOOD = """
 name = "t"

@@ -5,8 +5,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.cost import Price, cost_usd, lookup_price, price_from_mapping
 from pipeline.errors import ConfigError
+from pipeline.job.pricing import Price, cost_usd, lookup_price, price_from_mapping
 from pipeline.records import Usage
 
 # Model names as users write them in job files; genai-prices 0.2.3 knows all of them.

@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 
 from pipeline.cli import COMMANDS, build_parser
-from pipeline.config import JOB_KEYS, parse_job
+from pipeline.job import JOB_KEYS, parse_job
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text(encoding="utf-8")

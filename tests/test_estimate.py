@@ -15,10 +15,10 @@ import pytest
 import structlog
 
 from pipeline.cli import main
-from pipeline.config import LimitsSpec, load_job, parse_job
-from pipeline.cost import Price, cost_usd, lookup_price, price_for
 from pipeline.errors import ConfigError
 from pipeline.estimate import DEFAULT_LATENCY_S, estimate_job, throughput
+from pipeline.job import LimitsSpec, load_job, parse_job
+from pipeline.job.pricing import Price, cost_usd, lookup_price, price_for
 from pipeline.records import RowResult, Usage
 from pipeline.render import Renderer, request_key
 from pipeline.sources import iter_row_chunks

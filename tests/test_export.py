@@ -12,7 +12,7 @@ import pytest
 import structlog
 
 from pipeline.cli import main
-from pipeline.export import batch_output_line
+from pipeline.reporting.export import batch_output_line
 from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -20,8 +20,6 @@ import pytest
 import structlog
 
 from pipeline.cli import main
-from pipeline.config import RequestSpec, parse_job
-from pipeline.cost import cost_usd, lookup_price
 from pipeline.errors import ConfigError
 from pipeline.execution import Runner, RunOutcome
 from pipeline.extract import (
@@ -32,6 +30,8 @@ from pipeline.extract import (
     sql_columns,
     unwrap_fence,
 )
+from pipeline.job import RequestSpec, parse_job
+from pipeline.job.pricing import cost_usd, lookup_price
 from pipeline.limits import LocalRateBudget
 from pipeline.providers import make_batch_provider
 from pipeline.providers.anthropic import messages_body, parse_message

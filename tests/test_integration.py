@@ -20,15 +20,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import Job, parse_job
-from pipeline.cost import cost_usd, lookup_price
 from pipeline.execution import Runner, RunOutcome
 from pipeline.execution import online as online_module
 from pipeline.fake import FakeConfig, FakeProvider, running_fake_provider
+from pipeline.job import Job, parse_job
+from pipeline.job.pricing import cost_usd, lookup_price
 from pipeline.limits import LocalRateBudget
+from pipeline.limits.retry import backoff_s
 from pipeline.providers import make_provider
 from pipeline.records import Usage
-from pipeline.retry import backoff_s
 from pipeline.store import Store
 
 pytestmark = pytest.mark.anyio

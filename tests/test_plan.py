@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 
-from pipeline.config import RequestSpec
+from pipeline.job import RequestSpec
 from pipeline.plan import Planner, Record, RowFilter, Seen, Send, Skip, Unrendered, WorkItem
 from pipeline.records import BadRow, ResultBuilder, Row, Status
 from pipeline.render import Renderer, request_key

@@ -13,8 +13,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.config import RequestSpec
 from pipeline.errors import ConfigError, InputError
+from pipeline.job import RequestSpec
 from pipeline.records import Row
 from pipeline.render import (
     MESSAGE_OVERHEAD_TOKENS,
@@ -106,7 +106,7 @@ def test_request_key_is_24_hex_and_depends_on_both_parts() -> None:
 def test_hashes_are_the_same_in_another_process() -> None:
     """Reruns skip paid work only if keys do not depend on the process (e.g. on hash())."""
     code = (
-        "from pipeline.config import RequestSpec\n"
+        "from pipeline.job import RequestSpec\n"
         "from pipeline.render import prompt_hash, request_key\n"
         f"h = prompt_hash(RequestSpec(**{dataclasses.asdict(SPEC)!r}))\n"
         "print(h, request_key('r1', h))\n"

@@ -6,7 +6,7 @@ from pathlib import Path
 from rich.console import Console
 
 from pipeline.records import RowResult
-from pipeline.report import ANALYSIS_SQL, format_usd, render_report
+from pipeline.reporting.text import ANALYSIS_SQL, format_usd, render_report
 from pipeline.store import ModelGroup, Report, RunRecord, RunSummary, Store, Totals
 
 T0 = 1_763_000_000.0

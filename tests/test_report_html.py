@@ -26,16 +26,16 @@ from hypothesis import strategies as st
 from rich.console import Console
 
 from pipeline.cli import main
-from pipeline.cost import Price, lookup_price
+from pipeline.job.pricing import Price, lookup_price
 from pipeline.records import RowResult
-from pipeline.report import format_usd, render_report
-from pipeline.report_html import (
+from pipeline.reporting.html import (
     PALETTE,
     collect_html_report,
     latency_bins,
     nice_ticks,
     render_html,
 )
+from pipeline.reporting.text import format_usd, render_report
 from pipeline.store import RunRecord, Store
 
 T0 = 1_763_000_000.0  # 2025-11-13 02:13 UTC

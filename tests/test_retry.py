@@ -17,7 +17,7 @@ from pipeline.errors import (
     RowRejectedError,
     TransientError,
 )
-from pipeline.retry import (
+from pipeline.limits.retry import (
     MAX_RETRY_AFTER_S,
     backoff_s,
     classify_http_error,

@@ -16,8 +16,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pipeline.config import InputSpec
 from pipeline.errors import ConfigError
+from pipeline.job import InputSpec
 from pipeline.records import BadRow, Row
 from pipeline.sources import content_id, fingerprint, input_files, iter_row_chunks
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from _store_rows import T0, one, result
 
-from pipeline.config import parse_job
 from pipeline.errors import StoreError
+from pipeline.job import parse_job
 from pipeline.redact import register_secret
 from pipeline.store import RunRecord, Store
 

@@ -14,9 +14,9 @@ import duckdb
 import pytest
 from rich.console import Console
 
-from pipeline.cost import Price
+from pipeline.job.pricing import Price
 from pipeline.records import RowResult
-from pipeline.report import render_report
+from pipeline.reporting.text import render_report
 from pipeline.store import ANALYSIS_VIEWS, Store
 
 DAY1 = 1_763_035_200.0  # 2025-11-13 12:00 UTC

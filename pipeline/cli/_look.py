@@ -11,7 +11,6 @@ from pathlib import Path
 
 import anyio
 
-from ..config import load_job
 from ..errors import ConfigError, StoreError
 from ..estimate import estimate_job, render_estimate
 from ..execution.manifest import (
@@ -21,9 +20,10 @@ from ..execution.manifest import (
     resume_command,
     runs_dir,
 )
+from ..job import load_job
 from ..logs import register_secret
 from ..providers import api_key_from_env, make_batch_provider
-from ..report import format_usd, render_report
+from ..reporting.text import format_usd, render_report
 from ..store import Store
 from ._out import age, alive, stdout
 from ._run import job_from_manifest
@@ -215,7 +215,7 @@ def report(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise ConfigError(f"no results database at {args.db}; run a job first or pass --db")
     if args.html:
-        from ..report_html import collect_html_report, render_html
+        from ..reporting.html import collect_html_report, render_html
 
         with Store(args.db, read_only=True) as store:
             data = collect_html_report(store, job=args.job, run_id=args.run_id, db_path=args.db)
@@ -247,7 +247,7 @@ def estimate(args: argparse.Namespace) -> int:
 def export(args: argparse.Namespace) -> int:
     if not Path(args.db).exists():
         raise ConfigError(f"no results database at {args.db}; run a job first or pass --db")
-    from ..export import export_run
+    from ..reporting.export import export_run
 
     out = args.out or str(runs_dir(args.db) / f"{args.run}.results.{args.format}")
     with Store(args.db, read_only=True) as store:

@@ -19,12 +19,12 @@ import anyio
 from rich.console import Console
 from rich.markup import escape
 
-from ..config import Job, load_job, parse_job
-from ..cost import price_for
 from ..errors import ConfigError, first_pipeline_error
 from ..execution import RunOutcome, RunSession, new_run_id
 from ..execution.manifest import changed_inputs, find_manifest, read_manifest, resume_command
 from ..execution.session import check_budget
+from ..job import Job, load_job, parse_job
+from ..job.pricing import price_for
 from ..logs import configure_logging, register_secret
 from ..plan import RowFilter
 from ..providers import api_key_from_env, make_batch_provider, make_provider
@@ -179,7 +179,7 @@ def _execute(launch: _Launch) -> int:
     out = stdout()
     _print_summary(out, job, outcome, log_path)
     if not launch.quiet:
-        from ..report import render_report
+        from ..reporting.text import render_report
 
         with Store(job.output.db, read_only=True) as store:
             render_report(store.queries.report(run_id=outcome.run_id), out)
@@ -251,7 +251,7 @@ async def _drive(session: RunSession, launch: _Launch, console: Console) -> RunO
     async with anyio.create_task_group() as tg:
         tg.start_soon(_handle_signals, session, console)
         if not launch.quiet and console.is_terminal:
-            from ..progress import show_progress
+            from ..reporting.progress import show_progress
             from ..sources import count_rows
 
             files = input_files(launch.job.input.path)

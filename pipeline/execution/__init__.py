@@ -18,8 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 
-from ..config import Job
-from ..cost import Price
+from ..job import Job
+from ..job.pricing import Price
 from ..limits import RateBudget
 from ..plan import RowFilter
 from ..providers import BatchProvider, Provider

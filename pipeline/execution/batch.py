@@ -34,13 +34,13 @@ import anyio
 import structlog
 from anyio.abc import ObjectReceiveStream
 
-from ..cost import Price, cost_usd
 from ..errors import FatalProviderError, InputError, ProviderError, RowRejectedError
 from ..extract import Extractor
+from ..job.pricing import Price, cost_usd
+from ..limits.retry import backoff_s
 from ..providers import BatchProvider
 from ..providers._batch import BatchLine, BatchPart, BatchState, Submitted
 from ..records import Request, ResultBuilder, RowResult, Status
-from ..retry import backoff_s
 from .parts import PartWriter
 from .sink import ResultSink
 from .stats import RunStats

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator, Sequence
 import anyio
 from anyio.abc import ObjectSendStream
 
-from ..config import InputSpec
+from ..job import InputSpec
 from ..plan import Planner, Record, Send, Skip, WorkItem
 from ..records import BadRow, Request, Row
 from ..sources import iter_row_chunks

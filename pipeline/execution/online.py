@@ -35,14 +35,14 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..cost import Price, cost_usd
 from ..errors import FatalProviderError, ProviderError, RateLimitError, UnreachableError
 from ..extract import Extractor, Verdict, followup_prompt
+from ..job.pricing import Price, cost_usd
 from ..limits import Lease, RunBudget
+from ..limits.retry import backoff_s
 from ..providers import Provider
 from ..records import Request, ResultBuilder, RowResult, Status, Usage
 from ..render import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
-from ..retry import backoff_s
 from .sink import ResultSink
 from .stats import RunStats
 

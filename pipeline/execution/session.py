@@ -34,10 +34,10 @@ from typing import Any, Literal
 import anyio
 import structlog
 
-from ..config import Job
-from ..cost import Price, price_for
 from ..errors import ConfigError, FatalProviderError, PipelineError, first_pipeline_error
 from ..extract import Extractor
+from ..job import Job
+from ..job.pricing import Price, price_for
 from ..limits import LocalRateBudget, RateBudget, RunBudget
 from ..plan import Planner, RowFilter
 from ..providers import BatchProvider, Provider
@@ -567,7 +567,7 @@ def check_budget(job: Job, *, price: Price | None, force: bool = False) -> None:
     mode) is refused either way. The worst case is ``pipeline estimate``'s, over the rows still
     to send; the job's database, if there is one, is only read."""
     from ..estimate import estimate_job
-    from ..report import format_usd
+    from ..job.pricing import format_usd
 
     budget = job.limits.budget_usd
     if budget is None:

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 
 from ..records import RateLimitInfo
-from ..retry import retry_after_seconds
+from .retry import retry_after_seconds
 
 __all__ = ["parse_go_duration", "parse_rate_limit_headers", "parse_reset_rfc3339"]
 

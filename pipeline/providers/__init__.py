@@ -11,8 +11,8 @@ from collections.abc import Mapping
 
 import httpx
 
-from ..config import Job
 from ..errors import ConfigError
+from ..job import Job
 from ._base import Provider, make_transport
 from ._batch import BatchProvider
 from .anthropic import AnthropicProvider

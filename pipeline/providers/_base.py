@@ -13,8 +13,8 @@ import orjson
 
 from ..errors import ProviderError, TransientError, UnreachableError
 from ..limits.headers import parse_rate_limit_headers
+from ..limits.retry import classify_http_error
 from ..records import Reply, Request, Usage
-from ..retry import classify_http_error
 
 __all__ = [
     "MAX_REDIRECTS",

@@ -35,8 +35,8 @@ import orjson
 import structlog
 
 from ..errors import FatalProviderError, RowRejectedError, TransientError
+from ..limits.retry import classify_http_error
 from ..records import Reply, Request
-from ..retry import classify_http_error
 from ._base import APIClient, iter_lines
 from ._batch import CLOCK_SLACK_S, BatchLine, BatchPart, BatchState, Submitted
 from .anthropic import ANTHROPIC_VERSION, messages_body, parse_message

@@ -34,8 +34,8 @@ import httpx
 import orjson
 
 from ..errors import ProviderError, RowRejectedError, TransientError
+from ..limits.retry import classify_http_error
 from ..records import Reply, Request
-from ..retry import classify_http_error
 from ._base import APIClient
 from ._batch import CLOCK_SLACK_S, BatchLine, BatchPart, BatchState, LineError, Submitted
 from .openai import chat_body, parse_chat_completion

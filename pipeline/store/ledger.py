@@ -16,15 +16,15 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 import orjson
 import pyarrow as pa
 
-from ..config import Job
 from ..errors import StoreError
+from ..job import Job
 from ..records import RowResult
 from ..redact import redact, safe_url
 from ._db import Database
 from .results import count_results, insert_results
 
 if TYPE_CHECKING:
-    from ..cost import Price
+    from ..job.pricing import Price
 
 __all__ = ["BatchLedger", "RunLedger", "RunRecord"]
 

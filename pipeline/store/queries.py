@@ -120,7 +120,7 @@ class CacheSaving:
 
 @dataclass(frozen=True, slots=True)
 class Report:
-    """Everything ``pipeline.report.render_report`` prints, as plain data."""
+    """Everything ``pipeline.reporting.text.render_report`` prints, as plain data."""
 
     job: str | None
     run_id: str | None

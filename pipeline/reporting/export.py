@@ -28,7 +28,7 @@ from typing import Any, Final
 
 import orjson
 
-from .store import Store
+from ..store import Store
 
 __all__ = ["EXPORT_FORMATS", "batch_output_line", "export_run"]
 

@@ -15,11 +15,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from .execution.stats import RunStats
+from ..execution.stats import RunStats
 
 __all__ = ["show_progress"]
 
-log = structlog.get_logger("pipeline.progress")
+log = structlog.get_logger("pipeline.reporting.progress")
 
 
 def _line(stats: RunStats) -> str:

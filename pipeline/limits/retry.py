@@ -26,14 +26,14 @@ from email.utils import parsedate_to_datetime
 
 import orjson
 
-from .errors import (
+from ..errors import (
     FatalProviderError,
     ProviderError,
     RateLimitError,
     RowRejectedError,
     TransientError,
 )
-from .redact import redact
+from ..redact import redact
 
 __all__ = [
     "MAX_RETRY_AFTER_S",

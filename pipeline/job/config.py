@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 if TYPE_CHECKING:
-    from .cost import Price
+    from .pricing import Price
 
 __all__ = [
     "JOB_KEYS",
@@ -302,9 +302,9 @@ def _pricing(doc: Mapping[str, Any], path: str) -> Price | None:
     table = doc.get("pricing")
     if table is None:
         return None
-    # Imported here: genai-prices (behind pipeline.cost) takes ~0.3 s to import, and most
+    # Imported here: genai-prices (behind pipeline.job.pricing) takes ~0.3 s to import, and most
     # users of this module (the fake provider, tests) never need a price.
-    from .cost import price_from_mapping
+    from .pricing import price_from_mapping
 
     return price_from_mapping(
         table, source=f"[pricing] in {path}", path=path, key_prefix="pricing."
@@ -426,7 +426,7 @@ def _check_template(prompt: str, path: str) -> None:
 
 def _structured(req: Mapping[str, Any], path: str) -> dict[str, Any]:
     """The ``RequestSpec`` fields of a structured-answer job, checked; {} for a text job."""
-    from .extract import SCHEMA_MODES
+    from ..extract import SCHEMA_MODES
 
     schema, schema_path = _schema(req, path)
     mode = _choice(req, "request", "schema_mode", SCHEMA_MODES, path)
@@ -459,7 +459,7 @@ def _structured(req: Mapping[str, Any], path: str) -> dict[str, Any]:
 
 def _schema(req: Mapping[str, Any], path: str) -> tuple[dict[str, Any] | None, str | None]:
     """``request.schema``: a JSON Schema file (relative to the cwd) or an inline table."""
-    from .extract import check_schema
+    from ..extract import check_schema
 
     value = req.get("schema")
     if value is None:
@@ -518,7 +518,7 @@ def _examples(
         )
     extractor = None
     if schema is not None:
-        from .extract import Extractor
+        from ..extract import Extractor
 
         extractor = Extractor(schema)
     pairs: list[tuple[str, str]] = []

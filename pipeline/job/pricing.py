@@ -30,16 +30,18 @@ from typing import TYPE_CHECKING, Any
 
 import genai_prices
 
-from .errors import ConfigError
-from .records import Usage
+from ..errors import ConfigError
+from ..records import Usage
 
 if TYPE_CHECKING:
     from .config import Job
 
 __all__ = [
     "PRICE_KEYS",
+    "UNKNOWN_PRICE",
     "Price",
     "cost_usd",
+    "format_usd",
     "lookup_price",
     "price_for",
     "price_from_mapping",
@@ -261,3 +263,20 @@ def cost_usd(price: Price | None, usage: Usage) -> float | None:
         + written * (inp if write_rate is None else write_rate)
         + usage.output_tokens * price.output_mtok
     ) / 1_000_000
+
+
+UNKNOWN_PRICE = "unknown price"
+
+
+def format_usd(value: float | None, *, unpriced_rows: int = 0) -> str:
+    """``$1.2346`` from one dollar up, ``$0.000210`` below; ``None`` is "unknown price".
+
+    ``unpriced_rows`` (rows that used tokens at an unknown price) is appended, because the
+    amount then leaves their cost out.
+    """
+    if value is None:
+        return UNKNOWN_PRICE
+    text = f"${value:,.4f}" if abs(value) >= 1 else f"${value:.6f}"
+    if unpriced_rows:
+        text += f" + {UNKNOWN_PRICE} ({unpriced_rows:,} rows)"
+    return text

@@ -30,8 +30,8 @@ from datetime import UTC, date, datetime, timedelta
 from html import escape
 from typing import Final
 
-from .report import ANALYSIS_SQL, UNKNOWN_PRICE, format_usd
-from .store import CacheSaving, ModelGroup, Report, Store
+from ..store import CacheSaving, ModelGroup, Report, Store
+from .text import ANALYSIS_SQL, UNKNOWN_PRICE, format_usd
 
 __all__ = [
     "DayCost",

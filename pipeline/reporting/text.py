@@ -11,28 +11,13 @@ from rich import box
 from rich.console import Console
 from rich.table import Table
 
-from .store import ModelGroup, Report, RunSummary, Totals
+from ..job.pricing import UNKNOWN_PRICE, format_usd
+from ..store import ModelGroup, Report, RunSummary, Totals
 
-__all__ = ["ANALYSIS_SQL", "cache_line", "format_usd", "render_report"]
+__all__ = ["ANALYSIS_SQL", "UNKNOWN_PRICE", "cache_line", "format_usd", "render_report"]
 
 ANALYSIS_SQL = "SELECT model, status, count(*), sum(cost_usd) FROM results GROUP BY ALL"
 """The query the report ends with, for the user to paste into ``duckdb``."""
-
-UNKNOWN_PRICE = "unknown price"
-
-
-def format_usd(value: float | None, *, unpriced_rows: int = 0) -> str:
-    """``$1.2346`` from one dollar up, ``$0.000210`` below; ``None`` is "unknown price".
-
-    ``unpriced_rows`` (rows that used tokens at an unknown price) is appended, because the
-    amount then leaves their cost out.
-    """
-    if value is None:
-        return UNKNOWN_PRICE
-    text = f"${value:,.4f}" if abs(value) >= 1 else f"${value:.6f}"
-    if unpriced_rows:
-        text += f" + {UNKNOWN_PRICE} ({unpriced_rows:,} rows)"
-    return text
 
 
 def _int(value: int) -> str:
