@@ -66,14 +66,20 @@ def child(args: argparse.Namespace) -> None:
     job = load_job(args.job)
 
     async def go() -> dict[str, Any]:
-        transport: httpx.AsyncBaseTransport
+        transport: httpx.AsyncBaseTransport | None = None  # aiohttp itself, as jobs run
         if args.transport == "httpx":
             transport = httpx.AsyncHTTPTransport(
                 limits=httpx.Limits(max_connections=job.limits.concurrency)
             )
-        else:
+        elif args.transport == "httpx-aiohttp":
             transport = make_transport(max_connections=job.limits.concurrency)
-        provider = OpenAIProvider(transport, base_url=args.base_url, api_key=KEY, timeout_s=30)
+        provider = OpenAIProvider(
+            transport,
+            base_url=args.base_url,
+            api_key=KEY,
+            timeout_s=30,
+            max_connections=job.limits.concurrency,
+        )
         with Store(job.output.db) as store:
             runner = Runner(
                 job,

@@ -25,7 +25,25 @@ DuckDB, Arrow or the runner.
 from __future__ import annotations
 
 import importlib
+import sys
 from typing import TYPE_CHECKING, Any
+
+
+def _import_structlog_without_rich_tracebacks() -> None:
+    """structlog's ``dev`` module imports ``rich.traceback`` (and with it pygments: about 4 MB
+    and 0.1 s a process) whenever rich is installed, for pretty exceptions on a console. Logs
+    here are JSON lines, so it is kept out: structlog is imported while ``rich.traceback`` is
+    unimportable, then everything is as it was."""
+    if "structlog" in sys.modules or "rich.traceback" in sys.modules:
+        return
+    sys.modules["rich.traceback"] = None  # type: ignore[assignment]
+    try:
+        import structlog  # noqa: F401
+    finally:
+        del sys.modules["rich.traceback"]
+
+
+_import_structlog_without_rich_tracebacks()
 
 if TYPE_CHECKING:
     from .errors import (

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 import anyio
 from anyio.abc import ObjectSendStream
+from anyio.streams.memory import MemoryObjectSendStream
 
 from ..job import InputSpec
 from ..plan import Planner, Record, Send, Skip, WorkItem
@@ -30,7 +31,7 @@ READ_CHUNK = 4096  # rows read, rendered and looked up at a time
 async def feed(
     planner: Planner,
     spec: InputSpec,
-    out: ObjectSendStream[Request],
+    out: MemoryObjectSendStream[Request],
     *,
     sink: ResultSink,
     stats: RunStats,
@@ -50,7 +51,8 @@ async def feed(
                     if stopping():
                         break
                     if isinstance(item, Send):
-                        await out.send(item.request)
+                        if not await _put(out, item.request):
+                            return  # the executor stopped (a fatal error): nothing more to feed
                     elif isinstance(item, Record):
                         await sink.put(item.result)
                     elif isinstance(item, Skip):
@@ -58,6 +60,19 @@ async def feed(
                 if stopping():
                     break
         tg.cancel_scope.cancel()
+
+
+async def _put(out: MemoryObjectSendStream[Request], request: Request) -> bool:
+    """Hand ``request`` to the executor (without a trip through the event loop while its
+    buffer has room); False once nobody receives any more."""
+    try:
+        try:
+            out.send_nowait(request)
+        except anyio.WouldBlock:
+            await out.send(request)
+    except anyio.BrokenResourceError:
+        return False
+    return True
 
 
 async def _read(

@@ -21,7 +21,7 @@ import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import orjson
 import structlog
@@ -34,6 +34,7 @@ log = structlog.get_logger("pipeline.journal")
 
 JOURNAL_SUFFIX = ".journal.jsonl"
 _FORMAT = 1
+_REPLAY_BATCH = 10_000  # results read and recorded at a time: a big journal is never held whole
 _FIELDS = tuple(f.name for f in fields(RowResult))
 
 
@@ -78,21 +79,35 @@ class Recovered:
 
 def read_journal(path: Path) -> tuple[dict[str, Any], list[RowResult]]:
     """The header and the results of a journal; a line cut short by a crash is skipped."""
-    header: dict[str, Any] = {}
-    results: list[RowResult] = []
     with path.open("rb") as handle:
-        for number, raw in enumerate(handle):
-            try:
-                doc = orjson.loads(raw)
-            except orjson.JSONDecodeError:
-                continue  # the last line, cut short by a crash of the machine
-            if number == 0:
-                header = doc if isinstance(doc, dict) else {}
-                continue
-            result = _result(doc)
-            if result is not None:
-                results.append(result)
+        header = _header(handle.readline())
+        results = [r for batch in _batches(handle, 1 << 62) for r in batch]
     return header, results
+
+
+def _header(raw: bytes) -> dict[str, Any]:
+    try:
+        doc = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return {}
+    return doc if isinstance(doc, dict) else {}
+
+
+def _batches(handle: IO[bytes], size: int) -> Iterator[list[RowResult]]:
+    """The results of the lines left in ``handle``, ``size`` at a time."""
+    batch: list[RowResult] = []
+    for raw in handle:
+        try:
+            result = _result(orjson.loads(raw))
+        except orjson.JSONDecodeError:
+            continue  # the last line, cut short by a crash of the machine
+        if result is not None:
+            batch.append(result)
+            if len(batch) >= size:
+                yield batch
+                batch = []
+    if batch:
+        yield batch
 
 
 def _result(doc: Any) -> RowResult | None:
@@ -114,17 +129,22 @@ def replay_journals(
     write_missing: Callable[[Sequence[RowResult]], int],
 ) -> list[Recovered]:
     """Record what every journal next to ``db`` holds that the database does not, then remove
-    the journals. ``write_missing`` inserts the results the database lacks (one transaction)
-    and returns how many it inserted."""
+    the journals (another database's journals in the same folder are left alone, only their
+    first line read). ``write_missing`` inserts the results the database lacks (one
+    transaction a call, ``_REPLAY_BATCH`` results at most) and returns how many it inserted."""
     recovered = []
     for path in sorted(_journals(runs_dir)):
-        header, results = read_journal(path)
-        if header.get("db") != db:
-            continue  # another database in the same folder
-        inserted = write_missing(results) if results else 0
+        with path.open("rb") as handle:
+            header = _header(handle.readline())
+            if header.get("db") != db:
+                continue  # another database's, in the same folder
+            results = inserted = 0
+            for batch in _batches(handle, _REPLAY_BATCH):
+                results += len(batch)
+                inserted += write_missing(batch)
         run_id = str(header.get("run_id", path.name.removesuffix(JOURNAL_SUFFIX)))
-        recovered.append(Recovered(run_id, path, len(results), inserted))
-        log.info("journal_replayed", run=run_id, results=len(results), inserted=inserted)
+        recovered.append(Recovered(run_id, path, results, inserted))
+        log.info("journal_replayed", run=run_id, results=results, inserted=inserted)
         path.unlink(missing_ok=True)
     return recovered
 

@@ -57,7 +57,8 @@ class Reachability:
     ``failed()`` is told of every connection that could not be made and says how long the run
     should pause before trying again, or raises ``FatalProviderError`` when it is time to give
     up: ``first_window_s`` of nothing but failures before any answer (a wrong host or port, no
-    network), or ``outage_limit_s`` of them later. ``answered()`` is told of every answer.
+    network), or ``outage_limit_s`` of them later. ``answered()`` is told of every answer, an
+    error answer included: whatever came back over a connection proves the way is open.
     """
 
     def __init__(
@@ -293,6 +294,8 @@ class OnlineExecutor:
                     output_json=verdict.value_json,
                 )
             lease.unanswered()
+            if not isinstance(error, UnreachableError):
+                self.reachability.answered()  # an error, but from the other end of a connection
             if error.fatal:
                 self._on_fatal(error)
                 return None

@@ -59,7 +59,10 @@ class ResultSink:
         self.stats.count(result)
         if self.journal is not None:
             self.journal.append(result)
-        await self._send.send(result)
+        try:
+            self._send.send_nowait(result)  # no trip through the event loop while there is room
+        except anyio.WouldBlock:
+            await self._send.send(result)
 
     def close(self) -> None:
         """No more results: the writer commits what it holds and returns."""

@@ -28,9 +28,30 @@ From a shell: ``pipeline fake-provider --port 8765`` (``serve_forever``).
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from ._accounting import AccountingSnapshot
 from ._config import FakeConfig
-from ._server import FakeProvider, create_app, running_fake_provider, serve_forever
+
+if TYPE_CHECKING:
+    from ._server import FakeProvider, create_app, running_fake_provider, serve_forever
+
+# The server (and aiohttp.web under it) is imported when first used: the `pipeline` command
+# reads FakeConfig's knobs for its flags on every start, and serves nothing most of the time.
+_SERVER_NAMES = ("FakeProvider", "create_app", "running_fake_provider", "serve_forever")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _SERVER_NAMES:
+        from . import _server
+
+        return getattr(_server, name)
+    raise AttributeError(f"module 'pipeline.fake' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})
+
 
 __all__ = [
     "AccountingSnapshot",

@@ -80,7 +80,7 @@ class TokenBucket:
         self._clock = clock
         self._level = capacity
         self._stamp = clock()
-        self._lock = anyio.Lock()
+        self._lock = anyio.Lock(fast_acquire=True)
 
     @property
     def level(self) -> float:

@@ -53,10 +53,16 @@ def make_provider(
     base_url: str,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> Provider:
-    """The provider a job asks for, on the given (or a fresh aiohttp) transport."""
-    http = transport or make_transport(max_connections=job.limits.concurrency)
+    """The provider a job asks for: on aiohttp directly, at most ``[limits] concurrency``
+    connections, or through the httpx ``transport`` given (tests)."""
     cls = OpenAIProvider if job.request.provider == "openai" else AnthropicProvider
-    return cls(http, base_url=base_url, api_key=api_key, timeout_s=job.limits.timeout_s)
+    return cls(
+        transport,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=job.limits.timeout_s,
+        max_connections=job.limits.concurrency,
+    )
 
 
 def make_batch_provider(

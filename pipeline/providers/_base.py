@@ -10,6 +10,7 @@ from urllib.parse import urlencode
 import aiohttp
 import httpx
 import orjson
+import yarl
 
 from ..errors import ProviderError, TransientError, UnreachableError
 from ..limits.headers import parse_rate_limit_headers
@@ -19,8 +20,11 @@ from ..records import Reply, Request, Usage
 __all__ = [
     "MAX_REDIRECTS",
     "APIClient",
+    "AiohttpPost",
     "JSONProvider",
+    "Post",
     "Provider",
+    "TransportPost",
     "iter_lines",
     "make_transport",
     "mapped_transport_errors",
@@ -78,6 +82,16 @@ def mapped_transport_errors(provider: str, url: httpx.URL | str | None = None) -
         raise _transient(provider, exc) from exc
     except httpx.TimeoutException as exc:
         raise _transient(provider, exc) from exc
+    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+        # aiohttp called directly (JSONProvider without an httpx transport).
+        where = _origin(url) if url is not None else "the provider"
+        raise UnreachableError(
+            f"{provider}: cannot connect to {where} ({type(exc).__name__}: {exc})"
+        ) from exc
+    except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
+        raise TransientError(
+            f"{provider}: request timed out ({type(exc).__name__})", error_type="timeout"
+        ) from exc
     except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
         raise TransientError(
             f"{provider}: connection failed ({type(exc).__name__}: {exc})",
@@ -132,10 +146,15 @@ def parse_json_body(provider: str, status: int, content: bytes) -> Mapping[str, 
 
 
 def raise_for_status(provider: str, response: httpx.Response) -> None:
-    if response.status_code != 200:
-        err: ProviderError = classify_http_error(
-            provider, response.status_code, response.content, response.headers
-        )
+    raise_for_answer(provider, response.status_code, response.content, response.headers)
+
+
+def raise_for_answer(
+    provider: str, status: int, content: bytes, headers: Mapping[str, str]
+) -> None:
+    """Raise the classified ``ProviderError`` of an answer that is not a 200."""
+    if status != 200:
+        err: ProviderError = classify_http_error(provider, status, content, headers)
         raise err
 
 
@@ -320,11 +339,89 @@ class APIClient:
         await self._transport.aclose()
 
 
+class Post(Protocol):
+    """One JSON POST to a fixed URL: ``(status, headers, body)`` of the answer. Network
+    failures are raised as they come (``mapped_transport_errors`` maps them)."""
+
+    async def __call__(
+        self, headers: Mapping[str, str], content: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]: ...
+
+    async def aclose(self) -> None: ...
+
+
+class AiohttpPost:
+    """POSTs on aiohttp itself: what every online request of a job goes through.
+
+    httpx's request and response objects cost about as much CPU as aiohttp's whole exchange
+    (README, "Why this HTTP stack"), so the online path skips them; tests and the batch
+    clients use an httpx transport (``TransportPost``). The session opens on first use, inside
+    the running event loop; ``timeout_s`` bounds connecting (the wait for a pooled connection
+    included) and each read.
+    """
+
+    def __init__(self, url: str, *, max_connections: int | None, timeout_s: float) -> None:
+        self._url = yarl.URL(url)
+        self._limit = max_connections or 0
+        self._timeout = aiohttp.ClientTimeout(
+            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+        )
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __call__(
+        self, headers: Mapping[str, str], content: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        session = self._session
+        if session is None:
+            session = self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=self._limit, limit_per_host=0),
+                cookie_jar=aiohttp.DummyCookieJar(),
+                timeout=self._timeout,
+            )
+        async with session.post(
+            self._url, headers=headers, data=content, allow_redirects=False
+        ) as response:
+            body = await response.read()
+        return response.status, response.headers, body
+
+    async def aclose(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+
+class TransportPost:
+    """POSTs through any httpx transport (``httpx.MockTransport`` in tests)."""
+
+    def __init__(self, transport: httpx.AsyncBaseTransport, url: str, *, timeout_s: float) -> None:
+        self._transport = transport
+        self._url = httpx.URL(url)
+        self._extensions = timeout_extensions(timeout_s)
+
+    async def __call__(
+        self, headers: Mapping[str, str], content: bytes
+    ) -> tuple[int, Mapping[str, str], bytes]:
+        request = httpx.Request(
+            "POST", self._url, headers=headers, content=content, extensions=self._extensions
+        )
+        response = await self._transport.handle_async_request(request)
+        try:
+            await response.aread()
+        finally:
+            await response.aclose()
+        return response.status_code, response.headers, response.content
+
+    async def aclose(self) -> None:
+        await self._transport.aclose()
+
+
 class JSONProvider:
     """One JSON POST per request: the part OpenAI and Anthropic share.
 
     A subclass says how a ``Request`` becomes a body (``body``), how an answer becomes text,
     finish reason and usage (``parse``), and which header carries the provider's request id.
+    ``transport``: an httpx transport to send through (tests pass ``httpx.MockTransport``);
+    ``None``, the default for jobs, sends on aiohttp directly (``AiohttpPost``), with at most
+    ``max_connections`` open.
     """
 
     name: str
@@ -332,17 +429,20 @@ class JSONProvider:
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: httpx.AsyncBaseTransport | None,
         *,
         url: str,
         headers: Mapping[str, str],
         timeout_s: float = 60.0,
+        max_connections: int | None = None,
     ) -> None:
-        self._transport = transport
-        self._url = httpx.URL(url)
+        self._url = url
+        self._post: Post = (
+            AiohttpPost(url, max_connections=max_connections, timeout_s=timeout_s)
+            if transport is None
+            else TransportPost(transport, url, timeout_s=timeout_s)
+        )
         self._headers = dict(headers)
-        # Bounds connecting and each wait for the answer: a hang costs one attempt, retried.
-        self._extensions = timeout_extensions(timeout_s)
 
     def body(self, request: Request) -> dict[str, Any]:
         raise NotImplementedError
@@ -359,29 +459,19 @@ class JSONProvider:
             client_id = f"{client_id}.{len(request.followups)}"
         headers = {**self._headers, "x-client-request-id": client_id}
         content = orjson.dumps(self.body(request))
-        # The transport is called directly: the single seam between logic and network. The
-        # client layers above it (cookies, redirects, auth, URL merging) cost CPU per request
-        # and do nothing for a JSON POST to a fixed URL.
-        http_request = httpx.Request(
-            "POST", self._url, headers=headers, content=content, extensions=self._extensions
-        )
         with mapped_transport_errors(self.name, self._url):
-            response = await self._transport.handle_async_request(http_request)
-            try:
-                await response.aread()
-            finally:
-                await response.aclose()
-        raise_for_status(self.name, response)
-        answer = parse_json_body(self.name, response.status_code, response.content)
-        text, finish, usage = self.parse(answer)
+            status, answer_headers, answer = await self._post(headers, content)
+        raise_for_answer(self.name, status, answer, answer_headers)
+        body = parse_json_body(self.name, status, answer)
+        text, finish, usage = self.parse(body)
         return Reply(
             text=text,
             finish_reason=finish,
             usage=usage,
-            request_id=response.headers.get(self.request_id_header),
-            rate_limit=parse_rate_limit_headers(self.name, response.headers),
-            raw_usage=answer.get("usage"),
+            request_id=answer_headers.get(self.request_id_header),
+            rate_limit=parse_rate_limit_headers(self.name, answer_headers),
+            raw_usage=body.get("usage"),
         )
 
     async def aclose(self) -> None:
-        await self._transport.aclose()
+        await self._post.aclose()

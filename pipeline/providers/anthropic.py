@@ -129,11 +129,12 @@ class AnthropicProvider(JSONProvider):
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: httpx.AsyncBaseTransport | None,
         *,
         base_url: str,
         api_key: str,
         timeout_s: float = 60.0,
+        max_connections: int | None = None,
     ) -> None:
         super().__init__(
             transport,
@@ -144,6 +145,7 @@ class AnthropicProvider(JSONProvider):
                 "content-type": "application/json",
             },
             timeout_s=timeout_s,
+            max_connections=max_connections,
         )
 
     def body(self, request: Request) -> dict[str, Any]:

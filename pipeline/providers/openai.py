@@ -92,11 +92,12 @@ class OpenAIProvider(JSONProvider):
 
     def __init__(
         self,
-        transport: httpx.AsyncBaseTransport,
+        transport: httpx.AsyncBaseTransport | None,
         *,
         base_url: str,
         api_key: str,
         timeout_s: float = 60.0,
+        max_connections: int | None = None,
     ) -> None:
         super().__init__(
             transport,
@@ -106,6 +107,7 @@ class OpenAIProvider(JSONProvider):
                 "content-type": "application/json",
             },
             timeout_s=timeout_s,
+            max_connections=max_connections,
         )
 
     def body(self, request: Request) -> dict[str, Any]:
