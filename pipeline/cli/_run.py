@@ -198,11 +198,7 @@ async def _run_async(launch: _Launch, api_key: str, console: Console) -> RunOutc
             from ..fake import FakeConfig, running_fake_provider
 
             fake = await stack.enter_async_context(running_fake_provider(FakeConfig()))
-            base_url = (
-                fake.openai_base_url
-                if job.request.provider == "openai"
-                else fake.anthropic_base_url
-            )
+            base_url = fake.base_url(job.request.provider)
         store = stack.enter_context(Store(job.output.db))
         provider = make_provider(job, api_key=api_key, base_url=base_url)
         stack.push_async_callback(provider.aclose)
