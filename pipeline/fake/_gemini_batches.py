@@ -16,6 +16,8 @@ Files
     ``GET    /v1beta/files/{id}``                the file
     ``GET    /v1beta/files/{id}:download?alt=media`` (also under ``/download/v1beta/``) its bytes
     ``DELETE /v1beta/files/{id}``
+Every path is served under ``v1`` too (the official SDK 3.x uses it), when the request carries
+``x-goog-api-key`` (OpenAI's ``/v1/batches`` and ``/v1/files`` are the same paths).
 
 The operation (``{"name": "batches/...", "metadata": {... "state", "batchStats", "output"},
 "done"}``) moves ``BATCH_STATE_PENDING`` → ``RUNNING`` → ``SUCCEEDED`` (or ``FAILED`` when the
@@ -23,8 +25,9 @@ input file does not validate, ``CANCELLED``, ``EXPIRED``), on the same clock as 
 providers' batches (``_batches.BatchJob`` and the ``batch_*`` knobs). Results come back the way
 the input came: inline requests as ``output.inlinedResponses.inlinedResponses`` in request
 order (each with its ``metadata``), a file as ``output.responsesFile``, a JSONL file of ``{"key",
-"response"}`` or ``{"key", "error"}`` lines. An expired batch has no output at all (Google
-documents nothing of one); a cancelled one keeps what it answered. Each request is checked and
+"response"}`` or ``{"key", "error"}`` lines. An expired or cancelled batch keeps what it
+answered (Google documents no partial output of an expired batch; the fake does what OpenAI's
+does, so that what was paid comes back). Each request is checked and
 answered by the online endpoint's code (``_gemini``) and paid under its ``key``. An inline
 create over ``INLINE_MAX_BYTES`` is refused (400), as the real API refuses bodies over 20 MB.
 """
@@ -33,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -66,6 +70,10 @@ __all__ = ["INLINE_MAX_BYTES", "GeminiBatch", "GeminiBatchAPI"]
 INLINE_MAX_BYTES: Final = 20 * 1024 * 1024
 FILE_TTL_S: Final = 48 * 3600  # uploaded files are deleted after 48 hours
 _JSON: Final = "application/json"
+_PATH: Final = re.compile(
+    r"/(?P<where>upload/|download/)?(?P<version>v1beta|v1)/(?P<kind>batches|files)"
+    r"(?:/(?P<tail>[^/]+))?"
+)
 _TYPE: Final = "type.googleapis.com/google.ai.generativelanguage.v1main."
 _STATES: Final = {
     VALIDATING: "BATCH_STATE_PENDING",
@@ -189,8 +197,6 @@ class GeminiBatch(BatchJob):
         return "response" in result, orjson.dumps(result)
 
     def _finish(self, moment: float) -> None:
-        if self.phase == EXPIRED:
-            return  # an expired batch has no output
         if self.inline is not None:
             answered = [orjson.loads(raw) for _, raw in self.results]
             answered.sort(key=lambda item: self.index.get(item["key"], 0))
@@ -268,15 +274,41 @@ class GeminiBatchAPI:
         self._uploads: dict[str, _Upload] = {}
         self._serial = 0
 
-    def add_routes(self, router: web.UrlDispatcher) -> None:
-        router.add_get("/v1beta/batches", self._list)
-        router.add_get("/v1beta/batches/{tail}", self._get)
-        router.add_post("/v1beta/batches/{tail}", self._post_batch)
-        router.add_delete("/v1beta/batches/{tail}", self._delete)
-        router.add_post("/upload/v1beta/files", self._upload)
-        router.add_get("/v1beta/files/{tail}", self._get_file)
-        router.add_get("/download/v1beta/files/{tail}", self._get_file)
-        router.add_delete("/v1beta/files/{tail}", self._delete_file)
+    def handles(self, request: web.Request) -> bool:
+        """Whether ``request`` is for Gemini's batches or files: a ``v1beta``, ``upload/`` or
+        ``download/`` path, or a ``v1`` one with Google's key header (OpenAI's ``/v1/batches``
+        and ``/v1/files`` share those paths; the official SDK 3.x speaks ``v1``)."""
+        match = _PATH.match(request.path)
+        if match is None:
+            return False
+        return (
+            match["version"] == "v1beta"
+            or match["where"] is not None  # upload/, download/: Google's only
+            or "x-goog-api-key" in request.headers
+        )
+
+    async def dispatch(self, request: web.Request) -> web.StreamResponse:
+        """Answer a request ``handles`` claimed."""
+        match = _PATH.match(request.path)
+        assert match is not None
+        kind, tail, method = match["kind"], match["tail"] or "", request.method
+        if kind == "batches":
+            if not tail and method == "GET":
+                return await self._list(request)
+            if tail and method == "GET":
+                return await self._get(request, tail)
+            if tail and method == "POST":
+                return await self._post_batch(request, tail)
+            if tail and method == "DELETE":
+                return await self._delete(request, tail)
+        elif match["where"] == "upload/" and not tail and method == "POST":
+            return await self._upload(request)
+        elif tail and method == "GET":
+            return await self._get_file(request, tail, download=match["where"] == "download/")
+        elif tail and method == "DELETE":
+            return await self._delete_file(request, tail)
+        body = _gemini.error_body(404, f"Method not found: {method} {request.path}")
+        return _error(404, body)
 
     def clear(self) -> None:
         self._batches.clear()
@@ -408,9 +440,9 @@ class GeminiBatchAPI:
             lines.append(BatchLine(str(key) if key is not None else str(index), item["request"]))
         return lines, None, None
 
-    def _batch(self, request: web.Request) -> tuple[GeminiBatch, str]:
+    def _batch(self, request: web.Request, tail: str) -> tuple[GeminiBatch, str]:
         self._allowed(request)
-        name, _, method = request.match_info["tail"].partition(":")
+        name, _, method = tail.partition(":")
         job = self._batches.get(f"batches/{name}")
         if job is None:
             raise _Refusal(404, f"Batch batches/{name} not found.")
@@ -418,18 +450,18 @@ class GeminiBatchAPI:
             job.advance(time.monotonic())
         return job, method
 
-    async def _get(self, request: web.Request) -> web.Response:
+    async def _get(self, request: web.Request, tail: str) -> web.Response:
         try:
-            job, method = self._batch(request)
+            job, method = self._batch(request, tail)
             if method:
                 raise _Refusal(404, f"Method not found: GET {request.path}")
         except _Refusal as refusal:
             return _error(refusal.status, refusal.body)
         return _json(job.to_json())
 
-    async def _post_batch(self, request: web.Request) -> web.Response:
+    async def _post_batch(self, request: web.Request, tail: str) -> web.Response:
         try:
-            job, method = self._batch(request)
+            job, method = self._batch(request, tail)
             if method != "cancel":
                 raise _Refusal(404, f"Method not found: POST {request.path}")
             if not job.cancel(time.monotonic()):
@@ -438,9 +470,9 @@ class GeminiBatchAPI:
             return _error(refusal.status, refusal.body)
         return _json({})
 
-    async def _delete(self, request: web.Request) -> web.Response:
+    async def _delete(self, request: web.Request, tail: str) -> web.Response:
         try:
-            job, _ = self._batch(request)
+            job, _ = self._batch(request, tail)
         except _Refusal as refusal:
             return _error(refusal.status, refusal.body)
         del self._batches[job.id]
@@ -471,8 +503,9 @@ class GeminiBatchAPI:
     async def _upload(self, request: web.Request) -> web.Response:
         """Both steps of a resumable upload (``start``, then ``upload`` chunks)."""
         try:
-            self._allowed(request)
             upload_id = request.query.get("upload_id")
+            if upload_id is None:
+                self._allowed(request)  # later steps: the upload id is the credential
             command = request.headers.get("X-Goog-Upload-Command", "")
             commands = {c.strip() for c in command.split(",")}
             if upload_id is None:
@@ -495,7 +528,7 @@ class GeminiBatchAPI:
                     bytearray(),
                 )
                 query = f"upload_id={upload_id}&upload_protocol=resumable"
-                url = f"{request.url.origin()}/upload/v1beta/files?{query}"
+                url = f"{request.url.origin()}{request.path}?{query}"
                 return web.Response(
                     body=b"",
                     headers={"X-Goog-Upload-URL": url, "X-Goog-Upload-Status": "active"},
@@ -530,23 +563,23 @@ class GeminiBatchAPI:
             headers={"X-Goog-Upload-Status": "final"},
         )
 
-    async def _get_file(self, request: web.Request) -> web.Response:
+    async def _get_file(self, request: web.Request, tail: str, *, download: bool) -> web.Response:
         try:
             self._allowed(request)
-            name, _, method = request.match_info["tail"].partition(":")
+            name, _, method = tail.partition(":")
             stored = self._files.get(f"files/{name}")
             if stored is None:
                 raise _Refusal(404, f"File files/{name} not found.")
         except _Refusal as refusal:
             return _error(refusal.status, refusal.body)
-        if method == "download" or request.path.startswith("/download/"):
+        if method == "download" or download:
             return web.Response(body=stored.data, content_type="application/octet-stream")
         return _json(stored.to_json(str(request.url.origin())))
 
-    async def _delete_file(self, request: web.Request) -> web.Response:
+    async def _delete_file(self, request: web.Request, tail: str) -> web.Response:
         try:
             self._allowed(request)
-            name = request.match_info["tail"]
+            name = tail
             if self._files.pop(f"files/{name}", None) is None:
                 raise _Refusal(404, f"File files/{name} not found.")
         except _Refusal as refusal:

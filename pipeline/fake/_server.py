@@ -275,12 +275,11 @@ class FakeProvider:
     # -- app -------------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[self._gemini_paths])
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_post("/v1/messages", self._anthropic_messages)
         app.router.add_post("/{version:v1beta|v1}/models/{action}", self._gemini_models)
         self._batches.add_routes(app.router)
-        self._gemini_batches.add_routes(app.router)
         app.router.add_get("/_fake/health", self._health)
         app.router.add_get("/_fake/accounting", self._get_accounting)
         app.router.add_get("/_fake/accounting/batches", self._get_batch_accounting)
@@ -564,6 +563,15 @@ class FakeProvider:
         return payload, output_tokens, cache_read, cache_write
 
     # -- Gemini ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _gemini_paths(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Gemini's batches and files (their ``v1`` paths are OpenAI's too: told apart by the
+        key header, before routing)."""
+        if self._gemini_batches.handles(request):
+            return await self._gemini_batches.dispatch(request)
+        response: web.StreamResponse = await handler(request)
+        return response
 
     async def _gemini_models(self, request: web.Request) -> web.StreamResponse:
         """``POST /v1beta/models/{model}:generateContent`` (and ``:batchGenerateContent``)."""

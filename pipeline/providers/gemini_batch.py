@@ -19,7 +19,8 @@ with ``classify_http_error``, so a batch row looks exactly like the same row sen
 
 A batch is found again (``find_submitted``) by its ``displayName``, which carries the run id and
 part number, in ``GET {base}/v1beta/batches`` (every page is read: Google documents no order).
-An expired batch returns nothing: its rows are left for the online pass.
+Rows an ended batch did not answer (it expired, was cancelled, or answered them with an error)
+are left for the online pass, or recorded, as for the other providers.
 """
 
 from __future__ import annotations
