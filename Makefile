@@ -28,6 +28,7 @@ demo: $(STAMP)
 	rm -rf data/demo.duckdb data/demo.duckdb.wal data/runs
 	$(BIN)/pipeline run jobs/review_sentiment.toml --fake --db data/demo.duckdb
 	$(BIN)/pipeline run jobs/review_sentiment_claude.toml --fake --db data/demo.duckdb --quiet
+	$(BIN)/pipeline run jobs/review_sentiment_gemini.toml --fake --db data/demo.duckdb --quiet
 	$(BIN)/pipeline run jobs/invoice_extraction.toml --fake --db data/demo.duckdb --quiet
 	$(BIN)/pipeline report --db data/demo.duckdb
 	@echo "the same as a page with charts: $$($(BIN)/pipeline report --db data/demo.duckdb --html data/demo-report.html)"

@@ -60,7 +60,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import StoreError
 from .job import Job, LimitsSpec
-from .job.pricing import Price, cost_usd, format_usd, price_for
+from .job.pricing import Price, cost_usd, fallback_price_for, format_usd, price_for
 from .plan import Planner, Send, Skip, Unrendered
 from .records import ResultBuilder, Usage
 from .render import (
@@ -135,6 +135,12 @@ class Estimate:
     cached_tokens_per_row: int = 0
     rows_in_batches: int = 0
     """Rows in batches earlier runs submitted and nobody collected yet: never sent again."""
+    fallback: str | None = None
+    """``provider model`` of the job's ``[request.fallback]``, if it has one."""
+    cost_fallback_worst: float | None = None
+    """Every row sent to the fallback, every answer at max_tokens, at its (online) price; the
+    online worst case is the dearer of this and the primary's (a row is paid once, by one of
+    them)."""
 
     @property
     def cost_expected(self) -> float | None:
@@ -252,6 +258,19 @@ def estimate_job(
             f"no price known for {job.request.provider} model {job.request.model!r}: add a "
             "[pricing] table to the job file to get a cost"
         )
+    online_worst = _cost(online, input_tokens, out_worst)
+    fallback = job.request.fallback
+    fallback_worst: float | None = None
+    if fallback is not None:
+        fallback_price = fallback_price_for(job)
+        fallback_worst = _cost(fallback_price, input_tokens, out_worst)
+        if fallback_price is None:
+            notes.append(
+                f"no price known for the fallback, {fallback.provider} model "
+                f"{fallback.model!r}: the worst case leaves it out"
+            )
+        elif online_worst is not None and fallback_worst is not None:
+            online_worst = max(online_worst, fallback_worst)
     return Estimate(
         job=job.name,
         provider=job.request.provider,
@@ -273,7 +292,7 @@ def estimate_job(
         output_basis=output_basis,
         price_source=None if online is None else online.source,
         cost_online_expected=_cost(online, input_tokens, out_expected, cached, to_send, cache),
-        cost_online_worst=_cost(online, input_tokens, out_worst),
+        cost_online_worst=online_worst,
         cost_batch_expected=_cost(batch, input_tokens, out_expected, cached, to_send, cache),
         cost_batch_worst=_cost(batch, input_tokens, out_worst),
         rows_per_minute=rate,
@@ -283,6 +302,8 @@ def estimate_job(
         time_s=to_send / rate * 60 if rate > 0 else None,
         notes=tuple(notes),
         cached_tokens_per_row=cached,
+        fallback=None if fallback is None else f"{fallback.provider} {fallback.model}",
+        cost_fallback_worst=fallback_worst,
     )
 
 
@@ -453,6 +474,11 @@ def _lines(est: Estimate) -> Iterable[str]:
             f"{format_usd(est.cost_batch_worst)} worst case (half price, within 24 h)"
         )
         yield f"price: {est.price_source}"
+    if est.fallback is not None:
+        yield (
+            f"fallback {est.fallback}: {format_usd(est.cost_fallback_worst)} worst case if every "
+            "row goes to it (the online worst case above is the dearer of the two)"
+        )
     rate = "–" if est.rows_per_minute is None else f"{est.rows_per_minute:,.0f} rows/min"
     yield (
         f"time online: ~{_duration(est.time_s)} at {rate}, limited by {est.limited_by} "

@@ -55,7 +55,7 @@ format, Anthropic forced tool); ``json``: the model is asked for JSON in the sys
 ANSWER_TOOL: Final = "record"
 """The name of the one tool an Anthropic request must call in ``enforce`` mode."""
 
-TRUNCATED: Final = frozenset({"length", "max_tokens"})
+TRUNCATED: Final = frozenset({"length", "max_tokens", "MAX_TOKENS"})  # OpenAI, Anthropic, Gemini
 """Finish reasons that mean the answer was cut off (OpenAI, Anthropic)."""
 
 SQL_TYPES: Final = ("VARCHAR", "BIGINT", "DOUBLE", "BOOLEAN", "JSON")

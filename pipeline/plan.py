@@ -136,7 +136,9 @@ class Planner:
     ``results`` builds the run's input-error results. ``lookup`` is the store (None: nothing is
     known, e.g. an estimate without a database). ``only``: a rerun's filter. ``resend_batched``:
     send rows this run put in a batch that did not answer them (batch mode's online pass).
-    ``context_window``: rows whose prompt estimate plus ``max_tokens`` pass it are input errors.
+    ``context_window``: rows whose prompt estimate plus ``max_tokens`` pass it are input errors,
+    unless ``overflow(request)`` says another model takes them (``[request.fallback]`` with
+    ``context_exceeded``): those are sent, and the executor sends them to it.
     ``look_up_first``: ask the store from the first chunk on (False when it cannot know any key
     yet: a new request version). ``track_duplicates=False`` remembers nothing planned (an
     estimate, which commits nothing, would remember every row).
@@ -153,7 +155,9 @@ class Planner:
         context_window: int | None = None,
         look_up_first: bool = True,
         track_duplicates: bool = True,
+        overflow: Callable[[Request], bool] | None = None,
     ) -> None:
+        self.overflow = overflow
         self.renderer = renderer
         self.results = results
         self.run_id = results.run_id
@@ -289,7 +293,11 @@ class Planner:
                 rendered=True,
             )
         window = self.context_window
-        if window and request.est_total_tokens > window:
+        if (
+            window
+            and request.est_total_tokens > window
+            and (self.overflow is None or not self.overflow(request))
+        ):
             return Record(
                 self.results.input_error(
                     key,

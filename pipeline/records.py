@@ -227,6 +227,7 @@ class RowResult:
     source: str
     line: int
     output_json: str | None = None  # the answer as JSON, when the job has a schema and it is ok
+    fallback_from: str | None = None  # the primary model, when [request.fallback] answered
 
 
 _NO_USAGE = Usage()
@@ -234,9 +235,19 @@ _NO_USAGE = Usage()
 
 class ResultBuilder:
     """Makes the ``RowResult``\\ s of one run (``job``, ``run_id``, request version, provider,
-    model and mode), stamped with ``clock()``."""
+    model and mode), stamped with ``clock()``. A fallback's builder has the fallback's provider
+    and model, the job's request version, and ``fallback_from``: the primary model."""
 
-    __slots__ = ("_clock", "job", "mode", "model", "prompt_hash", "provider", "run_id")
+    __slots__ = (
+        "_clock",
+        "fallback_from",
+        "job",
+        "mode",
+        "model",
+        "prompt_hash",
+        "provider",
+        "run_id",
+    )
 
     def __init__(
         self,
@@ -248,7 +259,9 @@ class ResultBuilder:
         model: str,
         mode: Mode = Mode.ONLINE,
         clock: Callable[[], float] = time.time,
+        fallback_from: str | None = None,
     ) -> None:
+        self.fallback_from = fallback_from
         self.job = job
         self.run_id = run_id
         self.prompt_hash = prompt_hash
@@ -306,6 +319,7 @@ class ResultBuilder:
             self._clock(),
             source,
             line,
+            fallback_from=self.fallback_from,
         )
 
     def answered(
@@ -353,4 +367,5 @@ class ResultBuilder:
             source,
             line,
             output_json,
+            self.fallback_from,
         )

@@ -6,7 +6,7 @@ built from provider answers all redact with :func:`redact`.
 - every secret registered with :func:`register_secret` (the exact API keys a run uses, whatever
   their shape);
 - anything shaped like a provider key: ``sk-...``, ``sk-proj-...``, ``sk-ant-...`` (also the
-  masked ``sk-abc***xyz`` that providers echo back);
+  masked ``sk-abc***xyz`` that providers echo back), and Google's ``AIza...`` API keys (Gemini);
 - a bearer token: ``Bearer <anything up to a space>``;
 - the ``user:password@`` of a URL;
 - the value of a ``?api_key=``, ``key=``, ``token=``, ``access_token=`` or ``secret=`` URL
@@ -42,6 +42,8 @@ _PATTERNS: Final = (
         r"\1" + REDACTED,
     ),
     (re.compile(r"(?i)(?<![A-Za-z0-9])sk-[A-Za-z0-9_*\-]{4,}"), REDACTED),
+    # Google API keys: "AIza" and 35 more key characters; from 20 on, so a cut one goes too.
+    (re.compile(r"(?<![A-Za-z0-9])AIza[0-9A-Za-z_\-]{20,}"), REDACTED),
     (re.compile(r"(?i)\bBearer\s+\S+"), REDACTED),
 )
 

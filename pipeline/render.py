@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import string
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -282,6 +283,19 @@ class Renderer:
             row.source,
             row.line,
             self.framing,
+        )
+
+    def retarget(self, request: Request, primary: Renderer) -> Request:
+        """``request`` (rendered by ``primary``) for this renderer's provider and model, keeping
+        its request key and version: the same row sent to ``[request.fallback]``, so that an
+        answer from the fallback counts as the row's answer under the job's version."""
+        return replace(
+            request,
+            provider=self.provider,
+            model=self.model,
+            system=self.system,
+            framing=self.framing,
+            est_input_tokens=request.est_input_tokens - primary._fixed_tokens + self._fixed_tokens,
         )
 
     def _missing(self, row: Row, name: str) -> InputError:

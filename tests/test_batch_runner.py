@@ -20,7 +20,11 @@ from pipeline.job.pricing import cost_usd, lookup_price
 from pipeline.records import Usage
 
 ROOT = Path(__file__).resolve().parent.parent
-MODELS = {"openai": "gpt-4o-mini", "anthropic": "claude-3-5-haiku-latest"}
+MODELS = {
+    "openai": "gpt-4o-mini",
+    "anthropic": "claude-3-5-haiku-latest",
+    "gemini": "gemini-2.5-flash-lite",
+}
 
 
 def make_job(tmp: Path, provider: str, rows: int, *, batch: str = "", name: str = "b") -> Path:
@@ -83,9 +87,10 @@ def only_run_id(tmp: Path) -> str:
 def env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("OPENAI_API_KEY", "test-key-openai")
     monkeypatch.setenv("ANTHROPIC_API_KEY", "test-key-anthropic")
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key-gemini")
 
 
-@pytest.mark.parametrize("provider", ["openai", "anthropic"])
+@pytest.mark.parametrize("provider", ["openai", "anthropic", "gemini"])
 def test_a_batch_job_lands_in_results_at_half_the_online_price(
     tmp_path: Path, threaded_fake: ThreadedFakeProvider, env: None, provider: str
 ) -> None:
@@ -137,11 +142,12 @@ def test_parts_are_split_by_count_and_by_bytes(
     assert len(results(by_bytes)) == 100
 
 
+@pytest.mark.parametrize("provider", ["openai", "gemini"])
 def test_no_wait_then_resume_collects_without_submitting_again(
-    tmp_path: Path, threaded_fake: ThreadedFakeProvider, env: None
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider, env: None, provider: str
 ) -> None:
-    job = make_job(tmp_path, "openai", 50)
-    url = threaded_fake.openai_base_url
+    job = make_job(tmp_path, provider, 50)
+    url = threaded_fake.base_url(provider)
     assert main(["run", str(job), "--base-url", url, "--quiet", "--no-wait"]) == 3
     assert run_state(tmp_path).startswith("stopped: batches submitted")
     assert results(tmp_path) == []
@@ -149,7 +155,7 @@ def test_no_wait_then_resume_collects_without_submitting_again(
     db = str(tmp_path / "r.duckdb")
     assert main(["resume", run_id, "--db", db, "--base-url", url, "--quiet"]) == 0
     assert len(results(tmp_path)) == 50
-    assert batch_accounting(threaded_fake)["batches_created"].get("openai") == 1
+    assert batch_accounting(threaded_fake)["batches_created"].get(provider) == 1
     assert threaded_fake.accounting()["duplicates_paid"] == 0
     assert run_state(tmp_path) == "completed"
 

@@ -23,7 +23,7 @@ def test_the_shipped_job_files_load() -> None:
     for path in sorted((root / "jobs").glob("*.toml")):
         job = load_job(path)
         assert job.name
-        assert job.request.provider in {"openai", "anthropic"}
+        assert job.request.provider in {"openai", "anthropic", "gemini"}
 
 
 def test_defaults_fill_what_the_file_leaves_out() -> None:

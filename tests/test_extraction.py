@@ -786,7 +786,9 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
         store.results.write(
             [RowResult(status="ok", **{**base, "row_id": "r3", "output_json": '{"a":1}'})]
         )
-        rows = store.query("SELECT row_id, status, output_json FROM results ORDER BY row_id")
+        rows = store.query(
+            "SELECT row_id, status, output_json, fallback_from FROM results ORDER BY row_id"
+        )
         versions = store.query("SELECT version FROM schema_version ORDER BY version")
     assert [(r["row_id"], r["status"]) for r in rows] == [
         ("r1", "ok"),
@@ -794,9 +796,10 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
         ("r3", "ok"),
     ]
     assert rows[0]["output_json"] is None and orjson.loads(rows[2]["output_json"]) == {"a": 1}
-    assert versions == [{"version": 1}, {"version": 2}]
+    assert versions == [{"version": 1}, {"version": 2}, {"version": 3}]
+    assert {r["fallback_from"] for r in rows} == {None}  # version 3's column, added empty
     with Store(db) as store:  # opening again changes nothing
-        assert store.query("SELECT count(*) AS n FROM schema_version") == [{"n": 2}]
+        assert store.query("SELECT count(*) AS n FROM schema_version") == [{"n": 3}]
         with pytest.raises(Exception, match="CHECK"):
             store.results.write([RowResult(status="maybe", **base)])
 

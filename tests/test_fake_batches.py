@@ -779,12 +779,12 @@ async def test_accounting_pays_batch_lines_under_their_custom_id() -> None:
     assert snapshot["duplicates_paid"] == 1
     assert snapshot["paid_total"] == 6
     assert snapshot["arrived"]["row-1"] == 2
-    assert batches["batches_created"] == {"openai": 1, "anthropic": 1}
+    assert batches["batches_created"] == {"openai": 1, "anthropic": 1, "gemini": 0}
     assert batches["files_uploaded"] == 1
-    assert batches["lines_paid"] == {"openai": 3, "anthropic": 2}
-    assert batches["lines_failed"] == {"openai": 0, "anthropic": 0}
+    assert batches["lines_paid"] == {"openai": 3, "anthropic": 2, "gemini": 0}
+    assert batches["lines_failed"] == {"openai": 0, "anthropic": 0, "gemini": 0}
     assert 0 < batches["tokens"]["input"] < snapshot["tokens"]["input"]
-    assert cleared["batches_created"] == {"openai": 0, "anthropic": 0}
+    assert cleared["batches_created"] == {"openai": 0, "anthropic": 0, "gemini": 0}
     assert cleared["files_uploaded"] == 0
 
 

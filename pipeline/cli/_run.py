@@ -12,6 +12,7 @@ import sys
 from collections.abc import Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +21,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import ConfigError, first_pipeline_error
-from ..execution import RunOutcome, RunSession, new_run_id
+from ..execution import RunOutcome, RunSession, RunStats, new_run_id
 from ..execution.manifest import changed_inputs, find_manifest, read_manifest, resume_command
 from ..execution.session import check_budget
 from ..job import Job, load_job, parse_job
-from ..job.pricing import price_for
+from ..job.pricing import fallback_price_for, price_for
 from ..logs import configure_logging, register_secret
 from ..plan import RowFilter
 from ..providers import api_key_from_env, make_batch_provider, make_provider
@@ -143,11 +144,17 @@ def rerun(args: argparse.Namespace) -> int:
 def _execute(launch: _Launch) -> int:
     job = launch.job
     input_files(job.input.path)  # a missing input fails here, before anything is opened
+    fallback = job.request.fallback
     if launch.fake:
-        api_key = FAKE_KEY
+        api_key = fallback_key = FAKE_KEY
     else:
         api_key = api_key_from_env(job.request.provider)
         register_secret(api_key)
+        fallback_key = api_key
+        if fallback is not None and fallback.provider != job.request.provider:
+            # The fallback's own key, read only for a job that has a fallback there.
+            fallback_key = api_key_from_env(fallback.provider)
+            register_secret(fallback_key)
     price = price_for(job, batch=job.request.mode == "batch")
     check_budget(job, price=price, force=launch.force)
     if price_for(job) is None:
@@ -155,6 +162,12 @@ def _execute(launch: _Launch) -> int:
             f"warning: no price known for {job.request.provider} model {job.request.model!r}: "
             f"cost_usd will be NULL; add a [pricing] table to {job.path} "
             "(input_mtok, output_mtok: US dollars per million tokens)",
+            file=sys.stderr,
+        )
+    if fallback is not None and fallback_price_for(job) is None:
+        print(
+            f"warning: no price known for the fallback, {fallback.provider} model "
+            f"{fallback.model!r}: cost_usd of the rows it answers will be NULL",
             file=sys.stderr,
         )
     from ..execution.manifest import runs_dir
@@ -166,7 +179,7 @@ def _execute(launch: _Launch) -> int:
         outcome = anyio.run(
             _run_async,
             launch,
-            api_key,
+            (api_key, fallback_key),
             console,
             backend="asyncio",
             backend_options={"use_uvloop": _have_uvloop()},
@@ -190,24 +203,30 @@ def _execute(launch: _Launch) -> int:
     return 1
 
 
-async def _run_async(launch: _Launch, api_key: str, console: Console) -> RunOutcome:
+async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -> RunOutcome:
     job = launch.job
+    api_key, fallback_key = keys
     async with AsyncExitStack() as stack:
         base_url = job.resolved_base_url()
+        fallback_url = job.fallback_base_url()
         if launch.fake:
             from ..fake import FakeConfig, running_fake_provider
 
             fake = await stack.enter_async_context(running_fake_provider(FakeConfig()))
-            base_url = (
-                fake.openai_base_url
-                if job.request.provider == "openai"
-                else fake.anthropic_base_url
-            )
+            base_url = fake.base_url(job.request.provider)
+            if job.request.fallback is not None:
+                fallback_url = fake.base_url(job.request.fallback.provider)
         store = stack.enter_context(Store(job.output.db))
         provider = make_provider(job, api_key=api_key, base_url=base_url)
         stack.push_async_callback(provider.aclose)
         batch_provider = make_batch_provider(job, api_key=api_key, base_url=base_url)
         stack.push_async_callback(batch_provider.aclose)
+        fallback_provider = None
+        if fallback_url is not None:
+            fallback_provider = make_provider(
+                job, api_key=fallback_key, base_url=fallback_url, fallback=True
+            )
+            stack.push_async_callback(fallback_provider.aclose)
 
         def notice(message: str) -> None:
             # Even with --quiet: these lines say why rows were not sent, or were recovered.
@@ -228,6 +247,8 @@ async def _run_async(launch: _Launch, api_key: str, console: Console) -> RunOutc
             wait=launch.wait,
             manifest=manifest,
             notice=notice,
+            fallback_provider=fallback_provider,
+            fallback_url=fallback_url,
         )
         verb = "resuming" if launch.resume else "run"
         console.print(
@@ -294,6 +315,9 @@ def _print_summary(out: Console, job: Job, outcome: RunOutcome, log_path: Path) 
         f"tokens: {s.input_tokens:,} in, {s.output_tokens:,} out · cost: ${s.cost_usd:,.6f}",
         highlight=False,
     )
+    fallback = job.request.fallback
+    if fallback is not None and (s.rows_fallback or s.fallback_switches):
+        out.print(_fallback_line(job.request.model, fallback.model, s), highlight=False)
     out.print(
         f"results: {job.output.db} (view 'results') · log: {log_path}",
         highlight=False,
@@ -304,6 +328,19 @@ def _print_summary(out: Console, job: Job, outcome: RunOutcome, log_path: Path) 
         out.print(
             f"to finish it: {resume_command(outcome.run_id, db)}", highlight=False, markup=False
         )
+
+
+def _fallback_line(primary: str, fallback: str, s: RunStats) -> str:
+    """One line: how many rows the fallback answered, and when the run switched and back."""
+    line = f"fallback: {s.rows_fallback:,} rows sent to {fallback} instead of {primary}"
+    for switch in s.fallback_switches:
+        at = datetime.fromtimestamp(switch["at"]).strftime("%H:%M:%S")
+        after = f"{switch['after_s']:g} s into the run"
+        if switch["to"] == "fallback":
+            line += f" · switched to {fallback} at {at}, {after} ({switch['why']})"
+        else:
+            line += f" · back to {primary} at {at}, {after}"
+    return line
 
 
 def _have_uvloop() -> bool:

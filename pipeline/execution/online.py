@@ -23,6 +23,10 @@ up to ``invalid_retries`` follow-up turns saying what was wrong, then the row is
 truncated one is ``invalid`` at once. When the job's stable prompt prefix is long enough to be
 cached, the first request is sent alone, so that the others read the provider's prompt cache
 instead of all writing it at the same time.
+
+With ``fallback`` (``[request.fallback]``, see ``fallback.py``), a row whose attempts end in an
+error the fallback takes, or that arrives while its switch is over, is sent to the fallback
+model instead of being recorded ``failed``.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from ..limits.retry import backoff_s
 from ..providers import Provider
 from ..records import Request, ResultBuilder, RowResult, Status, Usage
 from ..render import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
+from .fallback import Fallback
 from .sink import ResultSink
 from .stats import RunStats
 
@@ -136,7 +141,9 @@ class OnlineExecutor:
         warm_cache: bool = False,
         reachability: Reachability | None = None,
         on_stop: Callable[[str], None] | None = None,
+        fallback: Fallback | None = None,
     ) -> None:
+        self.fallback = fallback
         self.provider = provider
         self.budget = budget
         self.sink = sink
@@ -220,6 +227,26 @@ class OnlineExecutor:
             gate.set()
             self._warm = None
 
+    async def process(self, request: Request, lease: Lease) -> RowResult | None:
+        """One row under ``lease``, as a worker sends it (a fallback's executor is driven by
+        the primary's workers through this)."""
+        return await self._process(request, lease)
+
+    async def _to_fallback(
+        self, request: Request, lease: Lease, attempts: int, paid: Usage, paid_cost: float | None
+    ) -> RowResult | None:
+        fallback = self.fallback
+        assert fallback is not None
+        result = await fallback.send(
+            request, lease, attempts=attempts, paid=paid, paid_cost=paid_cost
+        )
+        if result is None:
+            if fallback.fatal is not None:
+                self._on_fatal(fallback.fatal)
+            elif fallback.over_budget:
+                self._request_stop("budget")
+        return result
+
     async def _process(self, request: Request, lease: Lease) -> RowResult | None:
         """Send one request until it succeeds, fails for good, or attempts run out; None when
         the row is left unfinished (the run is stopping or failed).
@@ -232,8 +259,13 @@ class OnlineExecutor:
         paid = _NO_USAGE  # answers already paid for (invalid ones that were followed up)
         paid_cost: float | None = None
         first = True
+        fallback = self.fallback
+        if fallback is not None and fallback.first(request):
+            return await self._to_fallback(request, lease, 0, paid, paid_cost)
         while True:
             if not first:
+                if fallback is not None and fallback.breaker.tripped:
+                    return await self._to_fallback(request, lease, attempt, paid, paid_cost)
                 await lease.retry()
             first = False
             attempt += 1
@@ -252,6 +284,8 @@ class OnlineExecutor:
                     self.budget.observe(reply.rate_limit)
                 self.budget.reward()
                 self.reachability.answered()
+                if fallback is not None:
+                    fallback.answered()
                 cost = cost_usd(self.price, usage)
                 if attempt > 1:
                     usage = _add_usage(paid, usage)
@@ -296,6 +330,8 @@ class OnlineExecutor:
             lease.unanswered()
             if not isinstance(error, UnreachableError):
                 self.reachability.answered()  # an error, but from the other end of a connection
+            if fallback is not None:
+                fallback.failed(error)
             if error.fatal:
                 self._on_fatal(error)
                 return None
@@ -317,6 +353,8 @@ class OnlineExecutor:
                 self.stats.rate_limited += 1
                 self.budget.penalize(error.retry_after)
             if not error.transient or tries >= self.max_attempts:
+                if fallback is not None and fallback.takes(error):
+                    return await self._to_fallback(request, lease, attempt, paid, paid_cost)
                 self._log.warning(
                     "row_failed",
                     row_id=request.row_id,

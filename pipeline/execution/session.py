@@ -15,9 +15,10 @@ The session is what ``pipeline run``, ``resume`` and ``rerun`` drive, and what a
 uses the same way: give it the job, an open ``Store`` and the providers; ``await run()``.
 It holds the run's policy: the USD budget (kept while the run goes; ``check_budget``, before
 the database is even opened, refuses a run whose worst case is already over it), the
-manifest (rewritten every 2 s for ``pipeline status``), the batch to online fallback, and
-stopping (``request_stop``: stop launching, give requests in flight ``grace_s``, then cancel
-them; ``cancel_now``: at once).
+manifest (rewritten every 2 s for ``pipeline status``), the batch to online fallback, the
+fallback model (``[request.fallback]``: its provider, rate budget and price, wired into the
+online executor), and stopping (``request_stop``: stop launching, give requests in flight
+``grace_s``, then cancel them; ``cancel_now``: at once).
 
 Executors never touch the ledger or the manifest; the session never touches HTTP.
 """
@@ -28,6 +29,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,7 +39,7 @@ import structlog
 from ..errors import ConfigError, FatalProviderError, PipelineError, first_pipeline_error
 from ..extract import Extractor
 from ..job import Job
-from ..job.pricing import Price, price_for
+from ..job.pricing import Price, fallback_price_for, price_for
 from ..limits import LocalRateBudget, RateBudget, RunBudget
 from ..plan import Planner, RowFilter
 from ..providers import BatchProvider, Provider
@@ -46,6 +48,7 @@ from ..render import Renderer
 from ..sources import input_files
 from ..store import RunRecord, Store
 from .batch import BatchExecutor, PartRow
+from .fallback import Breaker, Fallback, Switch, log_switch
 from .feed import feed
 from .journal import Journal, journal_path, replay_journals
 from .manifest import fingerprints, manifest_path, resume_command, runs_dir, write_manifest
@@ -65,7 +68,10 @@ class RunSession:
     """One run of a job, from the first row to the last commit (see the module docstring).
 
     ``provider`` sends online; ``batch_provider`` is needed for batch mode, and lets an online
-    run collect finished batches of earlier runs. ``rate`` defaults to the job's
+    run collect finished batches of earlier runs. ``fallback_provider`` sends the rows that go
+    to the job's ``[request.fallback]`` at ``fallback_url`` (without it, the job runs without
+    its fallback).
+    ``rate`` defaults to the job's
     ``[limits]``; ``price`` / ``batch_price`` to the job's price (``cost.price_for``).
     ``resume``: continue ``run_id``. ``only``: send only the rows it admits (a rerun).
     ``wait``: in batch mode, wait for the batches and collect them (else submit and return).
@@ -92,8 +98,13 @@ class RunSession:
         grace_s: float = 10.0,
         notice: Callable[[str], None] | None = None,
         clock: Callable[[], float] = time.time,
+        fallback_provider: Provider | None = None,
+        fallback_url: str | None = None,
     ) -> None:
         self.job = job
+        self.fallback_url = fallback_url
+        self.fallback_provider = fallback_provider if job.request.fallback else None
+        self._fallback: Fallback | None = None
         self.mode = Mode(job.request.mode)
         if self.mode is Mode.ONLINE and provider is None:
             raise ValueError("an online run needs a provider")
@@ -242,7 +253,13 @@ class RunSession:
         else:
             await self._run_online(sink, self.only)
 
-    def _planner(self, mode: Mode, only: RowFilter | None, resend_batched: bool) -> Planner:
+    def _planner(
+        self,
+        mode: Mode,
+        only: RowFilter | None,
+        resend_batched: bool,
+        overflow: Callable[[Request], bool] | None = None,
+    ) -> Planner:
         return Planner(
             self.renderer,
             self._results(mode),
@@ -253,6 +270,7 @@ class RunSession:
             look_up_first=self.resume
             or only is not None
             or self.store.results.has_results(self.prompt_hash),
+            overflow=overflow,
         )
 
     def _results(self, mode: Mode) -> ResultBuilder:
@@ -272,7 +290,9 @@ class RunSession:
     ) -> None:
         assert self.provider is not None
         job = self.job
-        planner = self._planner(Mode.ONLINE, only, resend_batched)
+        fallback = self._online_fallback(sink)
+        overflow = None if fallback is None else fallback.overflow
+        planner = self._planner(Mode.ONLINE, only, resend_batched, overflow)
         self._planner_now = planner
         budget = RunBudget(
             rate=self.rate,
@@ -294,6 +314,7 @@ class RunSession:
             context_window=job.request.context_tokens,
             warm_cache=self.renderer.warm_cache,
             on_stop=self.request_stop,
+            fallback=fallback,
         )
         self._executors.append(executor)
         if self._stop_reason is not None:
@@ -307,6 +328,74 @@ class RunSession:
             )
             await executor.run(receive)
             tg.cancel_scope.cancel()
+
+    def _online_fallback(self, sink: ResultSink) -> Fallback | None:
+        """The job's ``[request.fallback]``, made once per run: a second online executor on the
+        fallback's provider, with its own rate budget and price."""
+        spec = self.job.request.fallback
+        if spec is None or self.fallback_provider is None:
+            return None
+        if self._fallback is not None:
+            return self._fallback
+        job = self.job
+        request = replace(job.request, provider=spec.provider, model=spec.model)
+        renderer = Renderer(request)
+        results = ResultBuilder(
+            job=job.name,
+            run_id=self.run_id,
+            prompt_hash=self.prompt_hash,
+            provider=spec.provider,
+            model=spec.model,
+            mode=Mode.ONLINE,
+            clock=self._clock,
+            fallback_from=job.request.model,
+        )
+        limits = job.limits
+        budget = RunBudget(
+            rate=LocalRateBudget(
+                requests_per_minute=limits.requests_per_minute,
+                tokens_per_minute=limits.tokens_per_minute,
+            ),
+            concurrency=limits.concurrency,
+        )
+        price = fallback_price_for(job)
+        executor = OnlineExecutor(
+            provider=self.fallback_provider,
+            budget=budget,
+            sink=sink,
+            results=results,
+            stats=self.stats,
+            price=price,
+            max_attempts=limits.max_attempts,
+            url=self.fallback_url or self.base_url,
+            extractor=self.extractor,
+            invalid_retries=request.invalid_retries,
+            context_window=spec.context_tokens,
+            on_stop=self.request_stop,
+        )
+        self._executors.append(executor)
+        if self._stop_reason is not None:
+            executor.stop()
+
+        def switched(switch: Switch) -> None:
+            after_s = round(time.monotonic() - self.stats.started, 2)
+            self.stats.fallback_switches.append({**switch.as_dict(), "after_s": after_s})
+            log_switch(switch, primary=job.request.model, fallback=spec.model)
+            to = f"fallback {spec.model}" if switch.to == "fallback" else job.request.model
+            self._notice(f"new rows go to {to}: {switch.why}")
+
+        self._fallback = Fallback(
+            spec=spec,
+            executor=executor,
+            budget=budget,
+            renderer=renderer,
+            primary=self.renderer,
+            primary_window=job.request.context_tokens,
+            price=price,
+            breaker=Breaker(cooldown_s=spec.cooldown_s, on_switch=switched),
+            budget_usd=limits.budget_usd is not None,
+        )
+        return self._fallback
 
     async def _run_batch(self, sink: ResultSink) -> None:
         assert self.batch_provider is not None
@@ -527,6 +616,15 @@ class RunSession:
             "tokens": {"input": s.input_tokens, "output": s.output_tokens},
             "cost_usd": self.spent_before + s.cost_usd,
         }
+        fallback = self.job.request.fallback
+        if fallback is not None:
+            out["fallback"] = {
+                "provider": fallback.provider,
+                "model": fallback.model,
+                "when": list(fallback.when),
+                "rows": s.rows_fallback,
+                "switches": list(s.fallback_switches),
+            }
         if self.mode is Mode.BATCH or self._manifest_base.get("batches"):
             out["batches"] = [
                 {k: p[k] for k in ("part", "batch_id", "input_file_id", "status", "requests")}

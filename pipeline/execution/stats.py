@@ -6,6 +6,7 @@ import secrets
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 from ..records import Ending, RowResult, Status, run_state
 
@@ -39,6 +40,8 @@ class RunStats:
     input_tokens: int = 0
     output_tokens: int = 0
     cost_usd: float = 0.0
+    rows_fallback: int = 0  # rows [request.fallback] answered (or failed) instead of the model
+    fallback_switches: list[dict[str, Any]] = field(default_factory=list)  # Switch.as_dict()
     started: float = field(default_factory=time.monotonic)
 
     def count(self, result: RowResult) -> None:

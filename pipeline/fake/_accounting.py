@@ -70,9 +70,9 @@ class AccountingSnapshot(TypedDict):
 class BatchAccountingSnapshot(TypedDict):
     """The JSON of ``GET /_fake/accounting/batches`` and of ``FakeProvider.batch_accounting()``.
 
-    ``batches_created``: batches accepted, per API (``"openai"``, ``"anthropic"``).
-    ``files_uploaded``: files accepted by OpenAI's ``POST /v1/files`` (batch output and error
-    files the fake writes itself are not counted).
+    ``batches_created``: batches accepted, per API (``"openai"``, ``"anthropic"``, ``"gemini"``).
+    ``files_uploaded``: files accepted by OpenAI's ``POST /v1/files`` and Gemini's upload (batch
+    output and error files the fake writes itself are not counted).
     ``lines_paid``: batch lines answered with a message, per API (they are also in
     ``AccountingSnapshot.paid`` under their ``custom_id``).
     ``lines_failed``: batch lines answered with an error (injected or a request the online
@@ -88,7 +88,7 @@ class BatchAccountingSnapshot(TypedDict):
     tokens: TokenTotals
 
 
-_APIS = ("openai", "anthropic")
+_APIS = ("openai", "anthropic", "gemini")
 
 
 class Accounting:

@@ -58,6 +58,12 @@ class FakeConfig:
         ``malformed_rate`` answers 200 with a truncated JSON body; ``empty_rate`` answers 200 with
         an empty body.
 
+    Models down
+        ``fail_model`` names a model (or several, comma-separated) every online request for
+        which is answered as an overloaded provider answers: ``error_status`` when set, else
+        OpenAI 503, Anthropic 529 ``overloaded_error``, Gemini 503 ``UNAVAILABLE``. The other
+        models answer as usual (a fallback model, say).
+
     Account state
         ``auth_fail`` answers every request 401 (the key is never echoed back);
         ``quota_exhausted`` answers OpenAI requests 429 ``insufficient_quota`` and Anthropic
@@ -100,6 +106,7 @@ class FakeConfig:
     drop_rate: float = 0.0
     malformed_rate: float = 0.0
     empty_rate: float = 0.0
+    fail_model: str | None = None
     auth_fail: bool = False
     quota_exhausted: bool = False
     batch_validating_s: float = 0.2
@@ -114,6 +121,13 @@ class FakeConfig:
     openai_batch_max_bytes: int = 200_000_000
     anthropic_batch_max_requests: int = 100_000
     anthropic_batch_max_bytes: int = 256_000_000
+
+    def fails(self, model: str) -> bool:
+        """Whether ``fail_model`` takes ``model`` down."""
+        if not self.fail_model:
+            return False
+        name = model.removeprefix("models/")
+        return name in (m.strip() for m in self.fail_model.split(","))
 
     def __post_init__(self) -> None:
         for name in ("latency_ms", "jitter_ms", "hang_s", *_BATCH_SECONDS):
@@ -153,19 +167,29 @@ _OPTIONAL_FLOAT_KNOBS = frozenset(
 )
 _INT_KNOBS = frozenset(("seed", *_BATCH_LIMITS))
 _OPTIONAL_INT_KNOBS = frozenset(("error_status",))
+_OPTIONAL_STR_KNOBS = frozenset(("fail_model",))
 _BOOL_KNOBS = frozenset(
     ("auth_fail", "quota_exhausted", "batch_fail_validation", "batch_create_lost")
 )
 KNOBS = frozenset(f.name for f in fields(FakeConfig))
 assert KNOBS == (
-    _FLOAT_KNOBS | _OPTIONAL_FLOAT_KNOBS | _INT_KNOBS | _OPTIONAL_INT_KNOBS | _BOOL_KNOBS
+    _FLOAT_KNOBS
+    | _OPTIONAL_FLOAT_KNOBS
+    | _INT_KNOBS
+    | _OPTIONAL_INT_KNOBS
+    | _OPTIONAL_STR_KNOBS
+    | _BOOL_KNOBS
 )
 
 
 def _coerce(name: str, value: object) -> object:
     """Check one knob's value as it arrives from JSON or keyword arguments."""
-    if value is None and name in _OPTIONAL_FLOAT_KNOBS | _OPTIONAL_INT_KNOBS:
+    if value is None and name in _OPTIONAL_FLOAT_KNOBS | _OPTIONAL_INT_KNOBS | _OPTIONAL_STR_KNOBS:
         return None
+    if name in _OPTIONAL_STR_KNOBS:
+        if isinstance(value, str):
+            return value
+        raise ValueError(f"{name} must be a string, got {value!r}")
     if name in _BOOL_KNOBS:
         if isinstance(value, bool):
             return value

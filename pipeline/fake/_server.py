@@ -3,8 +3,13 @@
 Routes
     ``POST /v1/chat/completions``   OpenAI chat completions
     ``POST /v1/messages``           Anthropic messages
+    ``POST /v1beta/models/{model}:generateContent``
+                                    Gemini (Developer API)
     ``/v1/files...``, ``/v1/batches...``, ``/v1/messages/batches...``
-                                    the batch APIs of both providers (``_batch_routes``)
+                                    the batch APIs of OpenAI and Anthropic (``_batch_routes``)
+    ``/v1beta/models/{model}:batchGenerateContent``, ``/v1beta/batches...``,
+    ``/upload/v1beta/files``, ``/v1beta/files...``
+                                    Gemini's Batch Mode and Files API (``_gemini_batches``)
     ``GET  /_fake/health``          200 ``{"ok": true}``
     ``GET  /_fake/accounting``      the ``AccountingSnapshot``
     ``GET  /_fake/accounting/batches``  the ``BatchAccountingSnapshot``
@@ -13,7 +18,8 @@ Routes
     ``GET  /_fake/config``          the current knobs
     ``POST /_fake/config``          change knobs: a JSON object of ``FakeConfig`` fields
     anything else                   404 in the provider's shape (Anthropic's when
-                                    ``anthropic-version`` or ``x-api-key`` is sent)
+                                    ``anthropic-version`` or ``x-api-key`` is sent, Google's
+                                    when ``x-goog-api-key`` is)
 
 One request on a provider route goes: count it → auth → decode and check the body → quota →
 rate limits → draw faults → latency → answer. Rate-limit headers are sent once the buckets have
@@ -42,7 +48,7 @@ import anyio
 import orjson
 from aiohttp import web
 
-from . import _anthropic, _openai
+from . import _anthropic, _gemini, _openai
 from ._accounting import (
     CLIENT_CLOSED,
     DROPPED,
@@ -54,6 +60,7 @@ from ._accounting import (
 from ._batch_routes import BatchAPI
 from ._cache import MIN_CACHEABLE_TOKENS, PromptCache
 from ._config import FakeConfig, config_from_mapping
+from ._gemini_batches import GeminiBatchAPI
 from ._limits import RateLimits, Refusal, go_duration
 
 __all__ = ["FakeProvider", "create_app", "running_fake_provider", "serve_forever"]
@@ -114,6 +121,12 @@ class FakeProvider:
             anthropic_message=self._anthropic_message,
             sleep=self._sleep,
         )
+        self._gemini_batches = GeminiBatchAPI(
+            config=lambda: self._config,
+            next_id=self._next_id,
+            accounting=self._accounting,
+            gemini_response=self._gemini_response,
+        )
         self.app: Final = self._build_app()
 
     # -- public ----------------------------------------------------------------------------
@@ -143,18 +156,30 @@ class FakeProvider:
         """``http://127.0.0.1:PORT``, for ``ANTHROPIC_BASE_URL`` / ``AsyncAnthropic(base_url=)``."""
         return self.url
 
+    @property
+    def gemini_base_url(self) -> str:
+        """``http://127.0.0.1:PORT``, for ``GOOGLE_GEMINI_BASE_URL`` / google-genai's
+        ``HttpOptions(base_url=)``."""
+        return self.url
+
+    def base_url(self, provider: str) -> str:
+        """The base URL a client of ``provider`` (openai, anthropic, gemini) is given."""
+        return self.openai_base_url if provider == "openai" else self.url
+
     def accounting(self) -> AccountingSnapshot:
         """What the fake saw and charged so far (the JSON of ``GET /_fake/accounting``).
 
         Batches are caught up to now first, so lines that are due count as paid.
         """
         self._batches.advance_all()
+        self._gemini_batches.advance_all()
         return self._accounting.snapshot()
 
     def batch_accounting(self) -> BatchAccountingSnapshot:
         """What only batches have: batches created, files uploaded, the batch share of the paid
         lines and tokens (the JSON of ``GET /_fake/accounting/batches``)."""
         self._batches.advance_all()
+        self._gemini_batches.advance_all()
         return self._accounting.batch_snapshot()
 
     async def wait_for_requests(self, count: int) -> None:
@@ -189,6 +214,7 @@ class FakeProvider:
         self._accounting.clear()
         self._cache.clear()
         self._batches.clear()
+        self._gemini_batches.clear()
         self._rng.seed(self._config.seed)
         self._limits = self._new_limits(self._config)
 
@@ -249,9 +275,10 @@ class FakeProvider:
     # -- app -------------------------------------------------------------------------------
 
     def _build_app(self) -> web.Application:
-        app = web.Application(client_max_size=_MAX_BODY_BYTES)
+        app = web.Application(client_max_size=_MAX_BODY_BYTES, middlewares=[self._gemini_paths])
         app.router.add_post("/v1/chat/completions", self._openai_chat)
         app.router.add_post("/v1/messages", self._anthropic_messages)
+        app.router.add_post("/{version:v1beta|v1}/models/{action}", self._gemini_models)
         self._batches.add_routes(app.router)
         app.router.add_get("/_fake/health", self._health)
         app.router.add_get("/_fake/accounting", self._get_accounting)
@@ -273,7 +300,7 @@ class FakeProvider:
             api: RateLimits(
                 config.requests_per_second, config.tokens_per_second, config.burst_s, now
             )
-            for api in ("openai", "anthropic")
+            for api in ("openai", "anthropic", "gemini")
         }
 
     def _next_id(self) -> str:
@@ -379,6 +406,12 @@ class FakeProvider:
             return self._respond(400, invalid.body(), headers)
         if config.quota_exhausted:
             return self._respond(429, _openai.QUOTA_BODY, headers)
+        if config.fails(chat.model):
+            self._accounting.fault("fail_model")
+            status = config.error_status or 503
+            message = _OPENAI_ERRORS.get(status, f"Injected error {status}.")
+            error_type = "server_error" if status >= 500 else "invalid_request_error"
+            return self._respond(status, _openai.error_body(message, error_type), headers)
 
         limits = self._limits["openai"]
         if limits.active:
@@ -464,6 +497,15 @@ class FakeProvider:
                 "invalid_request_error", _anthropic.QUOTA_MESSAGE, request_id
             )
             return self._respond(400, body, headers)
+        if config.fails(message.model):
+            self._accounting.fault("fail_model")
+            status = config.error_status or 529
+            error_type, text = _ANTHROPIC_ERRORS.get(
+                status, ("api_error" if status >= 500 else "invalid_request_error", "Error")
+            )
+            return self._respond(
+                status, _anthropic.error_body(error_type, text, request_id), headers
+            )
 
         limits = self._limits["anthropic"]
         if limits.active:
@@ -520,6 +562,108 @@ class FakeProvider:
         )
         return payload, output_tokens, cache_read, cache_write
 
+    # -- Gemini ------------------------------------------------------------------------------
+
+    @web.middleware
+    async def _gemini_paths(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        """Gemini's batches and files (their ``v1`` paths are OpenAI's too: told apart by the
+        key header, before routing)."""
+        if self._gemini_batches.handles(request):
+            return await self._gemini_batches.dispatch(request)
+        response: web.StreamResponse = await handler(request)
+        return response
+
+    async def _gemini_models(self, request: web.Request) -> web.StreamResponse:
+        """``POST /v1beta/models/{model}:generateContent`` (and ``:batchGenerateContent``)."""
+        model, _, method = request.match_info["action"].partition(":")
+        if method == "batchGenerateContent":
+            return await self._gemini_batches.create(request, model)
+        if method != "generateContent":
+            return await self._not_found(request)
+        accounting = self._accounting
+        client_id = request.headers.get("x-client-request-id")
+        self._arrived(client_id)
+        config = self._config
+        ident = self._next_id()
+        headers = {"Content-Type": _JSON, "x-goog-request-id": ident}
+        key = _gemini.api_key(request.headers, request.query)
+        if not key:
+            return self._respond(403, _gemini.NO_KEY, headers)
+        if config.auth_fail:
+            return self._respond(400, _gemini.BAD_KEY, headers)
+        try:
+            decoded = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            body = _gemini.error_body(400, "Invalid JSON payload received. Unexpected token.")
+            return self._respond(400, body, headers)
+        try:
+            generate = _gemini.parse_generate_request(model, decoded)
+        except _gemini.GeminiInvalid as invalid:
+            return self._respond(400, invalid.body(), headers)
+        if config.quota_exhausted:
+            return self._respond(429, _gemini.quota_body(generate.model), headers)
+        if config.fails(generate.model):
+            accounting.fault("fail_model")
+            return self._respond(
+                config.error_status or 503, _gemini.error_body(config.error_status or 503), headers
+            )
+
+        limits = self._limits["gemini"]
+        if limits.active:
+            cost = generate.prompt_tokens + (generate.max_tokens or _openai.DEFAULT_OUTPUT_CHARGE)
+            refusal = limits.acquire(cost, time.monotonic())
+            if refusal is not None:
+                # Gemini sends no rate-limit headers: the wait is in the body's RetryInfo.
+                body = _gemini.rate_limit_body(
+                    generate.model, refusal.kind, refusal.limit_per_minute, refusal.retry_after_s
+                )
+                return self._respond(429, body, headers)
+
+        fault = await self._disrupt(request, config)
+        if fault is not None:
+            if fault == "gone":
+                return web.Response()
+            if fault == "error":
+                status = config.error_status or 503
+                return self._respond(status, _gemini.error_body(status), headers)
+
+        payload, cached = self._gemini_response(generate, ident)
+        raw = orjson.dumps(payload)
+        if fault == "malformed":
+            return self._respond(200, raw[: len(raw) // 2], headers)
+        if fault == "empty":
+            return self._respond(200, b"", headers)
+        usage = payload["usageMetadata"]
+        output = usage["candidatesTokenCount"] + usage.get("thoughtsTokenCount", 0)
+        accounting.payment(client_id, generate.prompt_tokens, output, cached, 0)
+        return self._respond(200, raw, headers)
+
+    def _gemini_response(
+        self, generate: _gemini.GenerateRequest, ident: str
+    ) -> tuple[dict[str, Any], int]:
+        """The ``GenerateContentResponse`` answering ``generate`` and its cached prompt tokens
+        (online and batch requests alike). Gemini 2.5 caches long prompts by itself, like
+        OpenAI: the same cache imitation serves both."""
+        text, tokens, thoughts, finish = _gemini.answer(generate)
+        cached = 0
+        if generate.prompt_tokens >= MIN_CACHEABLE_TOKENS:
+            cached = self._cache.openai_cached_tokens(
+                f"gemini/{generate.model}",
+                generate.prompt_text,
+                generate.prompt_tokens,
+                time.monotonic(),
+            )
+        payload = _gemini.response_body(
+            generate,
+            response_id=ident,
+            text=text,
+            candidates_tokens=tokens,
+            thoughts=thoughts,
+            finish_reason=finish,
+            cached_tokens=cached,
+        )
+        return payload, cached
+
     # -- control routes ----------------------------------------------------------------------
 
     async def _health(self, request: web.Request) -> web.Response:
@@ -555,7 +699,9 @@ class FakeProvider:
 
     async def _not_found(self, request: web.Request) -> web.Response:
         where = f"{request.method} {request.path}"
-        if "anthropic-version" in request.headers or "x-api-key" in request.headers:
+        if "x-goog-api-key" in request.headers:
+            body = _gemini.error_body(404, f"Method not found: {where}")
+        elif "anthropic-version" in request.headers or "x-api-key" in request.headers:
             body = _anthropic.error_body(
                 "not_found_error", f"Not found: {where}", f"req_{self._next_id()}"
             )
@@ -695,7 +841,8 @@ def serve_forever(
 def _print_ready(provider: FakeProvider) -> None:
     print(
         f"fake provider listening: OPENAI_BASE_URL={provider.openai_base_url} "
-        f"ANTHROPIC_BASE_URL={provider.anthropic_base_url}",
+        f"ANTHROPIC_BASE_URL={provider.anthropic_base_url} "
+        f"GOOGLE_GEMINI_BASE_URL={provider.gemini_base_url}",
         flush=True,
     )
 

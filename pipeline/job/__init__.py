@@ -7,9 +7,11 @@ from the job's ``[pricing]`` table or genai-prices, looked up once per run (``pr
 from __future__ import annotations
 
 from .config import (
+    FALLBACK_WHEN,
     JOB_KEYS,
     PROVIDERS,
     BatchSpec,
+    FallbackSpec,
     InputSpec,
     Job,
     LimitsSpec,
@@ -20,9 +22,11 @@ from .config import (
 )
 
 __all__ = [
+    "FALLBACK_WHEN",
     "JOB_KEYS",
     "PROVIDERS",
     "BatchSpec",
+    "FallbackSpec",
     "InputSpec",
     "Job",
     "LimitsSpec",

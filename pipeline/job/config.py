@@ -22,22 +22,45 @@ if TYPE_CHECKING:
     from .pricing import Price
 
 __all__ = [
+    "FALLBACK_WHEN",
     "JOB_KEYS",
     "PROVIDERS",
     "BatchSpec",
+    "FallbackSpec",
     "InputSpec",
     "Job",
     "LimitsSpec",
     "OutputSpec",
     "RequestSpec",
+    "default_base_url",
     "load_job",
     "parse_job",
 ]
 
-PROVIDERS = ("openai", "anthropic")
+PROVIDERS = ("openai", "anthropic", "gemini")
 MODES = ("online", "batch")
 ON_UNFINISHED = ("online", "record")
-DEFAULT_CONTEXT = {"openai": 128_000, "anthropic": 200_000}
+DEFAULT_CONTEXT = {"openai": 128_000, "anthropic": 200_000, "gemini": 1_048_576}
+# Where each provider's API is when neither the job nor the command line says: the official SDKs'
+# environment variable, else the real API.
+BASE_URL_ENV = {
+    "openai": ("OPENAI_BASE_URL", "https://api.openai.com/v1"),
+    "anthropic": ("ANTHROPIC_BASE_URL", "https://api.anthropic.com"),
+    "gemini": ("GOOGLE_GEMINI_BASE_URL", "https://generativelanguage.googleapis.com"),
+}
+# The error types (``results.error_type``) after which a row goes to [request.fallback]: what
+# the retry machinery records for an overloaded, slow or broken provider, and the planner's
+# ``context_exceeded`` (a prompt longer than the primary model's context).
+FALLBACK_WHEN = (
+    "overloaded",
+    "timeout",
+    "server_error",
+    "bad_gateway",
+    "rate_limited",
+    "connection_error",
+    "context_exceeded",
+)
+DEFAULT_FALLBACK_WHEN = ("overloaded", "timeout", "server_error")
 
 # Every key a job file may hold, by table, with a one-line description (also used by the docs test).
 JOB_KEYS: dict[str, dict[str, str]] = {
@@ -47,14 +70,16 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "id": "column holding a stable row id; without it a hash of the row's content is used",
     },
     "request": {
-        "provider": "openai | anthropic",
+        "provider": "openai | anthropic | gemini",
         "model": "model name, as the provider spells it",
         "system": "system prompt (optional)",
         "prompt": "user message template; {field} is replaced by the row's field",
         "max_tokens": "cap on output tokens per row (required by Anthropic, default 1024)",
         "temperature": "sampling temperature (optional)",
-        "base_url": "provider URL; else OPENAI_BASE_URL / ANTHROPIC_BASE_URL, else the real API",
-        "context_window": "model context in tokens; longer rows fail (default 128000 / 200000)",
+        "base_url": "provider URL; else OPENAI_BASE_URL / ANTHROPIC_BASE_URL / "
+        "GOOGLE_GEMINI_BASE_URL, else the real API",
+        "context_window": "model context in tokens; longer rows fail (default 128000 / 200000 "
+        "/ 1048576)",
         "mode": "online (default) | batch: the provider's batch endpoints, at half price",
         "schema": "JSON Schema the answer must match: a .json file path (relative to the cwd) "
         "or an inline table",
@@ -63,6 +88,16 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "examples": "few-shot pairs [{ input = ..., output = ... }] sent before the row",
         "invalid_retries": "follow-up turns telling the model why its answer was invalid "
         "(default 2)",
+    },
+    "request.fallback": {
+        "provider": "openai | anthropic | gemini (default: the job's provider)",
+        "model": "the model rows go to when the primary fails them (required in the table)",
+        "when": "error types that send a row to the fallback (default: overloaded, timeout, "
+        "server_error)",
+        "base_url": "the fallback provider's URL (default: the job's when the provider is the "
+        "same, else its environment variable, else the real API)",
+        "context_window": "the fallback model's context in tokens (default: the provider's)",
+        "cooldown_s": "seconds the primary is left alone once it keeps failing (default 60)",
     },
     "limits": {
         "concurrency": "requests in flight at most (default 64)",
@@ -97,6 +132,27 @@ class InputSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class FallbackSpec:
+    """``[request.fallback]``: the model a row goes to when the primary fails it in one of the
+    ways ``when`` names. It is not part of the request version (``prompt_hash``): a row answered
+    by the fallback is done under the job's request key, so the next run does not send it again.
+    """
+
+    provider: str
+    model: str
+    when: tuple[str, ...] = DEFAULT_FALLBACK_WHEN
+    base_url: str | None = None
+    context_window: int | None = None
+    cooldown_s: float = 60.0
+
+    @property
+    def context_tokens(self) -> int:
+        if self.context_window is not None:
+            return self.context_window
+        return DEFAULT_CONTEXT[self.provider]
+
+
+@dataclass(frozen=True, slots=True)
 class RequestSpec:
     provider: str
     model: str
@@ -114,6 +170,8 @@ class RequestSpec:
     examples: tuple[tuple[str, str], ...] = ()
     """Few-shot (input, output) pairs; an output given as a table is stored as compact JSON."""
     invalid_retries: int = 2
+    fallback: FallbackSpec | None = None
+    """``[request.fallback]``, or None; never part of ``prompt_hash``."""
 
     @property
     def context_tokens(self) -> int:
@@ -190,12 +248,30 @@ class Job:
 
     def resolved_base_url(self, env: Mapping[str, str] | None = None) -> str:
         """Where requests go: the job's base_url, else the SDKs' env variable, else the real API."""
-        env = os.environ if env is None else env
         if self.request.base_url:
             return self.request.base_url.rstrip("/")
-        if self.request.provider == "openai":
-            return env.get("OPENAI_BASE_URL", "https://api.openai.com/v1").rstrip("/")
-        return env.get("ANTHROPIC_BASE_URL", "https://api.anthropic.com").rstrip("/")
+        return default_base_url(self.request.provider, env)
+
+    def fallback_base_url(self, env: Mapping[str, str] | None = None) -> str | None:
+        """Where fallback requests go: ``[request.fallback].base_url``, else the job's own URL
+        when the fallback is on the same provider, else the provider's default; None without
+        a fallback."""
+        fallback = self.request.fallback
+        if fallback is None:
+            return None
+        if fallback.base_url:
+            return fallback.base_url.rstrip("/")
+        if fallback.provider == self.request.provider:
+            return self.resolved_base_url(env)
+        return default_base_url(fallback.provider, env)
+
+
+def default_base_url(provider: str, env: Mapping[str, str] | None = None) -> str:
+    """A provider's URL when no job says: the official SDK's environment variable, else the
+    real API."""
+    env = os.environ if env is None else env
+    name, default = BASE_URL_ENV[provider]
+    return env.get(name, default).rstrip("/")
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -261,6 +337,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         base_url=base_url,
         context_window=_get(req, "request", "context_window", int, path),
         mode=_choice(req, "request", "mode", MODES, path) or "online",
+        fallback=_fallback(req, provider, path),
         **_structured(req, path),
     )
     _check_template(prompt, path)
@@ -317,21 +394,71 @@ def _no_unknown_keys(doc: Mapping[str, Any], path: str) -> None:
             if not isinstance(value, dict):
                 raise ConfigError(f"must be a table: write [{key}]", path=path, key=key)
             for sub in value:
+                if f"{key}.{sub}" in JOB_KEYS:  # a table inside the table: [request.fallback]
+                    _no_unknown_keys({f"{key}.{sub}": value[sub]}, path)
+                    continue
                 if "api_key" in sub or sub in ("key", "token", "secret"):
                     raise ConfigError(
                         "API keys are read from the environment only (OPENAI_API_KEY, "
-                        "ANTHROPIC_API_KEY); remove it from the job file",
+                        "ANTHROPIC_API_KEY, GEMINI_API_KEY); remove it from the job file",
                         path=path,
                         key=f"{key}.{sub}",
                     )
                 if sub not in JOB_KEYS[key]:
-                    known = ", ".join(JOB_KEYS[key])
+                    known = ", ".join(
+                        [*JOB_KEYS[key], *(f"[{t}]" for t in JOB_KEYS if t.startswith(f"{key}."))]
+                    )
                     raise ConfigError(
                         f"unknown key; [{key}] takes: {known}", path=path, key=f"{key}.{sub}"
                     )
         elif key not in JOB_KEYS[""]:
             known = ", ".join([*JOB_KEYS[""], *(f"[{t}]" for t in JOB_KEYS if t)])
             raise ConfigError(f"unknown key; a job file takes: {known}", path=path, key=key)
+
+
+def _fallback(req: Mapping[str, Any], provider: str, path: str) -> FallbackSpec | None:
+    """``[request.fallback]``, checked: a model, a known provider, known error types."""
+    table = req.get("fallback")
+    if table is None:
+        return None
+    name = "request.fallback"
+    fb_provider = _get(table, name, "provider", str, path) or provider
+    if fb_provider not in PROVIDERS:
+        raise ConfigError(
+            f"unknown provider {fb_provider!r}; use one of: {', '.join(PROVIDERS)}",
+            path=path,
+            key=f"{name}.provider",
+        )
+    model = _get(table, name, "model", str, path, required=True)
+    when = table.get("when", list(DEFAULT_FALLBACK_WHEN))
+    if not isinstance(when, list) or not when or not all(isinstance(w, str) for w in when):
+        raise ConfigError(
+            f"must be a non-empty list of error types, e.g. when = {list(DEFAULT_FALLBACK_WHEN)}; "
+            f"choose from: {', '.join(FALLBACK_WHEN)}",
+            path=path,
+            key=f"{name}.when",
+        )
+    unknown = [w for w in when if w not in FALLBACK_WHEN]
+    if unknown:
+        raise ConfigError(
+            f"{', '.join(repr(w) for w in unknown)} is not an error type a fallback can take; "
+            f"choose from: {', '.join(FALLBACK_WHEN)}",
+            path=path,
+            key=f"{name}.when",
+        )
+    base_url = _get(table, name, "base_url", str, path)
+    if base_url is not None and not base_url.startswith(("http://", "https://")):
+        raise ConfigError(f"{base_url!r} is not an http(s) URL", path=path, key=f"{name}.base_url")
+    window = _positive(table, "context_window", int, path, None, table_name=name)
+    cooldown = _positive(table, "cooldown_s", float, path, 60.0, table_name=name)
+    return FallbackSpec(
+        provider=fb_provider,
+        model=model,
+        when=tuple(dict.fromkeys(when)),
+        base_url=base_url,
+        context_window=window,
+        cooldown_s=cooldown,
+    )
 
 
 def _table(

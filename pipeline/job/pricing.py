@@ -39,6 +39,7 @@ __all__ = [
     "UNKNOWN_PRICE",
     "Price",
     "cost_usd",
+    "fallback_price_for",
     "format_usd",
     "lookup_price",
     "price_for",
@@ -49,6 +50,8 @@ PRICE_KEYS = ("input_mtok", "output_mtok", "cache_read_mtok", "cache_write_mtok"
 """The keys of a price override, all in US dollars per million tokens."""
 
 _BATCH_CONTEXT = {"processing": "batch"}
+# The provider as genai-prices names it, where that differs from the job's name for it.
+_PRICES_PROVIDER = {"gemini": "google"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,7 +111,8 @@ def _has_batch_rates(model: Any, when: datetime) -> bool:
 
 
 def lookup_price(provider: str, model: str, *, batch: bool = False) -> Price | None:
-    """The price of ``model`` at ``provider`` (``"openai"`` or ``"anthropic"``), or ``None``.
+    """The price of ``model`` at ``provider`` (``"openai"``, ``"anthropic"`` or ``"gemini"``,
+    which genai-prices calls ``"google"``), or ``None``.
 
     ``None`` means genai-prices does not know the model (or the provider): the caller should warn
     once and record the cost as NULL, never as zero. It also means the package has no per-token
@@ -121,7 +125,7 @@ def lookup_price(provider: str, model: str, *, batch: bool = False) -> Price | N
       every prompt below the first threshold, which is what a batch pipeline sends.
     * **Cache writes** are charged at the package's default (5-minute) cache-write rate; the
       1-hour rate Anthropic offers is not modelled, because ``Usage`` does not tell them apart.
-    * **Batch** (``batch=True``): both providers' batch endpoints charge 50%. When genai-prices
+    * **Batch** (``batch=True``): every provider's batch endpoints charge 50%. When genai-prices
       ships batch rates of its own for the model, those are used as they are (they can differ
       from a plain half: OpenAI publishes no batch rate for cached input, so it stays at the
       standard rate); otherwise every standard rate is halved. ``Price.source`` says which.
@@ -133,6 +137,7 @@ def lookup_price(provider: str, model: str, *, batch: bool = False) -> Price | N
     import genai_prices
 
     now = datetime.now(tz=UTC)
+    provider = _PRICES_PROVIDER.get(provider, provider)
     dummy = genai_prices.Usage(input_tokens=1_000, output_tokens=1_000)
     try:
         calc = genai_prices.calc_price(
@@ -180,6 +185,15 @@ def price_for(job: Job, *, batch: bool = False) -> Price | None:
     if override is not None:
         return override.halved() if batch else override
     return lookup_price(job.request.provider, job.request.model, batch=batch)
+
+
+def fallback_price_for(job: Job, *, batch: bool = False) -> Price | None:
+    """The price of the job's ``[request.fallback]`` model, from genai-prices (the job's
+    ``[pricing]`` is the primary model's); None without a fallback or when it is unknown."""
+    fallback = job.request.fallback
+    if fallback is None:
+        return None
+    return lookup_price(fallback.provider, fallback.model, batch=batch)
 
 
 def price_from_mapping(

@@ -10,6 +10,12 @@ The rules follow the official OpenAI and Anthropic SDKs: retry 408, 409, 429 and
 (Anthropic's 529 included), and let ``x-should-retry`` overrule the status code. Unlike the SDKs,
 authentication, permission and quota failures stop the run: no later request can succeed.
 
+Gemini answers in Google's error shape, ``{"error": {"code", "message", "status", "details"}}``:
+its wait is the ``retryDelay`` of a ``google.rpc.RetryInfo`` detail (``"37s"``), used when no
+header says one; a bad key is a 400 whose ``ErrorInfo`` reason is ``API_KEY_INVALID`` (fatal, as
+a 401 elsewhere); a 429 whose ``QuotaFailure`` names a per-day quota is fatal too (waiting a
+minute cannot help), while a per-minute one is a rate limit like any other.
+
 Messages are built from the status and the provider's own error message; header values never go
 into them, and a body passes through :func:`pipeline.redact.redact` (anything that looks like an
 API key, and the run's own keys, become ``[REDACTED]``).
@@ -66,7 +72,11 @@ _BY_STATUS: dict[int, tuple[type[ProviderError], str]] = {
     529: (TransientError, "overloaded"),
 }
 
-_KEY_ENV = {"openai": "OPENAI_API_KEY", "anthropic": "ANTHROPIC_API_KEY"}
+_KEY_ENV = {
+    "openai": "OPENAI_API_KEY",
+    "anthropic": "ANTHROPIC_API_KEY",
+    "gemini": "GEMINI_API_KEY (or GOOGLE_API_KEY)",
+}
 
 _SPACES = re.compile(r"\s+")
 
@@ -80,6 +90,9 @@ def classify_http_error(
     """
     message, body_type, body_code = _parse_body(body)
     retry_after = retry_after_seconds(headers)
+    google = _google_hints(body) if provider == "gemini" else None
+    if retry_after is None and google is not None:
+        retry_after = google[0]
     kinds = {body_type, body_code}
     prefix = f"{provider} HTTP {status}"
 
@@ -93,12 +106,16 @@ def classify_http_error(
     else:
         cls, error_type = RowRejectedError, "unexpected_status"
 
-    if status == 401:
+    if status == 401 or (google is not None and "API_KEY_INVALID" in google[1]):
+        cls, error_type = FatalProviderError, "auth_failed"
         text = f"authentication failed: check {_key_env(provider)}"
     elif status == 403:
         text = f"permission denied: the key in {_key_env(provider)} may not use this model or API"
         if message:
             text = f"{text} ({message})"
+    elif status == 429 and google is not None and any("PerDay" in q for q in google[2]):
+        cls, error_type = FatalProviderError, "insufficient_quota"
+        text = f"daily quota exhausted for {_key_env(provider)} ({message})"
     elif status == 429 and "insufficient_quota" in kinds:
         cls, error_type = FatalProviderError, "insufficient_quota"
         text = (
@@ -227,6 +244,42 @@ def _parse_body(body: bytes) -> tuple[str | None, str | None, str | None]:
     if isinstance(doc, dict) and isinstance(doc.get("message"), str):
         return _clean(doc["message"]), None, None
     return _excerpt(body), None, None
+
+
+def _google_hints(body: bytes) -> tuple[float | None, set[str], list[str]] | None:
+    """``(retryDelay seconds, ErrorInfo reasons, QuotaFailure quota ids)`` of a Google error
+    body, or None when it is not one."""
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        return None
+    err = doc.get("error") if isinstance(doc, dict) else None
+    details = err.get("details") if isinstance(err, dict) else None
+    if not isinstance(details, list):
+        return None
+    delay: float | None = None
+    reasons: set[str] = set()
+    quotas: list[str] = []
+    for detail in details:
+        if not isinstance(detail, dict):
+            continue
+        kind = str(detail.get("@type", ""))
+        if kind.endswith("RetryInfo"):
+            delay = _proto_duration(detail.get("retryDelay"))
+        elif kind.endswith("ErrorInfo") and isinstance(detail.get("reason"), str):
+            reasons.add(detail["reason"])
+        elif kind.endswith("QuotaFailure"):
+            for violation in detail.get("violations") or ():
+                if isinstance(violation, dict) and isinstance(violation.get("quotaId"), str):
+                    quotas.append(violation["quotaId"])
+    return delay, reasons, quotas
+
+
+def _proto_duration(value: object) -> float | None:
+    """Seconds of a protobuf ``Duration`` in JSON (``"37s"``, ``"0.5s"``); None otherwise."""
+    if not isinstance(value, str) or not value.endswith("s"):
+        return None
+    return _non_negative_float(value[:-1])
 
 
 def _clean(text: str) -> str:

@@ -245,7 +245,23 @@ class APIClient:
     ) -> Mapping[str, Any]:
         """Send one request (``json`` encoded with orjson, or ``content`` streamed as it is
         produced) and return the JSON object of its 200 answer."""
-        request_headers = dict(self._headers)
+        response = await self.respond(method, path, json=json, content=content, headers=headers)
+        return parse_json_body(self.provider, response.status_code, response.content)
+
+    async def respond(
+        self,
+        method: str,
+        path: str,
+        *,
+        json: Any = None,
+        content: AsyncIterable[bytes] | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> httpx.Response:
+        """Like ``call``, but the 200 response itself (read; headers and ``content``), for an
+        API that answers in headers (Google's resumable uploads). The API's own headers go only
+        to its own origin."""
+        url = self.url(path)
+        request_headers = dict(self._headers) if self.is_own(url) else {}
         body: bytes | AsyncIterable[bytes] | None = content
         if json is not None:
             body = orjson.dumps(json)
@@ -253,11 +269,7 @@ class APIClient:
         if headers:
             request_headers.update(headers)
         request = httpx.Request(
-            method,
-            self.url(path),
-            headers=request_headers,
-            content=body,
-            extensions=self._extensions,
+            method, url, headers=request_headers, content=body, extensions=self._extensions
         )
         with mapped_transport_errors(self.provider, request.url):
             response = await self._transport.handle_async_request(request)
@@ -266,7 +278,7 @@ class APIClient:
             finally:
                 await response.aclose()
         raise_for_status(self.provider, response)
-        return parse_json_body(self.provider, response.status_code, response.content)
+        return response
 
     async def pages(
         self, path: str, *, cursor: str, limit: int
@@ -415,7 +427,7 @@ class TransportPost:
 
 
 class JSONProvider:
-    """One JSON POST per request: the part OpenAI and Anthropic share.
+    """One JSON POST per request: the part every provider's online client shares.
 
     A subclass says how a ``Request`` becomes a body (``body``), how an answer becomes text,
     finish reason and usage (``parse``), and which header carries the provider's request id.
@@ -426,6 +438,7 @@ class JSONProvider:
 
     name: str
     request_id_header: str
+    usage_key = "usage"  # where the answer keeps its usage (``Reply.raw_usage``)
 
     def __init__(
         self,
@@ -470,7 +483,7 @@ class JSONProvider:
             usage=usage,
             request_id=answer_headers.get(self.request_id_header),
             rate_limit=parse_rate_limit_headers(self.name, answer_headers),
-            raw_usage=body.get("usage"),
+            raw_usage=body.get(self.usage_key),
         )
 
     async def aclose(self) -> None:

@@ -41,7 +41,8 @@ job                    VARCHAR      the job's ``name``
 run_id                 VARCHAR      the run that wrote the row (see table ``runs``)
 row_id                 VARCHAR      the row's id (the ``[input] id`` column, or a hash of the row)
 status                 VARCHAR      ``ok`` | ``failed`` | ``input_error`` | ``invalid``
-provider, model, mode  VARCHAR      ``openai``/``anthropic``, the model name, ``online``/``batch``
+provider, model, mode  VARCHAR      who answered: ``openai``/``anthropic``/``gemini``, the model
+                                    name, ``online``/``batch``
 output_text            VARCHAR      the model's answer (NULL unless ok)
 finish_reason          VARCHAR      as the provider said (``stop``, ``end_turn``, ``length``, ...)
 error_type, error      VARCHAR      why the row failed (NULL when ok)
@@ -60,6 +61,7 @@ finished_at            TIMESTAMPTZ  when the row's outcome was decided
 source                 VARCHAR      the input file
 line                   BIGINT       the row's 1-based line in it (or Parquet row number)
 output_json            JSON         a schema job's answer, parsed and valid (NULL otherwise)
+fallback_from          VARCHAR      the job's model when ``[request.fallback]`` answered instead
 =====================  ===========  ================================================================
 
 ``invalid`` rows are answers of a job with ``[request].schema`` that did not match it (or were

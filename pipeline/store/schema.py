@@ -81,6 +81,8 @@ open.
 
 Version 1 is the first schema. Version 2 added ``output_json`` and the status ``invalid``;
 DuckDB cannot change a CHECK constraint in place, so the migration rebuilds ``row_results``.
+Version 3 added ``fallback_from`` (the primary model of a row that ``[request.fallback]``
+answered), a plain ``ADD COLUMN``.
 """
 
 from __future__ import annotations
@@ -172,8 +174,12 @@ ROW_RESULTS: Final = (
     _text("source"),
     _count("line"),
     Column("output_json", "JSON", pa.string()),
+    _text("fallback_from"),
 )
 """The columns of ``row_results``, in table order; one per field of ``RowResult``."""
+
+_V2_COLUMNS: Final = tuple(c for c in ROW_RESULTS if c.name != "fallback_from")
+"""``row_results`` as version 2 left it (migration 2 builds this shape, migration 3 adds on)."""
 
 # No primary key or unique index: index upkeep slows bulk inserts and costs memory.
 ROW_RESULTS_DDL: Final = (
@@ -294,7 +300,7 @@ RESULTS_VIEW: Final = """
            error_type, error, attempts, input_tokens, output_tokens, cache_read_tokens,
            cache_write_tokens, reasoning_tokens, input_tokens + output_tokens AS total_tokens,
            cost_usd, latency_ms, prompt_hash, request_key, finished_at, source, line,
-           output_json
+           output_json, fallback_from
     FROM row_results
 """
 """The public interface for analysis: ``row_results`` plus ``total_tokens``."""
@@ -436,11 +442,12 @@ class Migration:
 def _rebuild_row_results(cur: duckdb.DuckDBPyConnection) -> None:
     """Version 1 → 2: rebuild ``row_results`` with the status ``invalid`` in its CHECK and the
     column ``output_json``, keeping every row. DuckDB cannot alter a CHECK constraint, so the
-    table is renamed, created anew, copied and dropped. (It builds the table in today's shape;
-    a later migration that changes ``row_results`` must freeze version 2's DDL here.)"""
-    old_columns = ", ".join(c.name for c in ROW_RESULTS if c.name != "output_json")
+    table is renamed, created anew in version 2's shape, copied and dropped."""
+    old_columns = ", ".join(c.name for c in _V2_COLUMNS if c.name != "output_json")
     cur.execute("ALTER TABLE row_results RENAME TO row_results_v1")
-    cur.execute(ROW_RESULTS_DDL)
+    cur.execute(
+        "CREATE TABLE row_results (\n    " + ",\n    ".join(c.ddl for c in _V2_COLUMNS) + "\n)"
+    )
     cur.execute(f"INSERT INTO row_results ({old_columns}) SELECT {old_columns} FROM row_results_v1")
     cur.execute("DROP TABLE row_results_v1")
 
@@ -448,6 +455,11 @@ def _rebuild_row_results(cur: duckdb.DuckDBPyConnection) -> None:
 MIGRATIONS: Final = (
     Migration(
         2, "row_results: the status 'invalid' and the column output_json", _rebuild_row_results
+    ),
+    Migration(
+        3,
+        "row_results: the column fallback_from (rows [request.fallback] answered)",
+        ("ALTER TABLE row_results ADD COLUMN fallback_from VARCHAR",),
     ),
 )
 """Every schema change after version 1, in order (see "Schema versions" above)."""

@@ -1,0 +1,140 @@
+"""Google Gemini, the Developer API (``POST {base_url}/v1beta/models/{model}:generateContent``).
+
+The key goes in the ``x-goog-api-key`` header, never in the URL's ``?key=`` (URLs end up in
+logs). The system prompt is ``systemInstruction``; few-shot examples, the row and follow-up
+turns are ``contents`` with the roles ``user`` and ``model``, each a list of ``parts``. An answer
+schema becomes ``generationConfig.responseMimeType = "application/json"`` plus, in ``enforce``
+mode, ``responseJsonSchema`` (the schema as JSON Schema); ``json`` mode asks for JSON only.
+
+Usage (``usageMetadata``) is normalised as for the other providers: ``input_tokens`` is
+``promptTokenCount`` (cached content included) plus ``toolUsePromptTokenCount``;
+``cache_read_tokens`` is ``cachedContentTokenCount`` (Gemini's implicit and explicit caches);
+``output_tokens`` is ``candidatesTokenCount`` plus ``thoughtsTokenCount`` (thinking is billed
+as output), and ``reasoning_tokens`` the thoughts. The finish reason is kept as Gemini spells
+it (``STOP``, ``MAX_TOKENS``, ``SAFETY`` ...); a prompt blocked before any candidate gives its
+``promptFeedback.blockReason``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+from urllib.parse import quote
+
+import httpx
+
+from ..errors import TransientError
+from ..records import Request, Usage
+from ._base import JSONProvider
+
+__all__ = ["API_VERSION", "GeminiProvider", "generate_body", "model_path", "parse_generate"]
+
+API_VERSION = "v1beta"
+
+
+def model_path(model: str) -> str:
+    """``models/{model}`` as it goes into a URL (a ``models/`` prefix is accepted)."""
+    return "models/" + quote(model.removeprefix("models/"), safe="-._")
+
+
+def _text(role: str, text: str) -> dict[str, Any]:
+    return {"role": role, "parts": [{"text": text}]}
+
+
+def generate_body(request: Request) -> dict[str, Any]:
+    """The JSON body of a ``generateContent`` request for one row (the model is in the URL)."""
+    contents: list[dict[str, Any]] = []
+    framing = request.framing
+    if framing is not None:
+        for user, answer in framing.examples:
+            contents.append(_text("user", user))
+            contents.append(_text("model", answer))
+    contents.append(_text("user", request.prompt))
+    for answer, user in request.followups:
+        contents.append(_text("model", answer))
+        contents.append(_text("user", user))
+    config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
+    if request.temperature is not None:
+        config["temperature"] = request.temperature
+    if framing is not None and framing.answer is not None:
+        config["responseMimeType"] = "application/json"
+        if framing.answer.enforce:
+            config["responseJsonSchema"] = framing.answer.schema
+    body: dict[str, Any] = {"contents": contents, "generationConfig": config}
+    if request.system:
+        body["systemInstruction"] = {"parts": [{"text": request.system}]}
+    return body
+
+
+def _count(usage: Mapping[str, Any], key: str) -> int:
+    value = usage.get(key)
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        return 0
+    try:
+        return int(value)  # int64 counts may come as JSON strings
+    except ValueError:
+        return 0
+
+
+def parse_generate(body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
+    """Text, finish reason and usage of a ``GenerateContentResponse``."""
+    try:
+        usage = body["usageMetadata"]
+        if not isinstance(usage, Mapping):
+            raise TypeError("usageMetadata")
+        candidates = body.get("candidates") or []
+        finish: str | None = None
+        texts: list[str] = []
+        if candidates:
+            candidate = candidates[0]
+            finish = candidate.get("finishReason")
+            for part in (candidate.get("content") or {}).get("parts") or ():
+                if isinstance(part.get("text"), str) and not part.get("thought"):
+                    texts.append(part["text"])
+        else:
+            feedback = body.get("promptFeedback") or {}
+            finish = feedback.get("blockReason")
+        thoughts = _count(usage, "thoughtsTokenCount")
+        result = Usage(
+            input_tokens=_count(usage, "promptTokenCount")
+            + _count(usage, "toolUsePromptTokenCount"),
+            output_tokens=_count(usage, "candidatesTokenCount") + thoughts,
+            cache_read_tokens=_count(usage, "cachedContentTokenCount"),
+            reasoning_tokens=thoughts,
+        )
+    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
+        raise TransientError(
+            f"gemini: answer lacks {exc!s} (not a GenerateContentResponse)",
+            error_type="bad_response",
+        ) from exc
+    return "".join(texts), finish, result
+
+
+class GeminiProvider(JSONProvider):
+    name = "gemini"
+    request_id_header = "x-goog-request-id"  # not documented; None when absent
+    usage_key = "usageMetadata"
+
+    def __init__(
+        self,
+        transport: httpx.AsyncBaseTransport | None,
+        *,
+        base_url: str,
+        api_key: str,
+        model: str,
+        timeout_s: float = 60.0,
+        max_connections: int | None = None,
+    ) -> None:
+        super().__init__(
+            transport,
+            url=f"{base_url.rstrip('/')}/{API_VERSION}/{model_path(model)}:generateContent",
+            headers={"x-goog-api-key": api_key, "content-type": "application/json"},
+            timeout_s=timeout_s,
+            max_connections=max_connections,
+        )
+
+    def body(self, request: Request) -> dict[str, Any]:
+        return generate_body(request)
+
+    def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
+        return parse_generate(body)
