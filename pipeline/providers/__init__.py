@@ -13,6 +13,7 @@ import httpx
 
 from ..errors import ConfigError
 from ..job import Job
+from ..limits import ByteWindow
 from ._base import Provider, make_transport
 from ._batch import BatchProvider
 from .anthropic import AnthropicProvider
@@ -56,7 +57,16 @@ def make_provider(
     """The provider a job asks for, on the given (or a fresh aiohttp) transport."""
     http = transport or make_transport(max_connections=job.limits.concurrency)
     cls = OpenAIProvider if job.request.provider == "openai" else AnthropicProvider
-    return cls(http, base_url=base_url, api_key=api_key, timeout_s=job.limits.timeout_s)
+    window = None
+    if job.request.attachments:
+        window = ByteWindow(round(job.limits.documents_in_flight_mb * 1_000_000))
+    return cls(
+        http,
+        base_url=base_url,
+        api_key=api_key,
+        timeout_s=job.limits.timeout_s,
+        documents_window=window,
+    )
 
 
 def make_batch_provider(

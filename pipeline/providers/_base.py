@@ -8,10 +8,12 @@ from typing import Any, Protocol
 from urllib.parse import urlencode
 
 import aiohttp
+import anyio
 import httpx
 import orjson
 
 from ..errors import ProviderError, TransientError, UnreachableError
+from ..limits import ByteWindow
 from ..limits.headers import parse_rate_limit_headers
 from ..limits.retry import classify_http_error
 from ..records import Reply, Request, Usage
@@ -173,6 +175,7 @@ async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 
 
 MAX_REDIRECTS = 5
+DOCUMENTS_WINDOW_BYTES = 32_000_000  # base64 bytes of attachments in flight, by default
 _REDIRECTS = frozenset((301, 302, 303, 307, 308))
 
 
@@ -325,6 +328,10 @@ class JSONProvider:
 
     A subclass says how a ``Request`` becomes a body (``body``), how an answer becomes text,
     finish reason and usage (``parse``), and which header carries the provider's request id.
+
+    A request with attachments has its files read and encoded in a worker thread when it is
+    sent, within ``documents_window`` (bytes of such bodies held at once, ``ByteWindow``); a
+    file that cannot be read then raises ``InputError`` (the row's, nothing was sent).
     """
 
     name: str
@@ -337,12 +344,14 @@ class JSONProvider:
         url: str,
         headers: Mapping[str, str],
         timeout_s: float = 60.0,
+        documents_window: ByteWindow | None = None,
     ) -> None:
         self._transport = transport
         self._url = httpx.URL(url)
         self._headers = dict(headers)
         # Bounds connecting and each wait for the answer: a hang costs one attempt, retried.
         self._extensions = timeout_extensions(timeout_s)
+        self._window = documents_window
 
     def body(self, request: Request) -> dict[str, Any]:
         raise NotImplementedError
@@ -358,7 +367,18 @@ class JSONProvider:
         if request.followups:
             client_id = f"{client_id}.{len(request.followups)}"
         headers = {**self._headers, "x-client-request-id": client_id}
-        content = orjson.dumps(self.body(request))
+        if request.attachments:
+            if self._window is None:
+                self._window = ByteWindow(DOCUMENTS_WINDOW_BYTES)
+            async with self._window.hold(request.attachment_bytes):
+                encoded = await anyio.to_thread.run_sync(self._encode, request)
+                return await self._post(encoded, headers)
+        return await self._post(orjson.dumps(self.body(request)), headers)
+
+    def _encode(self, request: Request) -> bytes:
+        return orjson.dumps(self.body(request))
+
+    async def _post(self, content: bytes, headers: dict[str, str]) -> Reply:
         # The transport is called directly: the single seam between logic and network. The
         # client layers above it (cookies, redirects, auth, URL merging) cost CPU per request
         # and do nothing for a JSON POST to a fixed URL.
