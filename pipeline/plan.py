@@ -169,6 +169,10 @@ class Planner:
         # Keys planned by this process whose results are not committed yet → (source, line).
         self._open: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        # Rows planned for sending that attach files, and their pages (an image is one page):
+        # the run's manifest records them, and the report prices a page from them.
+        self.attached_rows = 0
+        self.attached_pages = 0
 
     @property
     def prompt_hash(self) -> str:
@@ -305,6 +309,9 @@ class Planner:
                 ),
                 rendered=True,
             )
+        if request.attachments:
+            self.attached_rows += 1
+            self.attached_pages += sum(max(a.pages, 1) for a in request.attachments)
         return Send(request)
 
     def iter_plan(self, chunks: Iterable[Sequence[Row | BadRow]]) -> Iterator[list[WorkItem]]:

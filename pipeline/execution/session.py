@@ -135,6 +135,7 @@ class RunSession:
         self._failure: str | None = None
         self._batches_left_open = False
         self._planner_now: Planner | None = None
+        self._planners: list[Planner] = []  # for the documents and pages sent (manifest)
         self._open_parts: list[dict[str, Any]] = []
         self._log = log.bind(
             job=job.name, run_id=self.run_id, provider=job.request.provider, model=job.request.model
@@ -243,7 +244,7 @@ class RunSession:
             await self._run_online(sink, self.only)
 
     def _planner(self, mode: Mode, only: RowFilter | None, resend_batched: bool) -> Planner:
-        return Planner(
+        planner = Planner(
             self.renderer,
             self._results(mode),
             lookup=self.store.results,
@@ -254,6 +255,8 @@ class RunSession:
             or only is not None
             or self.store.results.has_results(self.prompt_hash),
         )
+        self._planners.append(planner)
+        return planner
 
     def _results(self, mode: Mode) -> ResultBuilder:
         request = self.job.request
@@ -527,12 +530,26 @@ class RunSession:
             "tokens": {"input": s.input_tokens, "output": s.output_tokens},
             "cost_usd": self.spent_before + s.cost_usd,
         }
+        documents = self._documents()
+        if documents is not None:
+            out["documents"] = documents
         if self.mode is Mode.BATCH or self._manifest_base.get("batches"):
             out["batches"] = [
                 {k: p[k] for k in ("part", "batch_id", "input_file_id", "status", "requests")}
                 for p in self.store.batches.parts(self.run_id)
             ]
         return out
+
+    def _documents(self) -> dict[str, int] | None:
+        """Rows sent with attachments and their pages (an image is a page), this process's
+        and, for a resumed run, the earlier ones'; None for a run that sent no file."""
+        before = self._manifest_base.get("documents") if self.resume else None
+        rows = sum(p.attached_rows for p in self._planners)
+        pages = sum(p.attached_pages for p in self._planners)
+        if isinstance(before, dict):
+            rows += int(before.get("rows", 0))
+            pages += int(before.get("pages", 0))
+        return {"rows": rows, "pages": pages} if rows else None
 
     async def _manifest_loop(self) -> None:
         """Keep the manifest file current, for ``pipeline status`` in another terminal."""
