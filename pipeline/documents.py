@@ -5,8 +5,10 @@ GIF, WebP) or http(s) URLs sent before the prompt text. This module knows them b
 only, so that planning a row never holds its bytes:
 
 - ``sniff`` tells the type from the first bytes (the extension is not trusted);
-- ``inspect_file`` reads what the headers say (Pillow: pixel size; pypdf: pages and their
-  sizes) and the SHA-256 of the content, streaming, and caches it by path, size and mtime;
+- ``inspect_file`` reads what the headers say (Pillow: pixel size; pypdf: pages, their sizes,
+  and how many characters each page's text operators draw, counted in its content stream
+  without laying the text out) and the SHA-256 of the content, streaming, and caches it by
+  path, size and mtime;
 - ``check`` applies the provider's documented limits (``LIMITS``) to one request's files and
   raises ``InputError`` naming the file and the limit;
 - ``image_tokens`` / ``pdf_tokens`` are the providers' published token formulas;
@@ -24,6 +26,7 @@ import base64
 import hashlib
 import math
 import os
+import re
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -65,10 +68,13 @@ _BY_SUFFIX: Final = {
     ".webp": "image/webp",
 }
 
-# Text of a PDF page, for estimates made from headers (the text layer is not decoded when
-# planning): a dense page of prose is about 2,000 characters, ~500 tokens. The rate limiter
-# settles every reservation with the usage the provider reports.
+# Text of a PDF page whose content stream cannot be read (a dense page of prose is about 2,000
+# characters, ~500 tokens). The rate limiter settles every reservation with the real usage.
 PDF_PAGE_TEXT_TOKENS: Final = 500
+# The strings a content stream's text operators draw: literal (...) and hexadecimal <...>
+# strings (two bytes a glyph for the CID fonts hexadecimal strings are used with).
+_LITERAL = re.compile(rb"\((?:[^()\\]|\\.)*\)", re.S)
+_HEX = re.compile(rb"<([0-9A-Fa-f\s]*)>")
 # Pages are rendered to images by the providers; neither publishes the resolution. Anthropic's
 # page images come out at its largest image size (~1,600 tokens for a Letter or A4 page), which
 # rendering at 150 dpi reproduces; OpenAI sends them at low detail.
@@ -110,6 +116,7 @@ class FileFacts:
     animated: bool = False  # a GIF with more than one frame
     page_sizes: tuple[tuple[float, float], ...] = ()  # PDFs: (width, height) in points
     encrypted: bool = False
+    text_chars: int = -1  # PDFs: characters the pages' text operators draw (-1: unknown)
 
     @property
     def kind(self) -> Literal["image", "pdf"]:
@@ -210,15 +217,27 @@ def _pdf_facts(path: str, size: int, sha: str) -> FileFacts:
             reader = PdfReader(fh)  # the cross-reference table and page tree, not the content
             if reader.is_encrypted:
                 return FileFacts(path, PDF, size, sha, encrypted=True)
-            sizes = tuple(
-                (float(page.mediabox.width), float(page.mediabox.height)) for page in reader.pages
-            )
+            pages = list(reader.pages)
+            sizes = tuple((float(p.mediabox.width), float(p.mediabox.height)) for p in pages)
+            chars = sum(_text_chars(page) for page in pages)
     except (PyPdfError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
         raise InputError(
             f"{path}: a PDF that cannot be read ({type(exc).__name__}: {exc}); re-export it",
             error_type="attachment_corrupt",
         ) from exc
-    return FileFacts(path, PDF, size, sha, page_sizes=sizes)
+    return FileFacts(path, PDF, size, sha, page_sizes=sizes, text_chars=chars)
+
+
+def _text_chars(page: object) -> int:
+    """Characters a page's text operators draw, counted in its (inflated) content stream: no
+    fonts, no layout, no images. A page whose stream cannot be read counts as a full page."""
+    try:
+        contents = page.get_contents()  # type: ignore[attr-defined]
+        data: bytes = b"" if contents is None else contents.get_data()
+    except Exception:  # a damaged stream: the estimate falls back to a dense page
+        return PDF_PAGE_TEXT_TOKENS * 4
+    literal = sum(len(m) - 2 for m in _LITERAL.findall(data))
+    return literal + sum(len(m.replace(b" ", b"")) // 4 for m in _HEX.findall(data))
 
 
 def document_fields(path: str) -> dict[str, object]:
@@ -495,9 +514,11 @@ def _patches(width: int, height: int) -> int:
     patches = math.ceil(width / 32) * math.ceil(height / 32)
     if patches <= _PATCH_CAP:
         return patches
+    # Scaled to fit the cap, then a little more so that the width is a whole number of patches.
     shrink = math.sqrt(_PATCH_CAP * 32 * 32 / (width * height))
     w, h = width * shrink, height * shrink
-    return min(_PATCH_CAP, math.floor(w / 32) * math.floor(h / 32) or 1)
+    fit = max(math.floor(w / 32), 1) / (w / 32)
+    return min(_PATCH_CAP, math.ceil(w * fit / 32) * math.ceil(h * fit / 32))
 
 
 def pdf_tokens(
@@ -523,7 +544,8 @@ def pdf_tokens(
 def facts_tokens(provider: str, model: str, facts: FileFacts, detail: str | None) -> int:
     """Prompt tokens of one inspected file."""
     if facts.kind == "pdf":
-        return pdf_tokens(provider, model, facts.page_sizes)
+        text = -1 if facts.text_chars < 0 else (facts.text_chars + 3) // 4
+        return pdf_tokens(provider, model, facts.page_sizes, text_tokens=text)
     return image_tokens(provider, model, facts.width, facts.height, detail)
 
 

@@ -139,9 +139,9 @@ def openai_image_tokens(model: str, width: int, height: int, detail: str | None)
             patches = math.ceil(width / 32) * math.ceil(height / 32)
             if patches > 1536:
                 shrink = math.sqrt(1536 * 1024 / (width * height))
-                patches = min(
-                    1536, max(1, math.floor(width * shrink / 32) * math.floor(height * shrink / 32))
-                )
+                w, h = width * shrink, height * shrink
+                fit = max(math.floor(w / 32), 1) / (w / 32)
+                patches = min(1536, math.ceil(w * fit / 32) * math.ceil(h * fit / 32))
             return math.ceil(patches * multiplier)
     base, tile = 85, 170
     for prefix, b, t in _TILE_MODELS:
