@@ -17,7 +17,8 @@ __all__ = ["ByteWindow"]
 
 
 class ByteWindow:
-    """``capacity`` bytes, held by ``async with window.hold(n)``; waiters go in turn."""
+    """``capacity`` bytes, held by ``async with window.hold(n)``. A waiter goes as soon as its
+    bytes fit (not strictly first come, first served: a small body may pass a large one)."""
 
     def __init__(self, capacity: int) -> None:
         if capacity < 1:
