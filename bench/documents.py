@@ -8,7 +8,9 @@ Makes the inputs in a temporary folder (``data/generate_scans.py`` and
 memory is not counted), then runs ``pipeline run`` on each job as a child process and reads its
 peak resident set size from ``os.wait4`` (``ru_maxrss``). Both jobs extract the same schema with
 the same limits; they differ only in where the invoice comes from (a PDF attached, or text).
-Prints both peaks, their difference and the document job's bytes sent.
+Prints both peaks, their difference and the document job's bytes sent; then how the same PDFs
+split into batch part files at each provider's default byte limit (lines built and written one
+at a time, as a batch run does; nothing is sent).
 """
 
 from __future__ import annotations
@@ -63,6 +65,53 @@ db = "{db}"
 """
     )
     return path
+
+
+def batch_split(pdfs: Path, out: Path) -> None:
+    """Write the PDFs' batch lines into part files at each provider's limits; print the parts."""
+    import resource
+
+    from pipeline.execution.parts import PartWriter
+    from pipeline.job import parse_job
+    from pipeline.providers.anthropic_batch import AnthropicBatchProvider
+    from pipeline.providers.openai_batch import OpenAIBatchProvider
+    from pipeline.records import Row
+    from pipeline.render import Renderer
+
+    for name, cls, model in (
+        ("openai", OpenAIBatchProvider, "gpt-4o"),
+        ("anthropic", AnthropicBatchProvider, "claude-sonnet-4-5"),
+    ):
+        spec = parse_job(
+            f'name = "b"\n[input]\npath = "{pdfs}/*.pdf"\n[request]\nprovider = "{name}"\n'
+            f'model = "{model}"\nprompt = "Extract."\nattachments = ["{{path}}"]\n'
+        ).request
+        renderer = Renderer(spec)
+        provider = cls(None, base_url="http://unused.invalid", api_key="unused")  # type: ignore[arg-type]
+        writer = PartWriter(
+            out / name, max_requests=provider.max_requests, max_bytes=provider.max_bytes
+        )
+        started = time.perf_counter()
+        parts = []
+        for path in sorted(pdfs.glob("*.pdf")):
+            request = renderer.render(Row(str(path), {"path": str(path)}, str(path), 1))
+            closed = writer.add(
+                request.request_key, request.row_id, str(path), 1, provider.line(request)
+            )
+            if closed is not None:
+                parts.append(closed[0])
+        last = writer.close()
+        if last is not None:
+            parts.append(last[0])
+        took = time.perf_counter() - started
+        sizes = ", ".join(f"{p.count:,} rows / {p.bytes / 1e6:,.1f} MB" for p in parts)
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(
+            f"batch parts, {name} (limit {provider.max_bytes / 1e6:,.0f} MB): {len(parts)} parts: "
+            f"{sizes} · {took:.1f} s · peak RSS of this process so far {peak:,.0f} MB"
+        )
+        for p in parts:
+            p.path.unlink()
 
 
 def peak_rss_mb(args: list[str], env: dict[str, str]) -> tuple[float, float]:
@@ -143,6 +192,7 @@ def main() -> None:
             fake.terminate()
             fake.wait()
         size = sum(p.stat().st_size for p in Path(pdfs).glob("*.pdf"))
+        batch_split(Path(pdfs), tmp / "parts")
     text_mb, text_s = figures["text"]
     pdf_mb, pdf_s = figures["pdfs"]
     print(f"text job, {args.rows:,} rows:  peak RSS {text_mb:,.0f} MB ({text_s:.1f} s)")

@@ -74,7 +74,7 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "max_attempts": "attempts per row before it is recorded as failed (default 6)",
         "timeout_s": "seconds before one attempt is abandoned and retried (default 60)",
         "budget_usd": "stop launching requests before the run's cost could pass this",
-        "documents_in_flight_mb": "MB of attachments read and encoded at once (default 32)",
+        "documents_in_flight_mb": "MB of attachments read and encoded at once (default 16)",
     },
     "batch": {
         "poll_interval_s": "polling backs off up to this many seconds (default 30)",
@@ -138,7 +138,7 @@ class LimitsSpec:
     max_attempts: int = 6
     timeout_s: float = 60.0
     budget_usd: float | None = None
-    documents_in_flight_mb: float = 32.0
+    documents_in_flight_mb: float = 16.0
 
 
 @dataclass(frozen=True, slots=True)

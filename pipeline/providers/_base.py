@@ -175,7 +175,7 @@ async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
 
 
 MAX_REDIRECTS = 5
-DOCUMENTS_WINDOW_BYTES = 32_000_000  # base64 bytes of attachments in flight, by default
+DOCUMENTS_WINDOW_BYTES = 16_000_000  # base64 bytes of attachments in flight, by default
 # Threads that read and encode attachments at once: encoding is fast (~1 ms for 300 KB), and
 # every extra thread keeps a malloc arena of freed body buffers.
 ENCODING_THREADS = 2
