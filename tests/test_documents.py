@@ -602,3 +602,25 @@ def test_the_fake_charges_images_and_pdfs_by_the_published_formulas(tmp_path: Pa
         with pytest.raises(_openai.OpenAIInvalid) as err:
             _openai.parse_chat_request(body)
         assert err.value.code is not None and err.value.code.startswith(code)
+
+
+def test_rerun_failed_sends_again_only_the_documents_that_failed(
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider, env: None
+) -> None:
+    docs = folder(tmp_path)
+    for i in range(3):
+        make_pdf(docs / f"inv-{i}.pdf", [*INVOICE[:2], f"Invoice number: R-{i}", *INVOICE[3:]])
+    job = write_job(tmp_path, doc_job(tmp_path, "anthropic", extra="[limits]\nmax_attempts = 1"))
+    url = threaded_fake.anthropic_base_url
+    threaded_fake.update_config(error_rate=1.0)
+    assert main(["run", str(job), "--base-url", url, "--quiet"]) == 0
+    assert {r["status"] for r in results(tmp_path).values()} == {"failed"}
+    run_id = next((tmp_path / "runs").glob("*.manifest.json")).name.split(".")[0]
+    threaded_fake.reset()
+    rerun = ["rerun", run_id, "--failed", "--db", str(tmp_path / "r.duckdb"), "--base-url", url]
+    assert main([*rerun, "--quiet"]) == 0
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        ok = con.execute("SELECT count(*) FROM results WHERE status = 'ok'").fetchone()
+        numbers = {n for (n,) in con.execute("SELECT invoice_number FROM extract_docs").fetchall()}
+    assert ok == (3,) and numbers == {"R-0", "R-1", "R-2"}
+    assert threaded_fake.accounting()["requests"] == 3  # after the reset: each document once
