@@ -25,11 +25,13 @@ $(CHROMIUM): | $(STAMP)
 
 ## demo: the demo jobs on the built-in fake provider, then the cost report from DuckDB
 demo: $(STAMP)
-	rm -rf data/demo.duckdb data/demo.duckdb.wal data/runs
+	rm -rf data/demo.duckdb data/demo.duckdb.wal data/runs data/scans data/scans-expected.jsonl
 	$(BIN)/pipeline run jobs/review_sentiment.toml --fake --db data/demo.duckdb
 	$(BIN)/pipeline run jobs/review_sentiment_claude.toml --fake --db data/demo.duckdb --quiet
 	$(BIN)/pipeline run jobs/review_sentiment_gemini.toml --fake --db data/demo.duckdb --quiet
 	$(BIN)/pipeline run jobs/invoice_extraction.toml --fake --db data/demo.duckdb --quiet
+	$(BIN)/python data/generate_scans.py
+	$(BIN)/pipeline run jobs/invoice_scans.toml --fake --db data/demo.duckdb --quiet
 	$(BIN)/pipeline report --db data/demo.duckdb
 	@echo "the same as a page with charts: $$($(BIN)/pipeline report --db data/demo.duckdb --html data/demo-report.html)"
 
@@ -56,4 +58,5 @@ fmt: $(STAMP)
 	$(BIN)/ruff check --fix pipeline tests bench data
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data/demo.duckdb data/runs data/*.html
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache data/demo.duckdb data/runs data/*.html \
+		data/scans data/scans-expected.jsonl

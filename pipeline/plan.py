@@ -20,7 +20,8 @@ executor and ``pipeline estimate``. For each row it decides, in input order:
     batch of another run that nobody has collected yet (never sent twice); ``filtered``: a
     rerun did not ask for it.
 
-A row is identified by its request key (row id under the request version). The store answers
+A row is identified by its request key (row id under the request version, and the content of the
+files it attaches, see ``Renderer.key``). The store answers
 what it has seen of a chunk's keys (``KeyLookup``); the planner also remembers the keys it planned
 itself until their results are committed (``forget``), so two rows with the same id are caught
 whether the first one's answer is still in flight or already in the database, while memory stays
@@ -36,7 +37,7 @@ from typing import Literal, Protocol
 
 from .errors import InputError
 from .records import BadRow, Request, ResultBuilder, Row, RowResult
-from .render import Renderer, request_key
+from .render import Renderer
 
 __all__ = [
     "KeyLookup",
@@ -172,6 +173,10 @@ class Planner:
         # Keys planned by this process whose results are not committed yet → (source, line).
         self._open: dict[str, tuple[str, int]] = {}
         self._lock = threading.Lock()
+        # Rows planned for sending that attach files, and their pages (an image is one page):
+        # the run's manifest records them, and the report prices a page from them.
+        self.attached_rows = 0
+        self.attached_pages = 0
 
     @property
     def prompt_hash(self) -> str:
@@ -204,8 +209,8 @@ class Planner:
         """The work items of one chunk of rows, in input order. Blocking (it may ask the
         store): call it from a worker thread in async code. ``render(key)`` False leaves a row to
         send unrendered (``Unrendered``)."""
-        ph = self.renderer.prompt_hash
-        keys = [request_key(item.row_id, ph) for item in chunk]
+        key_of = self.renderer.key  # the row id under the request version (and its files' hashes)
+        keys = [key_of(item) for item in chunk]
         # What this process has in flight is read before the store is asked: a key committed
         # (and forgotten) in between is then in the store's answer.
         with self._lock:
@@ -312,6 +317,9 @@ class Planner:
                 ),
                 rendered=True,
             )
+        if request.attachments:
+            self.attached_rows += 1
+            self.attached_pages += sum(max(a.pages, 1) for a in request.attachments)
         return Send(request)
 
     def iter_plan(self, chunks: Iterable[Sequence[Row | BadRow]]) -> Iterator[list[WorkItem]]:

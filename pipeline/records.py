@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 __all__ = [
     "AnswerSchema",
+    "Attachment",
     "BadRow",
     "Ending",
     "Framing",
@@ -117,6 +118,35 @@ class Framing:
 
 
 @dataclass(frozen=True, slots=True)
+class Attachment:
+    """A document or image sent with a row's prompt (``[request] attachments``), by reference.
+
+    Only what the file's headers say is kept here (kind, media type, size, pixel size or pages,
+    the token estimate); the bytes are read, checked against ``sha256`` and base64-encoded when
+    the request body is built for sending (``pipeline.documents.read_base64``), so a window of
+    planned requests holds no file content. ``url``: an http(s) URL passed to the provider as a
+    URL source, never downloaded (its size, pixels and pages are unknown: 0).
+    """
+
+    kind: Literal["image", "pdf"]
+    location: str  # a file path (as the row gave it) or an http(s) URL
+    media_type: str
+    url: bool = False
+    size_bytes: int = 0
+    width: int = 0
+    height: int = 0
+    pages: int = 0
+    sha256: str = ""
+    tokens: int = 0  # estimated prompt tokens for the request's provider and model
+    detail: str | None = None  # OpenAI's image detail, when the job sets one
+
+    @property
+    def encoded_bytes(self) -> int:
+        """Bytes of the base64 text this attachment becomes in a request body."""
+        return 0 if self.url else (self.size_bytes + 2) // 3 * 4
+
+
+@dataclass(frozen=True, slots=True)
 class Request:
     """A provider-neutral request for one row.
 
@@ -127,6 +157,7 @@ class Request:
     ``framing`` is the job's shared examples, answer schema and cache breakpoints (None for a
     plain text job). ``followups`` are (assistant answer, user reply) turns after the row's
     prompt: an invalid answer and what was wrong with it, one pair per follow-up attempt.
+    ``attachments`` are the row's documents and images, by reference (``Attachment``).
     """
 
     row_id: str
@@ -143,6 +174,12 @@ class Request:
     line: int = 0
     framing: Framing | None = None
     followups: tuple[tuple[str, str], ...] = ()
+    attachments: tuple[Attachment, ...] = ()  # sent before the prompt text, in this order
+
+    @property
+    def attachment_bytes(self) -> int:
+        """Base64 bytes the attachments add to the request body (0 for a text request)."""
+        return sum(a.encoded_bytes for a in self.attachments)
 
     @property
     def est_total_tokens(self) -> int:

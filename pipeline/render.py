@@ -12,6 +12,14 @@ the prompt template from a row's fields and attaches the two keys that make reru
 
 Both are SHA-256 based, so they are the same in every process and on every machine.
 
+Documents and images
+    A job with ``attachments`` gets, for each row, the files (or URLs) its templates name, by
+    reference (``Attachment``: headers only, see ``pipeline.documents``), checked against the
+    provider's limits: a missing, unreadable, unsupported or oversized file is the row's
+    ``InputError``. Their tokens (the providers' formulas) are part of the prompt estimate. A
+    row's request key also covers the SHA-256 of every file it attaches (``Renderer.key``): the
+    same content under the same name is done once; a file replaced by other content is new work.
+
 Token counts here are *estimates* for rate-limit budgeting (see ``estimate_tokens``); billing
 uses the usage the provider reports.
 
@@ -39,6 +47,7 @@ from typing import Any
 
 import orjson
 
+from . import documents
 from .errors import ConfigError, InputError
 from .extract import (
     anthropic_cache_minimum,
@@ -47,7 +56,7 @@ from .extract import (
     schema_name,
 )
 from .job import RequestSpec
-from .records import AnswerSchema, Framing, Request, Row
+from .records import AnswerSchema, Attachment, BadRow, Framing, Request, Row
 
 __all__ = [
     "ANTHROPIC_TOOL_PROMPT_TOKENS",
@@ -109,6 +118,8 @@ def prompt_hash(spec: RequestSpec) -> str:
         parts += ["schema", spec.schema, spec.schema_mode, _schema_name(spec)]
     if spec.examples:
         parts += ["examples", [list(pair) for pair in spec.examples]]
+    if spec.attachments:
+        parts += ["attachments", list(spec.attachments), spec.image_detail]
     payload = orjson.dumps(parts, option=orjson.OPT_SORT_KEYS)
     return hashlib.sha256(payload).hexdigest()[:16]
 
@@ -212,6 +223,8 @@ class Renderer:
     """
 
     __slots__ = (
+        "_attachment_fields",
+        "_attachments",
         "_fixed_tokens",
         "_template",
         "fields",
@@ -236,6 +249,11 @@ class Renderer:
         self.framing, self.system, prefix_tokens, framing_tokens = framing(spec)
         self.max_tokens = spec.max_tokens
         self.temperature = spec.temperature
+        self._attachments = spec.attachments
+        found: dict[str, None] = {}
+        for template in spec.attachments:
+            found.update(dict.fromkeys(template_fields(template)))
+        self._attachment_fields = tuple(found)
         messages = 2 if self.system else 1
         system_tokens = estimate_tokens(self.system) if self.system else 0
         self._fixed_tokens = (
@@ -269,9 +287,27 @@ class Renderer:
                 error_type="bad_field",
             ) from exc
         row_id = row.row_id
+        est = self._fixed_tokens + (len(prompt) + 3) // 4
+        if not self._attachments:
+            return Request(
+                row_id,
+                request_key(row_id, self.prompt_hash),
+                self.prompt_hash,
+                self.provider,
+                self.model,
+                self.system,
+                prompt,
+                self.max_tokens,
+                self.temperature,
+                est,
+                row.source,
+                row.line,
+                self.framing,
+            )
+        attachments = self._resolve(row, text_bytes=len(prompt) + len(self.system or ""))
         return Request(
             row_id,
-            request_key(row_id, self.prompt_hash),
+            self._key(row_id, attachments),
             self.prompt_hash,
             self.provider,
             self.model,
@@ -279,10 +315,11 @@ class Renderer:
             prompt,
             self.max_tokens,
             self.temperature,
-            self._fixed_tokens + (len(prompt) + 3) // 4,
+            est + sum(a.tokens for a in attachments),
             row.source,
             row.line,
             self.framing,
+            attachments=attachments,
         )
 
     def retarget(self, request: Request, primary: Renderer) -> Request:
@@ -298,14 +335,96 @@ class Renderer:
             est_input_tokens=request.est_input_tokens - primary._fixed_tokens + self._fixed_tokens,
         )
 
-    def _missing(self, row: Row, name: str) -> InputError:
+    def key(self, item: Row | BadRow) -> str:
+        """The request key of a row, as ``render`` gives it, without rendering the prompt: the
+        row id under this request version and, for a job with attachments, the content hash of
+        every file the row attaches (a row whose files cannot be read keys by its id alone)."""
+        if not self._attachments or isinstance(item, BadRow):
+            return request_key(item.row_id, self.prompt_hash)
+        try:
+            attachments = self._resolve(item, text_bytes=None)
+        except InputError:
+            return request_key(item.row_id, self.prompt_hash)
+        return self._key(item.row_id, attachments)
+
+    def _key(self, row_id: str, attachments: tuple[Attachment, ...]) -> str:
+        content = "\x1f".join(a.sha256 or a.location for a in attachments)
+        return request_key(f"{row_id}\x1f{content}", self.prompt_hash)
+
+    def _resolve(self, row: Row, *, text_bytes: int | None) -> tuple[Attachment, ...]:
+        """The row's attachments, by reference, checked against the provider's limits (when
+        ``text_bytes``, the size of the request's text, is given). Raises InputError."""
+        values = row.fields
+        for name in self._attachment_fields:
+            if name not in values:
+                raise self._missing(row, name, "[request].attachments")
+        provider, model, detail = self.provider, self.model, self.spec.image_detail
+        out: list[Attachment] = []
+        files: list[documents.FileFacts] = []
+        urls = 0
+        for location in self._locations(row):
+            try:
+                if location.startswith(("http://", "https://")):
+                    found = documents.url_attachment(location, provider, model, detail)
+                    urls += found.kind == "image"
+                else:
+                    facts = documents.inspect_file(location)
+                    files.append(facts)
+                    found = documents.attachment(facts, provider, model, detail)
+            except InputError as exc:
+                raise _about(row, exc, location) from exc
+            out.append(found)
+        if text_bytes is not None:
+            try:
+                documents.check(provider, files, urls=urls, text_bytes=text_bytes)
+            except InputError as exc:
+                raise _about(row, exc, files[0].path if len(files) == 1 else "") from exc
+        return tuple(out)
+
+    def _locations(self, row: Row) -> list[str]:
+        """What the attachment templates name for a row: a template that is one field holding a
+        list of strings names each of them."""
+        out: list[str] = []
+        for template in self._attachments:
+            fields = template_fields(template)
+            value = row.fields.get(fields[0]) if len(fields) == 1 else None
+            if isinstance(value, list) and template.strip() == f"{{{fields[0]}}}":
+                items = [str(v).strip() for v in value]
+            else:
+                try:
+                    items = [template.format_map(_with_json(row.fields, fields)).strip()]
+                except (ValueError, TypeError) as exc:
+                    raise InputError(
+                        f"{_where(row)}: cannot format the row into [request].attachments "
+                        f"({exc}); fix the field's value or the template",
+                        error_type="bad_field",
+                    ) from exc
+            for item in items:
+                if not item:
+                    raise InputError(
+                        f"{_where(row)}: the attachment template {template!r} names no file "
+                        "for this row (an empty value)",
+                        error_type="missing_field",
+                    )
+                out.append(item)
+        return out
+
+    def _missing(self, row: Row, name: str, where: str = "[request].prompt") -> InputError:
         have = sorted(str(k) for k in row.fields)
         listed = ", ".join(have[:12]) + (", ..." if len(have) > 12 else "")
         return InputError(
-            f"{_where(row)}: no field {name!r}, used by [request].prompt; add it to the row or "
+            f"{_where(row)}: no field {name!r}, used by {where}; add it to the row or "
             f"change the template (the row has: {listed or 'no fields'})",
             error_type="missing_field",
         )
+
+
+def _about(row: Row, exc: InputError, location: str) -> InputError:
+    """``exc`` with the row it is about, unless the row is that very file (a glob of
+    documents)."""
+    if row.source and row.source != location:
+        return InputError(f"{_where(row)}: {exc}", error_type=exc.error_type)
+    return InputError(str(exc), error_type=exc.error_type)
 
 
 def template_fields(template: str) -> tuple[str, ...]:

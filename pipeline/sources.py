@@ -3,6 +3,11 @@
 This is the left end of the pipeline: it turns the ``[input] path`` of a job into a stream of
 ``Row`` and ``BadRow`` records, in chunks, without ever holding much more than one chunk in memory.
 
+A path or glob of documents (PDF, PNG, JPEG, GIF, WebP) makes each file one row with the fields
+``path``, ``name``, ``size_bytes``, ``media_type`` (by content) and, for PDFs, ``pages``, read from
+the file's headers (``pipeline.documents``); its id is its path unless ``[input] id`` names one of
+those fields. A glob may not mix documents with JSONL or Parquet files.
+
 - ``input_files`` expands a path or glob into the sorted list of files to read.
 - ``iter_row_chunks`` streams every row of every file, in order. A line that cannot be read
   (bad JSON, not an object, not UTF-8, no id) becomes a ``BadRow`` and reading goes on; a file that
@@ -31,6 +36,7 @@ import orjson
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from .documents import DOCUMENT_SUFFIXES  # one row per file
 from .errors import ConfigError
 from .job import InputSpec
 from .records import BadRow, Row
@@ -102,9 +108,18 @@ def input_files(pattern: str) -> list[Path]:
         if _kind(f) is None:
             raise ConfigError(
                 f"{f}: unsupported file type; input files must end in "
-                f"{', '.join(SUPPORTED_SUFFIXES)} (rename the file or narrow the glob)",
+                f"{', '.join(SUPPORTED_SUFFIXES)}, or be documents "
+                f"({', '.join(DOCUMENT_SUFFIXES)}), one row each (rename the file or narrow "
+                "the glob)",
                 key="input.path",
             )
+    kinds = {_kind(f) == "document" for f in files}
+    if len(kinds) > 1:
+        raise ConfigError(
+            f"{pattern!r} matches both documents and row files (JSONL/Parquet); narrow the glob "
+            "to one kind, e.g. data/scans/*.pdf",
+            key="input.path",
+        )
     return sorted(files)
 
 
@@ -118,6 +133,9 @@ def iter_row_chunks(spec: InputSpec, *, chunk_size: int = 512) -> Iterator[list[
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
     files = input_files(spec.path)
+    if files and _kind(files[0]) == "document":
+        yield from _read_documents(files, spec.id, chunk_size)
+        return
     for f in files:
         _check_readable(f, spec.id)
     buf: list[Item] = []
@@ -141,6 +159,9 @@ def count_rows(files: list[Path]) -> int | None:
     try:
         for path in files:
             name = path.name
+            if _kind(path) == "document":
+                total += 1
+                continue
             if name.endswith(".parquet"):
                 total += pq.ParquetFile(path).metadata.num_rows
                 continue
@@ -193,6 +214,8 @@ def _kind(path: Path) -> str | None:
         return "gzip"
     if name.endswith((".jsonl", ".ndjson")):
         return "jsonl"
+    if name.endswith(DOCUMENT_SUFFIXES):
+        return "document"
     return None
 
 
@@ -346,6 +369,29 @@ def _json_kind(obj: object) -> str:
     if isinstance(obj, int | float):
         return "number"
     return "null"
+
+
+def _read_documents(
+    files: list[Path], id_field: str | None, chunk_size: int
+) -> Iterator[list[Item]]:
+    """One row per document: its fields from its headers (``documents.document_fields``),
+    ``line`` 1 of its own ``source``. A file that cannot be read still makes a row; sending it
+    records why."""
+    from .documents import document_fields
+
+    out: list[Item] = []
+    for f in files:
+        source = str(f)
+        fields = document_fields(source)
+        if id_field is None:
+            out.append(Row(source, fields, source, 1))
+        else:
+            out.append(_row_with_id(fields, id_field, source, 1))
+        if len(out) >= chunk_size:
+            yield out
+            out = []
+    if out:
+        yield out
 
 
 def _read_parquet(path: Path, id_field: str | None, chunk_size: int) -> Iterator[list[Item]]:

@@ -81,6 +81,7 @@ def test_the_package_exports_exactly_its_public_names() -> None:
             "RUN_STATES",
             "SCHEMA_VERSION",
             "CacheSaving",
+            "DocumentCost",
             "ModelGroup",
             "Report",
             "RunRecord",

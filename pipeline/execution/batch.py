@@ -199,7 +199,11 @@ class BatchExecutor:
                     request.line,
                 )
                 try:
-                    closed = writer.add(key, row_id, source, line, self.provider.line(request))
+                    if request.attachments:  # files are read and encoded now, off the loop
+                        data = await anyio.to_thread.run_sync(self.provider.line, request)
+                    else:
+                        data = self.provider.line(request)
+                    closed = writer.add(key, row_id, source, line, data)
                 except InputError as exc:
                     await self.sink.put(
                         self.results.input_error(

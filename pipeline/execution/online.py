@@ -39,7 +39,13 @@ import anyio
 import structlog
 from anyio.streams.memory import MemoryObjectReceiveStream
 
-from ..errors import FatalProviderError, ProviderError, RateLimitError, UnreachableError
+from ..errors import (
+    FatalProviderError,
+    InputError,
+    ProviderError,
+    RateLimitError,
+    UnreachableError,
+)
 from ..extract import Extractor, Verdict, followup_prompt
 from ..job.pricing import Price, cost_usd
 from ..limits import Lease, RunBudget
@@ -276,6 +282,18 @@ class OnlineExecutor:
                 reply = await self.provider.send(request)
             except ProviderError as exc:
                 error = exc
+            except InputError as exc:  # an attached file could not be read: nothing was sent
+                self.stats.requests_sent -= 1
+                lease.unanswered()
+                return self.results.unanswered(
+                    *_where(request),
+                    Status.INPUT_ERROR,
+                    exc.error_type,
+                    str(exc),
+                    attempts=attempt - 1,
+                    usage=paid,
+                    cost=paid_cost,
+                )
             else:
                 latency_ms = (time.perf_counter() - started) * 1000
                 usage = reply.usage

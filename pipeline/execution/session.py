@@ -146,6 +146,7 @@ class RunSession:
         self._failure: str | None = None
         self._batches_left_open = False
         self._planner_now: Planner | None = None
+        self._planners: list[Planner] = []  # for the documents and pages sent (manifest)
         self._open_parts: list[dict[str, Any]] = []
         self._log = log.bind(
             job=job.name, run_id=self.run_id, provider=job.request.provider, model=job.request.model
@@ -260,7 +261,7 @@ class RunSession:
         resend_batched: bool,
         overflow: Callable[[Request], bool] | None = None,
     ) -> Planner:
-        return Planner(
+        planner = Planner(
             self.renderer,
             self._results(mode),
             lookup=self.store.results,
@@ -272,6 +273,8 @@ class RunSession:
             or self.store.results.has_results(self.prompt_hash),
             overflow=overflow,
         )
+        self._planners.append(planner)
+        return planner
 
     def _results(self, mode: Mode) -> ResultBuilder:
         request = self.job.request
@@ -625,12 +628,26 @@ class RunSession:
                 "rows": s.rows_fallback,
                 "switches": list(s.fallback_switches),
             }
+        documents = self._documents()
+        if documents is not None:
+            out["documents"] = documents
         if self.mode is Mode.BATCH or self._manifest_base.get("batches"):
             out["batches"] = [
                 {k: p[k] for k in ("part", "batch_id", "input_file_id", "status", "requests")}
                 for p in self.store.batches.parts(self.run_id)
             ]
         return out
+
+    def _documents(self) -> dict[str, int] | None:
+        """Rows sent with attachments and their pages (an image is a page), this process's
+        and, for a resumed run, the earlier ones'; None for a run that sent no file."""
+        before = self._manifest_base.get("documents") if self.resume else None
+        rows = sum(p.attached_rows for p in self._planners)
+        pages = sum(p.attached_pages for p in self._planners)
+        if isinstance(before, dict):
+            rows += int(before.get("rows", 0))
+            pages += int(before.get("pages", 0))
+        return {"rows": rows, "pages": pages} if rows else None
 
     async def _manifest_loop(self) -> None:
         """Keep the manifest file current, for ``pipeline status`` in another terminal."""

@@ -23,6 +23,7 @@ import orjson
 
 from ._answers import (
     MESSAGE_OVERHEAD_TOKENS,
+    NON_TEXT_PART_TOKENS,
     PROMPT_OVERHEAD_TOKENS,
     content_text,
     content_tokens,
@@ -31,7 +32,8 @@ from ._answers import (
     sentiment,
     truncate_to_tokens,
 )
-from ._schema import example_for_schema
+from ._documents import DocumentInvalid, Seen, anthropic_block
+from ._schema import example_for_schema, value_from_text
 
 __all__ = [
     "QUOTA_MESSAGE",
@@ -48,6 +50,9 @@ __all__ = [
 ]
 
 TOOL_OVERHEAD_TOKENS: Final = 300
+IMAGES_PER_REQUEST: Final = 100
+PAGES_PER_REQUEST: Final = 100
+REQUEST_BYTES: Final = 32_000_000  # the Messages API's request size limit (413 above it)
 QUOTA_MESSAGE: Final = (
     "Your credit balance is too low to access the Anthropic API. Please go to Plans & Billing "
     "to upgrade or purchase credits."
@@ -105,6 +110,7 @@ class MessagesRequest:
     cache_prefix: str  # "" when no cache_control breakpoint
     cache_prefix_tokens: int
     tool: dict[str, Any] | None  # the tool the answer must call, if any
+    documents_text: str = ""  # the text of the images and documents the request attaches
 
 
 def _require(body: dict[str, Any], name: str) -> Any:
@@ -142,13 +148,27 @@ def _system(system: Any) -> tuple[int, str, int]:
     return tokens, "\n".join(texts[: prefix_end + 1]), prefix_tokens
 
 
-def _messages(messages: Any) -> tuple[int, str, str, int]:
+def _messages(messages: Any, seen: list[Seen]) -> tuple[int, str, str, int]:
     """(tokens, text of the last user message, text and tokens of the messages up to the last
-    block carrying ``cache_control``) of a checked ``messages`` list."""
+    block carrying ``cache_control``) of a checked ``messages`` list; the images and documents
+    it holds are checked and added to ``seen``."""
     if not isinstance(messages, list):
         raise AnthropicInvalid("messages: Input should be a valid list")
     if not messages:
         raise AnthropicInvalid("messages: at least one message is required")
+    images = sum(
+        1
+        for message in messages
+        if isinstance(message, dict) and isinstance(message.get("content"), list)
+        for part in message["content"]
+        if isinstance(part, dict) and part.get("type") == "image"
+    )
+    if images > IMAGES_PER_REQUEST:
+        raise AnthropicInvalid(
+            f"messages: Too many images: {images} images; the maximum is {IMAGES_PER_REQUEST} "
+            "images per request"
+        )
+    max_side = 2000 if images > 20 else 8000
     tokens = 0
     last_user = ""
     previous = None
@@ -181,6 +201,15 @@ def _messages(messages: Any) -> tuple[int, str, str, int]:
                     raise AnthropicInvalid(
                         f"messages.{index}.content.{part_index}.text: Field required"
                     )
+                try:
+                    found = anthropic_block(
+                        part, f"messages.{index}.content.{part_index}.{part['type']}", max_side
+                    )
+                except DocumentInvalid as invalid:
+                    raise AnthropicInvalid(invalid.message) from None
+                if found is not None:
+                    seen.append(found)
+                    tokens += found.tokens - NON_TEXT_PART_TOKENS
         elif not isinstance(content, str):
             raise AnthropicInvalid(
                 f"messages.{index}.content: Input should be a valid string or a list of blocks"
@@ -271,7 +300,11 @@ def parse_messages_request(body: Any) -> MessagesRequest:
     if body.get("stream"):
         raise AnthropicInvalid("stream: the fake provider does not stream; send stream=false")
     system_tokens, system_prefix, system_prefix_tokens = _system(body.get("system"))
-    message_tokens, last_user, message_prefix, message_prefix_tokens = _messages(messages)
+    seen: list[Seen] = []
+    message_tokens, last_user, message_prefix, message_prefix_tokens = _messages(messages, seen)
+    pages = sum(s.pages for s in seen)
+    if pages > PAGES_PER_REQUEST:
+        raise AnthropicInvalid(f"A maximum of {PAGES_PER_REQUEST} PDF pages may be provided.")
     tool_tokens, tool_text, forced = _tools(body)
     input_tokens = PROMPT_OVERHEAD_TOKENS + system_tokens + message_tokens + tool_tokens
     if message_prefix:  # a breakpoint in the messages caches everything before it too
@@ -290,6 +323,7 @@ def parse_messages_request(body: Any) -> MessagesRequest:
         cache_prefix=cache_prefix,
         cache_prefix_tokens=cache_prefix_tokens,
         tool=forced,
+        documents_text="\n".join(s.text for s in seen if s.text),
     )
 
 
@@ -305,9 +339,11 @@ def answer(request: MessagesRequest, tool_use_id: str) -> tuple[list[dict[str, A
     tool = request.tool
     if tool is not None:
         name = tool["name"]
-        value = example_for_schema(
-            tool["input_schema"], seed_of(name, request.last_user_text), hint=word
-        )
+        seed = seed_of(name, request.last_user_text, request.documents_text)
+        if request.documents_text:
+            value = value_from_text(tool["input_schema"], request.documents_text, seed, hint=word)
+        else:
+            value = example_for_schema(tool["input_schema"], seed, hint=word)
         tokens = estimate_tokens(name) + estimate_tokens(orjson.dumps(value).decode())
         if tokens > limit:
             return [], limit, "max_tokens"

@@ -19,6 +19,7 @@ import orjson
 
 from ._answers import (
     MESSAGE_OVERHEAD_TOKENS,
+    NON_TEXT_PART_TOKENS,
     PROMPT_OVERHEAD_TOKENS,
     content_text,
     content_tokens,
@@ -27,7 +28,8 @@ from ._answers import (
     sentiment,
     truncate_to_tokens,
 )
-from ._schema import example_for_schema
+from ._documents import DocumentInvalid, Seen, openai_part, openai_totals
+from ._schema import example_for_schema, value_from_text
 
 __all__ = [
     "BAD_JSON_BODY",
@@ -140,6 +142,7 @@ class ChatRequest:
     response_format: str  # "text", "json_object" or "json_schema"
     schema: Any  # the json_schema's "schema" (None when absent)
     schema_name: str
+    documents_text: str = ""  # the text of the images and PDFs the request attaches
 
 
 def _kind(value: object) -> str:
@@ -395,10 +398,19 @@ def parse_chat_request(body: Any) -> ChatRequest:
 
     prompt_tokens = PROMPT_OVERHEAD_TOKENS
     last_user: Any = ""
-    for message in messages:
-        prompt_tokens += MESSAGE_OVERHEAD_TOKENS + content_tokens(message.get("content"))
+    seen: list[Seen] = []
+    for index, message in enumerate(messages):
+        content = message.get("content")
+        prompt_tokens += MESSAGE_OVERHEAD_TOKENS + content_tokens(content)
+        if isinstance(content, list):
+            prompt_tokens += _attached_tokens(content, f"messages[{index}].content", model, seen)
         if message["role"] == "user":
-            last_user = message["content"]
+            last_user = content
+    if seen:
+        try:
+            openai_totals(seen)
+        except DocumentInvalid as invalid:
+            raise OpenAIInvalid(invalid.message, invalid.param, invalid.code) from None
     if schema is not None:
         prompt_tokens += estimate_tokens(orjson.dumps(schema).decode())
     return ChatRequest(
@@ -411,7 +423,25 @@ def parse_chat_request(body: Any) -> ChatRequest:
         response_format=response_format,
         schema=schema,
         schema_name=schema_name,
+        documents_text="\n".join(s.text for s in seen if s.text),
     )
+
+
+def _attached_tokens(parts: list[Any], where: str, model: str, seen: list[Seen]) -> int:
+    """Tokens the images and files among ``parts`` add (beyond the flat charge
+    ``content_tokens`` gave every non-text part); each is checked as the API does."""
+    extra = 0
+    for index, part in enumerate(parts):
+        if not isinstance(part, dict) or part.get("type") == "text":
+            continue
+        try:
+            found = openai_part(part, f"{where}[{index}]", model)
+        except DocumentInvalid as invalid:
+            raise OpenAIInvalid(invalid.message, invalid.param, invalid.code) from None
+        if found is not None:
+            seen.append(found)
+            extra += found.tokens - NON_TEXT_PART_TOKENS
+    return extra
 
 
 def prompt_text(chat: ChatRequest) -> str:
@@ -425,9 +455,11 @@ def answer(chat: ChatRequest) -> tuple[str, int, str]:
     """The reply ``(content, completion_tokens, finish_reason)`` for a request."""
     word = sentiment(chat.last_user_text)
     if chat.response_format == "json_schema" and chat.schema is not None:
-        value = example_for_schema(
-            chat.schema, seed_of(chat.schema_name, chat.last_user_text), hint=word
-        )
+        seed = seed_of(chat.schema_name, chat.last_user_text, chat.documents_text)
+        if chat.documents_text:
+            value = value_from_text(chat.schema, chat.documents_text, seed, hint=word)
+        else:
+            value = example_for_schema(chat.schema, seed, hint=word)
         text = orjson.dumps(value).decode()
     elif chat.response_format != "text":
         text = orjson.dumps({"sentiment": word}).decode()

@@ -16,6 +16,13 @@ Not understood: ``pattern``, ``not``, ``if``/``then``/``else``, ``contains``, ``
 ``hint`` (the sentiment word of the request) is used where it fits: when it is one of an
 ``enum``'s values, and for a free string property named like a label (``sentiment``, ``label``,
 ``category`` ...), so a classification schema gets the same answer the plain-text mode gives.
+
+``value_from_text(schema, text, seed)`` is the fake's reading of a document: each top-level
+property is taken from a ``Label: value`` line whose label is the property's name (case and
+``_`` / space ignored), and an array of objects from a table whose header row names the item's
+properties (cells split on ``|``); values are converted to the property's type. What the text
+does not hold is made up as above. It is no model: it reads what a document states in that
+form, and nothing else.
 """
 
 from __future__ import annotations
@@ -28,7 +35,7 @@ from typing import Any, Final, TypeGuard
 
 import orjson
 
-__all__ = ["example_for_schema"]
+__all__ = ["example_for_schema", "value_from_text"]
 
 # Beyond this depth only required properties and minItems items are produced, so recursive
 # schemas end; beyond the hard limit a recursive schema that requires itself gives up.
@@ -57,6 +64,108 @@ _WORDS: Final = (
 def example_for_schema(schema: Any, seed: int, *, hint: str | None = None) -> Any:
     """A value valid against ``schema``, the same every time for the same ``seed``."""
     return _Generator(schema, random.Random(seed), hint).value(schema, 0, None)
+
+
+def value_from_text(schema: Any, text: str, seed: int, *, hint: str | None = None) -> Any:
+    """A value for ``schema`` read from ``text`` where it says it (see the module docstring)."""
+    value = example_for_schema(schema, seed, hint=hint)
+    if not isinstance(value, dict) or not isinstance(schema, dict):
+        return value
+    properties = schema.get("properties")
+    if not isinstance(properties, dict):
+        return value
+    lines = [line.strip() for line in text.splitlines()]
+    labelled: dict[str, str] = {}
+    for line in lines:
+        label, sep, rest = line.partition(":")
+        if sep and label and "|" not in label:
+            labelled.setdefault(_norm(label), rest.strip())
+    for name, sub in properties.items():
+        if not isinstance(sub, dict):
+            continue
+        if _pick_type(sub) == "array" and isinstance(sub.get("items"), dict):
+            rows = _table(lines, sub["items"])
+            if rows is not None:
+                value[name] = rows
+            continue
+        found = labelled.get(_norm(name))
+        if found is not None:
+            converted = _convert(found, sub)
+            if converted is not _NOTHING:
+                value[name] = converted
+    return value
+
+
+_NOTHING = object()
+
+
+def _norm(label: str) -> str:
+    return " ".join("".join(c if c.isalnum() else " " for c in label.lower()).split())
+
+
+def _convert(text: str, schema: Mapping[str, Any]) -> Any:
+    """``text`` as a value of ``schema``'s type, or ``_NOTHING`` when it is not one."""
+    kinds = schema.get("type")
+    kinds = [kinds] if isinstance(kinds, str) else list(kinds or ["string"])
+    if "null" in kinds and text.lower() in ("", "none", "null", "n/a", "-"):
+        return None
+    enum = schema.get("enum")
+    if isinstance(enum, list):
+        return text if text in enum else _NOTHING
+    if "number" in kinds or "integer" in kinds:
+        cleaned = "".join(c for c in text if c.isdigit() or c in ".-")
+        try:
+            number = float(cleaned)
+        except ValueError:
+            return _NOTHING
+        if "integer" in kinds and number.is_integer():
+            return int(number)
+        return number if "number" in kinds else _NOTHING
+    if "boolean" in kinds:
+        lowered = text.lower()
+        return (
+            True
+            if lowered in ("yes", "true")
+            else False
+            if lowered in ("no", "false")
+            else _NOTHING
+        )
+    if "string" in kinds and text:
+        return text
+    return _NOTHING
+
+
+def _table(lines: list[str], items: Mapping[str, Any]) -> list[dict[str, Any]] | None:
+    """The rows of the first table whose header names ``items``' properties, or None."""
+    properties = items.get("properties")
+    if not isinstance(properties, dict) or not properties:
+        return None
+    wanted = {_norm(name): name for name in properties}
+    for start, line in enumerate(lines):
+        if "|" not in line:
+            continue
+        header = [_norm(cell) for cell in line.split("|")]
+        if not set(wanted) <= set(header):
+            continue
+        rows: list[dict[str, Any]] = []
+        for row_line in lines[start + 1 :]:
+            if "|" not in row_line:
+                break
+            cells = [cell.strip() for cell in row_line.split("|")]
+            if len(cells) != len(header):
+                break
+            row: dict[str, Any] = {}
+            for label, cell in zip(header, cells, strict=True):
+                name = wanted.get(label)
+                if name is None:
+                    continue
+                converted = _convert(cell, properties[name])
+                if converted is _NOTHING:
+                    return None
+                row[name] = converted
+            rows.append(row)
+        return rows
+    return None
 
 
 class _Generator:

@@ -480,8 +480,17 @@ class FakeProvider:
             status, error_type, text = denied
             body = _anthropic.error_body(error_type, text, request_id)
             return self._respond(status, body, headers)
+        raw_body = await request.read()
+        if len(raw_body) > _anthropic.REQUEST_BYTES:
+            body = _anthropic.error_body(
+                "request_too_large",
+                f"Request exceeds the maximum allowed number of bytes ({len(raw_body)} > "
+                f"{_anthropic.REQUEST_BYTES}).",
+                request_id,
+            )
+            return self._respond(413, body, headers)
         try:
-            decoded = orjson.loads(await request.read())
+            decoded = orjson.loads(raw_body)
         except orjson.JSONDecodeError:
             body = _anthropic.error_body(
                 "invalid_request_error", "There was an error parsing the body as JSON", request_id

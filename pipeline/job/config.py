@@ -88,6 +88,9 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "examples": "few-shot pairs [{ input = ..., output = ... }] sent before the row",
         "invalid_retries": "follow-up turns telling the model why its answer was invalid "
         "(default 2)",
+        "attachments": "templates of files (PDF, PNG, JPEG, GIF, WebP) or http(s) URLs sent "
+        'before the prompt, e.g. ["{path}"]',
+        "image_detail": "OpenAI image detail: low | high | auto (default: not sent, auto)",
     },
     "request.fallback": {
         "provider": "openai | anthropic | gemini (default: the job's provider)",
@@ -106,6 +109,7 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "max_attempts": "attempts per row before it is recorded as failed (default 6)",
         "timeout_s": "seconds before one attempt is abandoned and retried (default 60)",
         "budget_usd": "stop launching requests before the run's cost could pass this",
+        "documents_in_flight_mb": "MB of attachments read and encoded at once (default 16)",
     },
     "batch": {
         "poll_interval_s": "polling backs off up to this many seconds (default 30)",
@@ -172,6 +176,9 @@ class RequestSpec:
     invalid_retries: int = 2
     fallback: FallbackSpec | None = None
     """``[request.fallback]``, or None; never part of ``prompt_hash``."""
+    attachments: tuple[str, ...] = ()
+    """Templates of the files or URLs sent with each row, before the prompt text."""
+    image_detail: str | None = None
 
     @property
     def context_tokens(self) -> int:
@@ -189,6 +196,7 @@ class LimitsSpec:
     max_attempts: int = 6
     timeout_s: float = 60.0
     budget_usd: float | None = None
+    documents_in_flight_mb: float = 16.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,6 +347,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         mode=_choice(req, "request", "mode", MODES, path) or "online",
         fallback=_fallback(req, provider, path),
         **_structured(req, path),
+        **_documents(req, provider, path),
     )
     _check_template(prompt, path)
 
@@ -351,6 +360,9 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         max_attempts=_positive(lim, "max_attempts", int, path, defaults.max_attempts),
         timeout_s=_positive(lim, "timeout_s", float, path, defaults.timeout_s),
         budget_usd=_positive(lim, "budget_usd", float, path, None),
+        documents_in_flight_mb=_positive(
+            lim, "documents_in_flight_mb", float, path, defaults.documents_in_flight_mb
+        ),
     )
     bat = _table(doc, "batch", path, required=False)
     batch = BatchSpec(
@@ -528,7 +540,7 @@ def _choice(
     return value
 
 
-def _check_template(prompt: str, path: str) -> None:
+def _check_template(prompt: str, path: str, *, key: str = "request.prompt") -> None:
     import string
 
     try:
@@ -538,14 +550,53 @@ def _check_template(prompt: str, path: str) -> None:
                     "positional {} placeholders are not allowed; name a row field, "
                     "e.g. {text}, and write {{ or }} for a literal brace",
                     path=path,
-                    key="request.prompt",
+                    key=key,
                 )
     except ValueError as exc:
         raise ConfigError(
             f"bad template ({exc}); write {{{{ or }}}} for a literal brace",
             path=path,
-            key="request.prompt",
+            key=key,
         ) from exc
+
+
+# -- documents and images: attachments, image_detail ---------------------------------------------
+
+IMAGE_DETAILS = ("low", "high", "auto")
+
+
+def _documents(req: Mapping[str, Any], provider: str, path: str) -> dict[str, Any]:
+    """The ``RequestSpec`` fields of a job that sends files with its rows; {} for a text job."""
+    value = req.get("attachments")
+    out: dict[str, Any] = {}
+    if value is not None:
+        key = "request.attachments"
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, list) or not value:
+            raise ConfigError(
+                'must be a list of templates, e.g. attachments = ["{path}"]', path=path, key=key
+            )
+        for number, template in enumerate(value, start=1):
+            if not isinstance(template, str) or not template.strip():
+                raise ConfigError(
+                    f"attachment {number} must be a non-empty string: a template such as "
+                    '"{path}" naming a file or an http(s) URL',
+                    path=path,
+                    key=key,
+                )
+            _check_template(template, path, key=key)
+        out["attachments"] = tuple(value)
+    detail = _choice(req, "request", "image_detail", IMAGE_DETAILS, path)
+    if detail is not None:
+        if provider != "openai":
+            raise ConfigError(
+                "only OpenAI takes an image detail level; remove it for this provider",
+                path=path,
+                key="request.image_detail",
+            )
+        out["image_detail"] = detail
+    return out
 
 
 # -- structured answers: schema, schema_mode, examples, invalid_retries ---------------------------

@@ -5,11 +5,13 @@
 - ``RateBudget`` / ``LocalRateBudget`` / ``TokenBucket`` (``_rate``): request and token rates,
   slowed by what providers say (rate-limit headers, 429s).
 - ``headers``: providers' rate-limit headers, parsed into ``RateLimitInfo``.
+- ``ByteWindow`` (``_bytes``): the bytes of document content read for requests at once.
 """
 
 from __future__ import annotations
 
 from ._budget import Lease, RunBudget
+from ._bytes import ByteWindow
 from ._rate import LocalRateBudget, RateBudget, TokenBucket
 
-__all__ = ["Lease", "LocalRateBudget", "RateBudget", "RunBudget", "TokenBucket"]
+__all__ = ["ByteWindow", "Lease", "LocalRateBudget", "RateBudget", "RunBudget", "TokenBucket"]

@@ -13,6 +13,7 @@ import httpx
 
 from ..errors import ConfigError
 from ..job import Job
+from ..limits import ByteWindow
 from ._base import Provider, make_transport
 from ._batch import BatchProvider
 from .anthropic import AnthropicProvider
@@ -69,7 +70,8 @@ def make_provider(
 ) -> Provider:
     """The provider a job asks for (``fallback``: its ``[request.fallback]``): on aiohttp
     directly, at most ``[limits] concurrency`` connections, or through the httpx ``transport``
-    given (tests)."""
+    given (tests). A job with attachments reads its files within a byte window of
+    ``[limits] documents_in_flight_mb``."""
     provider, model = job.request.provider, job.request.model
     if fallback:
         spec = job.request.fallback
@@ -78,6 +80,9 @@ def make_provider(
         provider, model = spec.provider, spec.model
     timeout_s = job.limits.timeout_s
     connections = job.limits.concurrency
+    window = None
+    if job.request.attachments:
+        window = ByteWindow(round(job.limits.documents_in_flight_mb * 1_000_000))
     if provider == "gemini":
         return GeminiProvider(
             transport,
@@ -86,6 +91,7 @@ def make_provider(
             model=model,
             timeout_s=timeout_s,
             max_connections=connections,
+            documents_window=window,
         )
     cls = OpenAIProvider if provider == "openai" else AnthropicProvider
     return cls(
@@ -94,6 +100,7 @@ def make_provider(
         api_key=api_key,
         timeout_s=timeout_s,
         max_connections=connections,
+        documents_window=window,
     )
 
 

@@ -13,6 +13,10 @@ tenth of the input price.
 
 Usage is normalised so that ``input_tokens`` counts every prompt token: Anthropic reports
 uncached, cache-write and cache-read input tokens separately.
+
+A row's attachments go before its prompt text in the same user message, as Anthropic recommends:
+images as ``image`` blocks and PDFs as ``document`` blocks, each with a ``base64`` source (and its
+``media_type``) or a ``url`` source. Files are read and encoded here, when the body is built.
 """
 
 from __future__ import annotations
@@ -23,21 +27,45 @@ from typing import Any
 import httpx
 import orjson
 
+from ..documents import read_base64
 from ..errors import TransientError
 from ..extract import ANSWER_TOOL
-from ..records import AnswerSchema, Request, Usage
+from ..limits import ByteWindow
+from ..records import AnswerSchema, Attachment, Request, Usage
 from ._base import JSONProvider
 
 __all__ = [
     "ANTHROPIC_VERSION",
     "AnthropicProvider",
     "answer_tool",
+    "content_block",
     "messages_body",
     "parse_message",
 ]
 
 ANTHROPIC_VERSION = "2023-06-01"
 EPHEMERAL: dict[str, str] = {"type": "ephemeral"}
+
+
+def content_block(attachment: Attachment) -> dict[str, Any]:
+    """One attachment as a content block (its file is read now)."""
+    kind = "document" if attachment.kind == "pdf" else "image"
+    if attachment.url:
+        return {"type": kind, "source": {"type": "url", "url": attachment.location}}
+    source = {
+        "type": "base64",
+        "media_type": attachment.media_type,
+        "data": read_base64(attachment),
+    }
+    return {"type": kind, "source": source}
+
+
+def _user_content(request: Request) -> str | list[dict[str, Any]]:
+    if not request.attachments:
+        return request.prompt
+    blocks = [content_block(a) for a in request.attachments]
+    blocks.append({"type": "text", "text": request.prompt})
+    return blocks
 
 
 def messages_body(request: Request) -> dict[str, Any]:
@@ -47,7 +75,7 @@ def messages_body(request: Request) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": request.model,
             "max_tokens": request.max_tokens,
-            "messages": [{"role": "user", "content": request.prompt}],
+            "messages": [{"role": "user", "content": _user_content(request)}],
         }
         if request.system:
             body["system"] = request.system
@@ -70,7 +98,7 @@ def messages_body(request: Request) -> dict[str, Any]:
                 messages.append({"role": "assistant", "content": [block]})
             else:
                 messages.append({"role": "assistant", "content": assistant})
-    messages.append({"role": "user", "content": request.prompt})
+    messages.append({"role": "user", "content": _user_content(request)})
     for assistant, user in request.followups:
         messages.append({"role": "assistant", "content": assistant})
         messages.append({"role": "user", "content": user})
@@ -135,6 +163,7 @@ class AnthropicProvider(JSONProvider):
         api_key: str,
         timeout_s: float = 60.0,
         max_connections: int | None = None,
+        documents_window: ByteWindow | None = None,
     ) -> None:
         super().__init__(
             transport,
@@ -146,6 +175,7 @@ class AnthropicProvider(JSONProvider):
             },
             timeout_s=timeout_s,
             max_connections=max_connections,
+            documents_window=documents_window,
         )
 
     def body(self, request: Request) -> dict[str, Any]:

@@ -83,7 +83,7 @@ class AnthropicBatchProvider:
         api_key: str,
         timeout_s: float = 60.0,
         max_requests: int = 100_000,
-        max_bytes: int = 256 * 1024 * 1024,
+        max_bytes: int = 256_000_000,  # "256 MB", read as decimal: the stricter reading
     ) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes

@@ -24,6 +24,7 @@ from urllib.parse import quote
 import httpx
 
 from ..errors import TransientError
+from ..limits import ByteWindow
 from ..records import Request, Usage
 from ._base import JSONProvider
 
@@ -124,6 +125,7 @@ class GeminiProvider(JSONProvider):
         model: str,
         timeout_s: float = 60.0,
         max_connections: int | None = None,
+        documents_window: ByteWindow | None = None,
     ) -> None:
         super().__init__(
             transport,
@@ -131,6 +133,7 @@ class GeminiProvider(JSONProvider):
             headers={"x-goog-api-key": api_key, "content-type": "application/json"},
             timeout_s=timeout_s,
             max_connections=max_connections,
+            documents_window=documents_window,
         )
 
     def body(self, request: Request) -> dict[str, Any]:

@@ -6,6 +6,11 @@ OpenAI's automatic prompt cache can reuse it. An answer schema becomes the ``res
 ``json_schema`` (``strict`` when the schema qualifies) in ``enforce`` mode, ``json_object`` in
 ``json`` mode. Usage keeps cached prompt tokens (part of ``prompt_tokens``) and reasoning tokens
 (part of ``completion_tokens``).
+
+A row's attachments go before its prompt text in the same user message: images as ``image_url``
+parts (a base64 data URL, or the https URL as given; ``detail`` when the job sets one), PDFs as
+``file`` parts (``filename`` and a ``data:application/pdf;base64,`` ``file_data``). Files are read
+and encoded here, when the body is built for sending.
 """
 
 from __future__ import annotations
@@ -15,16 +20,51 @@ from typing import Any
 
 import httpx
 
+from ..documents import read_base64
 from ..errors import TransientError
-from ..records import AnswerSchema, Request, Usage
+from ..limits import ByteWindow
+from ..records import AnswerSchema, Attachment, Request, Usage
 from ._base import JSONProvider
 
-__all__ = ["OpenAIProvider", "chat_body", "parse_chat_completion", "response_format"]
+__all__ = [
+    "OpenAIProvider",
+    "chat_body",
+    "content_part",
+    "parse_chat_completion",
+    "response_format",
+]
+
+
+def content_part(attachment: Attachment) -> dict[str, Any]:
+    """One attachment as a chat-completions content part (its file is read now)."""
+    if attachment.kind == "pdf":
+        data = read_base64(attachment)
+        name = attachment.location.replace("\\", "/").rsplit("/", 1)[-1]
+        return {
+            "type": "file",
+            "file": {"filename": name, "file_data": f"data:application/pdf;base64,{data}"},
+        }
+    if attachment.url:
+        url = attachment.location
+    else:
+        url = f"data:{attachment.media_type};base64,{read_base64(attachment)}"
+    image: dict[str, str] = {"url": url}
+    if attachment.detail:
+        image["detail"] = attachment.detail
+    return {"type": "image_url", "image_url": image}
+
+
+def _user_content(request: Request) -> str | list[dict[str, Any]]:
+    if not request.attachments:
+        return request.prompt
+    parts = [content_part(a) for a in request.attachments]
+    parts.append({"type": "text", "text": request.prompt})
+    return parts
 
 
 def chat_body(request: Request) -> dict[str, Any]:
     """The JSON body of a chat-completions request for one row."""
-    messages: list[dict[str, str]] = []
+    messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
     framing = request.framing
@@ -32,7 +72,7 @@ def chat_body(request: Request) -> dict[str, Any]:
         for user, assistant in framing.examples:
             messages.append({"role": "user", "content": user})
             messages.append({"role": "assistant", "content": assistant})
-    messages.append({"role": "user", "content": request.prompt})
+    messages.append({"role": "user", "content": _user_content(request)})
     for assistant, user in request.followups:
         messages.append({"role": "assistant", "content": assistant})
         messages.append({"role": "user", "content": user})
@@ -98,6 +138,7 @@ class OpenAIProvider(JSONProvider):
         api_key: str,
         timeout_s: float = 60.0,
         max_connections: int | None = None,
+        documents_window: ByteWindow | None = None,
     ) -> None:
         super().__init__(
             transport,
@@ -108,6 +149,7 @@ class OpenAIProvider(JSONProvider):
             },
             timeout_s=timeout_s,
             max_connections=max_connections,
+            documents_window=documents_window,
         )
 
     def body(self, request: Request) -> dict[str, Any]:

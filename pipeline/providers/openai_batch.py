@@ -65,7 +65,7 @@ class OpenAIBatchProvider:
         api_key: str,
         timeout_s: float = 60.0,
         max_requests: int = 50_000,
-        max_bytes: int = 200 * 1024 * 1024,
+        max_bytes: int = 200_000_000,  # "200 MB", read as decimal: the stricter reading
     ) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ..job.pricing import UNKNOWN_PRICE, format_usd
-from ..store import ModelGroup, Report, RunSummary, Totals
+from ..store import DocumentCost, ModelGroup, Report, RunSummary, Totals
 
 __all__ = ["ANALYSIS_SQL", "UNKNOWN_PRICE", "cache_line", "format_usd", "render_report"]
 
@@ -77,6 +77,23 @@ def _totals_table(totals: Totals) -> Table:
     return table
 
 
+def _documents_table(documents: tuple[DocumentCost, ...]) -> Table:
+    table = _table("Documents (an image is one page)")
+    table.add_column("job", overflow="fold")
+    for name in ("rows", "pages", "cost", "cost per page"):
+        table.add_column(name, justify="right", overflow="fold")
+    for d in documents:
+        per_page = d.cost_per_page
+        table.add_row(
+            d.job,
+            _int(d.rows),
+            _int(d.pages),
+            format_usd(d.cost_usd),
+            "–" if per_page is None else f"${per_page:,.4f}",
+        )
+    return table
+
+
 def _runs_table(runs: tuple[RunSummary, ...]) -> Table:
     table = _table("Latest runs")
     table.add_column("run", overflow="fold")
@@ -132,6 +149,8 @@ def render_report(report: Report, console: Console, *, db_path: str | None = Non
             )
         if report.totals.cache_read_tokens:
             console.print(cache_line(report), highlight=False, markup=False, soft_wrap=True)
+        if report.documents:
+            console.print(_documents_table(report.documents))
     if report.runs and not report.run_id:
         console.print(_runs_table(report.runs))
     command = f'duckdb -readonly {db_path} "{ANALYSIS_SQL}"' if db_path else ANALYSIS_SQL

@@ -96,7 +96,7 @@ from typing import Any
 from ..errors import StoreError
 from ._db import Database
 from .ledger import BatchLedger, RunLedger, RunRecord
-from .queries import CacheSaving, ModelGroup, Queries, Report, RunSummary, Totals
+from .queries import CacheSaving, DocumentCost, ModelGroup, Queries, Report, RunSummary, Totals
 from .results import ResultTable
 from .schema import (
     ANALYSIS_VIEWS,
@@ -112,6 +112,7 @@ __all__ = [
     "RUN_STATES",
     "SCHEMA_VERSION",
     "CacheSaving",
+    "DocumentCost",
     "ModelGroup",
     "Report",
     "RunRecord",

@@ -19,7 +19,15 @@ from ..extract import extract_view_name
 from ._db import Database
 from .schema import CACHE_SAVINGS_JOIN, CACHE_SAVINGS_MEASURES, UNPRICED
 
-__all__ = ["CacheSaving", "ModelGroup", "Queries", "Report", "RunSummary", "Totals"]
+__all__ = [
+    "CacheSaving",
+    "DocumentCost",
+    "ModelGroup",
+    "Queries",
+    "Report",
+    "RunSummary",
+    "Totals",
+]
 
 
 def _filter(table: str = "") -> str:
@@ -119,6 +127,21 @@ class CacheSaving:
 
 
 @dataclass(frozen=True, slots=True)
+class DocumentCost:
+    """What a job's documents cost: over its runs that sent files, the rows and pages (an
+    image is one page) they sent, as their manifests record, and what those runs cost."""
+
+    job: str
+    rows: int
+    pages: int
+    cost_usd: float | None
+
+    @property
+    def cost_per_page(self) -> float | None:
+        return None if self.cost_usd is None or not self.pages else self.cost_usd / self.pages
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     """Everything ``pipeline.reporting.text.render_report`` prints, as plain data."""
 
@@ -130,6 +153,8 @@ class Report:
     cache: tuple[CacheSaving, ...] = ()
     """The prompt cache by (provider, model, mode), for the groups that read or wrote it
     (``Queries.cache_savings``)."""
+    documents: tuple[DocumentCost, ...] = ()
+    """Jobs that sent documents: their pages and cost per page."""
 
     @property
     def cache_saved_usd(self) -> float | None:
@@ -268,7 +293,33 @@ class Queries:
             groups=tuple(ModelGroup(*g) for g in group_rows),
             runs=runs,
             cache=self.cache_savings(job=job, run_id=run_id),
+            documents=self.document_costs(job=job, run_id=run_id),
         )
+
+    def document_costs(
+        self, *, job: str | None = None, run_id: str | None = None
+    ) -> tuple[DocumentCost, ...]:
+        """Per job, the rows and pages its runs sent with files (the runs' manifests) and what
+        those runs cost."""
+        params = {"job": job, "run_id": run_id}
+        with self._db.cursor("price the documents") as cur:
+            rows = cur.execute(
+                f"""
+                WITH sent AS (
+                    SELECT run_id, job,
+                           CAST(json_extract(manifest, '$.documents.rows') AS BIGINT) AS docs,
+                           CAST(json_extract(manifest, '$.documents.pages') AS BIGINT) AS pages
+                    FROM runs
+                    WHERE {_FILTER} AND json_extract(manifest, '$.documents.rows') IS NOT NULL
+                )
+                SELECT s.job, sum(s.docs), sum(s.pages),
+                       (SELECT sum(cost_usd) FROM row_results r
+                        WHERE r.run_id IN (SELECT run_id FROM sent x WHERE x.job = s.job))
+                FROM sent s GROUP BY s.job ORDER BY s.job
+                """,
+                params,
+            ).fetchall()
+        return tuple(DocumentCost(r[0], int(r[1] or 0), int(r[2] or 0), r[3]) for r in rows)
 
     def cache_savings(
         self, *, job: str | None = None, run_id: str | None = None

@@ -1,0 +1,565 @@
+"""Documents and images as input: what a file is, what the providers allow, what it costs.
+
+A job's ``[request] attachments`` are templates that name, for each row, files (PDF, PNG, JPEG,
+GIF, WebP) or http(s) URLs sent before the prompt text. This module knows them by their headers
+only, so that planning a row never holds its bytes:
+
+- ``sniff`` tells the type from the first bytes (the extension is not trusted);
+- ``inspect_file`` reads what the headers say (Pillow: pixel size; pypdf: pages, their sizes,
+  and how many characters each page's text operators draw, counted in its content stream
+  without laying the text out) and the SHA-256 of the content, streaming, and caches it by
+  path, size and mtime;
+- ``check`` applies the provider's documented limits (``LIMITS``) to one request's files and
+  raises ``InputError`` naming the file and the limit;
+- ``image_tokens`` / ``pdf_tokens`` are the providers' published token formulas;
+- ``read_base64`` reads a file when its request body is built for sending, and refuses one whose
+  content changed since it was planned (its request key no longer describes it).
+
+The limits and formulas, with where they come from, are listed in README.md ("Documents and
+images"). Pillow and pypdf are imported when a document is first looked at: a text job never
+loads them.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import math
+import os
+import re
+import threading
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal
+
+from .errors import InputError
+from .records import Attachment
+
+__all__ = [
+    "DOCUMENT_SUFFIXES",
+    "IMAGE_TYPES",
+    "LIMITS",
+    "PDF_PAGE_TEXT_TOKENS",
+    "FileFacts",
+    "ProviderLimits",
+    "attachment",
+    "check",
+    "document_fields",
+    "facts_tokens",
+    "image_tokens",
+    "inspect_file",
+    "pdf_tokens",
+    "read_base64",
+    "sniff",
+    "url_attachment",
+]
+
+PDF = "application/pdf"
+IMAGE_TYPES: Final = ("image/png", "image/jpeg", "image/gif", "image/webp")
+DOCUMENT_SUFFIXES: Final = (".pdf", ".png", ".jpg", ".jpeg", ".gif", ".webp")
+_BY_SUFFIX: Final = {
+    ".pdf": PDF,
+    ".png": "image/png",
+    ".jpg": "image/jpeg",
+    ".jpeg": "image/jpeg",
+    ".gif": "image/gif",
+    ".webp": "image/webp",
+}
+
+# Text of a PDF page whose content stream cannot be read (a dense page of prose is about 2,000
+# characters, ~500 tokens). The rate limiter settles every reservation with the real usage.
+PDF_PAGE_TEXT_TOKENS: Final = 500
+# The strings a content stream's text operators draw: literal (...) and hexadecimal <...>
+# strings (two bytes a glyph for the CID fonts hexadecimal strings are used with).
+_LITERAL = re.compile(rb"\((?:[^()\\]|\\.)*\)", re.S)
+_HEX = re.compile(rb"<([0-9A-Fa-f\s]*)>")
+# Pages are rendered to images by the providers; neither publishes the resolution. Anthropic's
+# page images come out at its largest image size (~1,600 tokens for a Letter or A4 page), which
+# rendering at 150 dpi reproduces; OpenAI sends them at low detail.
+_ANTHROPIC_PAGE_DPI: Final = 150
+_OPENAI_PAGE_DPI: Final = 72
+
+_HASH_BLOCK: Final = 1 << 20
+_CACHE_SIZE: Final = 16_384
+
+
+def sniff(head: bytes) -> str | None:
+    """The media type the first bytes of a file announce, or None when it is none of ours."""
+    if head.startswith(b"%PDF-"):
+        return PDF
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "image/png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "image/jpeg"
+    if head.startswith((b"GIF87a", b"GIF89a")):
+        return "image/gif"
+    if len(head) >= 12 and head.startswith(b"RIFF") and head[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+# -- what a file is ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class FileFacts:
+    """What a document's headers say, and the hash of its content."""
+
+    path: str
+    media_type: str
+    size_bytes: int
+    sha256: str
+    width: int = 0  # images: pixels
+    height: int = 0
+    animated: bool = False  # a GIF with more than one frame
+    page_sizes: tuple[tuple[float, float], ...] = ()  # PDFs: (width, height) in points
+    encrypted: bool = False
+    text_chars: int = -1  # PDFs: characters the pages' text operators draw (-1: unknown)
+
+    @property
+    def kind(self) -> Literal["image", "pdf"]:
+        return "pdf" if self.media_type == PDF else "image"
+
+    @property
+    def pages(self) -> int:
+        return len(self.page_sizes)
+
+
+_cache: OrderedDict[tuple[str, int, int, int], FileFacts] = OrderedDict()
+_cache_lock = threading.Lock()
+
+
+def inspect_file(path: str) -> FileFacts:
+    """The facts of one file, from its headers (cached by path, size, mtime and inode).
+
+    Raises InputError (naming the file) when it is missing, unreadable, of another type, or
+    corrupt where its headers are.
+    """
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: no such file (relative paths are relative to the directory pipeline "
+            "runs in); fix the path or the attachments template",
+            error_type="attachment_missing",
+        ) from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    if not os.path.isfile(path):
+        raise InputError(f"{path}: not a file", error_type="attachment_missing")
+    key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
+    with _cache_lock:
+        found = _cache.get(key)
+        if found is not None:
+            _cache.move_to_end(key)
+            return found
+    facts = _inspect(path, st.st_size)
+    with _cache_lock:
+        _cache[key] = facts
+        if len(_cache) > _CACHE_SIZE:
+            _cache.popitem(last=False)
+    return facts
+
+
+def _unreadable(path: str, exc: OSError) -> InputError:
+    return InputError(
+        f"{path}: cannot read the file ({exc.strerror or exc}); check its permissions",
+        error_type="attachment_unreadable",
+    )
+
+
+def _inspect(path: str, size: int) -> FileFacts:
+    digest = hashlib.sha256()
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(16)
+            digest.update(head)
+            while block := fh.read(_HASH_BLOCK):
+                digest.update(block)
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    media_type = sniff(head)
+    if media_type is None:
+        raise InputError(
+            f"{path}: not a PDF, PNG, JPEG, GIF or WebP file (it starts with {head[:8]!r}); "
+            "convert it, or leave it out of the input",
+            error_type="attachment_unsupported",
+        )
+    sha = digest.hexdigest()
+    if media_type == PDF:
+        return _pdf_facts(path, size, sha)
+    return _image_facts(path, media_type, size, sha)
+
+
+def _image_facts(path: str, media_type: str, size: int, sha: str) -> FileFacts:
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:  # reads the header only: nothing is decoded
+            width, height = image.size
+            animated = bool(getattr(image, "is_animated", False))
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise InputError(
+            f"{path}: a {media_type} file whose header cannot be read ({exc}); re-save it",
+            error_type="attachment_corrupt",
+        ) from exc
+    return FileFacts(path, media_type, size, sha, width, height, animated)
+
+
+def _pdf_facts(path: str, size: int, sha: str) -> FileFacts:
+    from pypdf import PdfReader
+    from pypdf.errors import PyPdfError
+
+    try:
+        with open(path, "rb") as fh:
+            reader = PdfReader(fh)  # the cross-reference table and page tree, not the content
+            if reader.is_encrypted:
+                return FileFacts(path, PDF, size, sha, encrypted=True)
+            pages = list(reader.pages)
+            sizes = tuple((float(p.mediabox.width), float(p.mediabox.height)) for p in pages)
+            chars = sum(_text_chars(page) for page in pages)
+    except (PyPdfError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{path}: a PDF that cannot be read ({type(exc).__name__}: {exc}); re-export it",
+            error_type="attachment_corrupt",
+        ) from exc
+    return FileFacts(path, PDF, size, sha, page_sizes=sizes, text_chars=chars)
+
+
+def _text_chars(page: object) -> int:
+    """Characters a page's text operators draw, counted in its (inflated) content stream: no
+    fonts, no layout, no images. A page whose stream cannot be read counts as a full page."""
+    try:
+        contents = page.get_contents()  # type: ignore[attr-defined]
+        data: bytes = b"" if contents is None else contents.get_data()
+    except Exception:  # a damaged stream: the estimate falls back to a dense page
+        return PDF_PAGE_TEXT_TOKENS * 4
+    literal = sum(len(m) - 2 for m in _LITERAL.findall(data))
+    return literal + sum(len(m.replace(b" ", b"")) // 4 for m in _HEX.findall(data))
+
+
+def document_fields(path: str) -> dict[str, object]:
+    """The fields of a row that is one document (an input glob of PDFs or images): ``path``,
+    ``name``, ``size_bytes``, ``media_type`` (by content) and, for a PDF, ``pages``. A file whose
+    headers cannot be read still gets a row; sending it records why."""
+    fields: dict[str, object] = {"path": path, "name": os.path.basename(path)}
+    try:
+        facts = inspect_file(path)
+    except InputError:
+        try:
+            with open(path, "rb") as fh:
+                head = fh.read(16)
+            fields["size_bytes"] = os.path.getsize(path)
+        except OSError:
+            head = b""
+        fields["media_type"] = sniff(head)
+        return fields
+    fields["size_bytes"] = facts.size_bytes
+    fields["media_type"] = facts.media_type
+    if facts.kind == "pdf" and not facts.encrypted:
+        fields["pages"] = facts.pages
+    return fields
+
+
+def read_base64(attachment: Attachment) -> str:
+    """The file's content as base64, read now (when its request body is built). Raises
+    InputError when it cannot be read, or when its content is no longer what was planned."""
+    path = attachment.location
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        raise InputError(
+            f"{path}: the file was removed after the row was planned; restore it and run the "
+            "job again",
+            error_type="attachment_missing",
+        ) from None
+    except OSError as exc:
+        raise _unreadable(path, exc) from exc
+    if attachment.sha256 and hashlib.sha256(data).hexdigest() != attachment.sha256:
+        raise InputError(
+            f"{path}: the file changed after the row was planned; run the job again to send "
+            "the new content (a document's content is part of its request key)",
+            error_type="attachment_changed",
+        )
+    return base64.b64encode(data).decode("ascii")
+
+
+def url_attachment(url: str, provider: str, model: str, detail: str | None) -> Attachment:
+    """An http(s) URL, passed to the provider as a URL source and never downloaded: a ``.pdf``
+    path is a document, anything else an image. Its tokens are the provider's largest image
+    (or one page of a PDF), as nothing here knows its size."""
+    suffix = os.path.splitext(url.split("?", 1)[0].split("#", 1)[0])[1].lower()
+    media_type = _BY_SUFFIX.get(suffix, "image/jpeg")
+    if media_type == PDF:
+        if provider == "openai":
+            raise InputError(
+                f"{url}: OpenAI chat completions take PDFs as file data only, not by URL; "
+                "download it and attach the file",
+                error_type="attachment_url",
+            )
+        tokens = pdf_tokens(provider, model, ((612.0, 792.0),))
+        return Attachment("pdf", url, PDF, url=True, pages=0, tokens=tokens)
+    tokens = image_tokens(provider, model, 2048, 2048, detail)
+    return Attachment("image", url, media_type, url=True, tokens=tokens, detail=detail)
+
+
+# -- the providers' limits -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderLimits:
+    """What one provider accepts in one request (README lists where each figure comes from).
+
+    Sizes are decimal megabytes (the stricter reading). ``image_bytes`` applies to the file,
+    ``image_base64_bytes`` to its base64 text; ``request_bytes`` to the whole JSON body;
+    ``pdf_bytes`` to all PDFs of one request together.
+    """
+
+    image_bytes: int | None
+    image_base64_bytes: int | None
+    images_bytes: int | None  # all images of one request
+    images: int
+    max_side: int | None  # pixels
+    max_side_many: int | None  # pixels, when more than ``many_images`` images
+    many_images: int
+    pdf_pages: int
+    pdf_bytes: int | None
+    request_bytes: int | None
+    animated_gif: bool
+
+
+MB: Final = 1_000_000
+LIMITS: Final = {
+    "anthropic": ProviderLimits(
+        image_bytes=None,
+        image_base64_bytes=5 * MB,
+        images_bytes=None,
+        images=100,
+        max_side=8000,
+        max_side_many=2000,
+        many_images=20,
+        pdf_pages=100,
+        pdf_bytes=None,
+        request_bytes=32 * MB,
+        animated_gif=True,
+    ),
+    "openai": ProviderLimits(
+        image_bytes=20 * MB,
+        image_base64_bytes=None,
+        images_bytes=50 * MB,
+        images=500,
+        max_side=None,
+        max_side_many=None,
+        many_images=0,
+        pdf_pages=100,
+        pdf_bytes=32 * MB,
+        request_bytes=None,
+        animated_gif=False,
+    ),
+}
+
+
+def check(provider: str, files: Sequence[FileFacts], *, urls: int = 0, text_bytes: int = 0) -> None:
+    """Raise InputError when one request with these files would be refused by ``provider``
+    (README, "Documents and images", lists the limits and their sources). ``urls``: images
+    passed by URL, which count against the number of images; ``text_bytes``: the rest of the
+    body (prompt, system prompt, schema, examples)."""
+    limits = LIMITS.get(provider)
+    if limits is None:
+        return
+    images = [f for f in files if f.kind == "image"]
+    pdfs = [f for f in files if f.kind == "pdf"]
+    count = len(images) + urls
+    if count > limits.images:
+        raise InputError(
+            f"{count} images in one request; {provider} takes at most {limits.images}",
+            error_type="too_many_images",
+        )
+    side = limits.max_side
+    if limits.max_side_many is not None and count > limits.many_images:
+        side = limits.max_side_many
+    for f in images:
+        if limits.image_bytes is not None and f.size_bytes > limits.image_bytes:
+            raise _too_large(f, f.size_bytes, limits.image_bytes, provider, "an image file")
+        encoded = (f.size_bytes + 2) // 3 * 4
+        if limits.image_base64_bytes is not None and encoded > limits.image_base64_bytes:
+            raise _too_large(
+                f, encoded, limits.image_base64_bytes, provider, "an image (base64-encoded)"
+            )
+        if side is not None and max(f.width, f.height) > side:
+            many = (
+                f" when a request has more than {limits.many_images} images"
+                if side != (limits.max_side)
+                else ""
+            )
+            raise InputError(
+                f"{f.path}: {f.width}x{f.height} pixels; {provider} refuses images over "
+                f"{side}x{side}{many}; scale it down",
+                error_type="image_too_large",
+            )
+        if f.animated and not limits.animated_gif:
+            raise InputError(
+                f"{f.path}: an animated GIF; {provider} takes only non-animated GIFs; send one "
+                "frame as PNG",
+                error_type="attachment_unsupported",
+            )
+    total_images = sum(f.size_bytes for f in images)
+    if limits.images_bytes is not None and total_images > limits.images_bytes:
+        raise InputError(
+            f"{_names(images)}: {total_images:,} bytes of images in one request; {provider} "
+            f"takes at most {limits.images_bytes:,}",
+            error_type="request_too_large",
+        )
+    for f in pdfs:
+        if f.encrypted:
+            raise InputError(
+                f"{f.path}: an encrypted PDF; the providers take only standard PDFs without a "
+                "password: save an unencrypted copy",
+                error_type="attachment_unsupported",
+            )
+    pages = sum(f.pages for f in pdfs)
+    if pages > limits.pdf_pages:
+        raise InputError(
+            f"{_names(pdfs)}: {pages} PDF pages in one request; {provider} takes at most "
+            f"{limits.pdf_pages}; split the document",
+            error_type="too_many_pages",
+        )
+    pdf_bytes = sum(f.size_bytes for f in pdfs)
+    if limits.pdf_bytes is not None and pdf_bytes > limits.pdf_bytes:
+        raise InputError(
+            f"{_names(pdfs)}: {pdf_bytes:,} bytes of PDF in one request; {provider} takes at "
+            f"most {limits.pdf_bytes:,}",
+            error_type="request_too_large",
+        )
+    if limits.request_bytes is not None:
+        body = text_bytes + sum((f.size_bytes + 2) // 3 * 4 for f in files) + 1024
+        if body > limits.request_bytes:
+            raise InputError(
+                f"{_names(files)}: the request would be about {body:,} bytes with the files "
+                f"base64-encoded; {provider} takes at most {limits.request_bytes:,} bytes a "
+                "request",
+                error_type="request_too_large",
+            )
+
+
+def _too_large(f: FileFacts, size: int, limit: int, provider: str, what: str) -> InputError:
+    return InputError(
+        f"{f.path}: {size:,} bytes as {what}; {provider} takes at most {limit:,}; compress or "
+        "scale it down",
+        error_type="attachment_too_large",
+    )
+
+
+def _names(files: Sequence[FileFacts]) -> str:
+    names = [f.path for f in files[:3]]
+    return ", ".join(names) + (f" and {len(files) - 3} more" if len(files) > 3 else "")
+
+
+# -- what it costs: the providers' published formulas --------------------------------------------
+
+# OpenAI (images and vision guide, "Calculating costs"): tile models cost a base plus a price per
+# 512 px tile at detail "high" (the base alone at "low"); patch models cost 32 px patches (at
+# most 1,536) times a multiplier, whatever the detail. Matched by model-name prefix, most
+# specific first; other models count as GPT-4o.
+_OPENAI_PATCH: Final = (
+    ("gpt-4.1-mini", 1.62),
+    ("gpt-4.1-nano", 2.46),
+    ("gpt-5-mini", 1.62),
+    ("gpt-5-nano", 2.46),
+    ("o4-mini", 1.72),
+)
+_OPENAI_TILE: Final = (
+    ("gpt-4o-mini", 2833, 5667),
+    ("o1", 75, 150),
+    ("o3", 75, 150),
+    ("computer-use", 65, 129),
+)
+_OPENAI_DEFAULT_TILE: Final = (85, 170)
+_PATCH_CAP: Final = 1536
+
+# Anthropic (vision guide): tokens = width x height / 750, after an image whose long edge passes
+# 1,568 px, or that would cost more than about 1,600 tokens, is scaled down to fit.
+_ANTHROPIC_LONG_EDGE: Final = 1568
+_ANTHROPIC_CAP: Final = 1600
+
+
+def image_tokens(provider: str, model: str, width: int, height: int, detail: str | None) -> int:
+    """Prompt tokens of one image of ``width`` x ``height`` pixels, by the provider's formula."""
+    if width <= 0 or height <= 0:
+        return 0
+    if provider == "anthropic":
+        scale = min(1.0, _ANTHROPIC_LONG_EDGE / max(width, height))
+        tokens = math.ceil(width * scale * height * scale / 750)
+        return min(tokens, _ANTHROPIC_CAP)
+    name = model.lower()
+    for prefix, multiplier in _OPENAI_PATCH:
+        if name.startswith(prefix):
+            return math.ceil(_patches(width, height) * multiplier)
+    base, tile = next(((b, t) for p, b, t in _OPENAI_TILE if name.startswith(p)), None) or (
+        _OPENAI_DEFAULT_TILE
+    )
+    if detail == "low":
+        return base
+    w, h = float(width), float(height)
+    fit = min(1.0, 2048 / max(w, h))
+    w, h = w * fit, h * fit
+    short = min(1.0, 768 / min(w, h))
+    w, h = w * short, h * short
+    return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
+
+
+def _patches(width: int, height: int) -> int:
+    patches = math.ceil(width / 32) * math.ceil(height / 32)
+    if patches <= _PATCH_CAP:
+        return patches
+    # Scaled to fit the cap, then a little more so that the width is a whole number of patches.
+    shrink = math.sqrt(_PATCH_CAP * 32 * 32 / (width * height))
+    w, h = width * shrink, height * shrink
+    fit = max(math.floor(w / 32), 1) / (w / 32)
+    return min(_PATCH_CAP, math.ceil(w * fit / 32) * math.ceil(h * fit / 32))
+
+
+def pdf_tokens(
+    provider: str, model: str, page_sizes: Sequence[tuple[float, float]], *, text_tokens: int = -1
+) -> int:
+    """Prompt tokens of one PDF: every page as an image (at the resolution the provider renders
+    pages, README) plus its text, ``PDF_PAGE_TEXT_TOKENS`` a page unless ``text_tokens`` (the
+    whole document's) is known."""
+    total = 0
+    for width_pt, height_pt in page_sizes:
+        if provider == "anthropic":
+            dpi, detail = _ANTHROPIC_PAGE_DPI, None
+        else:
+            dpi, detail = _OPENAI_PAGE_DPI, "low"
+        width = max(1, round(width_pt / 72 * dpi))
+        height = max(1, round(height_pt / 72 * dpi))
+        total += image_tokens(provider, model, width, height, detail)
+    if text_tokens < 0:
+        text_tokens = PDF_PAGE_TEXT_TOKENS * len(page_sizes)
+    return total + text_tokens
+
+
+def facts_tokens(provider: str, model: str, facts: FileFacts, detail: str | None) -> int:
+    """Prompt tokens of one inspected file."""
+    if facts.kind == "pdf":
+        text = -1 if facts.text_chars < 0 else (facts.text_chars + 3) // 4
+        return pdf_tokens(provider, model, facts.page_sizes, text_tokens=text)
+    return image_tokens(provider, model, facts.width, facts.height, detail)
+
+
+def attachment(facts: FileFacts, provider: str, model: str, detail: str | None) -> Attachment:
+    """The ``Attachment`` a request carries for an inspected file."""
+    return Attachment(
+        facts.kind,
+        facts.path,
+        facts.media_type,
+        size_bytes=facts.size_bytes,
+        width=facts.width,
+        height=facts.height,
+        pages=facts.pages,
+        sha256=facts.sha256,
+        tokens=facts_tokens(provider, model, facts, detail),
+        detail=detail if facts.kind == "image" else None,
+    )
