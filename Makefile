@@ -47,6 +47,7 @@ check: $(STAMP)
 
 ## bench: throughput, CPU per row, rate-limit accuracy and memory; prints figures and ratios
 bench: $(STAMP)
+	$(BIN)/python -m compileall -q pipeline  # as an installed package would be: no compiling per run
 	$(BIN)/python bench/run.py
 
 ## chaos: the fault matrix: 20 seeds of faults, kills and resumes; one table row per seed

@@ -28,19 +28,23 @@ import importlib
 import sys
 from typing import TYPE_CHECKING, Any
 
+_KEPT_OUT = ("rich.traceback", "rich.pretty")
+
 
 def _import_structlog_without_rich_tracebacks() -> None:
-    """structlog's ``dev`` module imports ``rich.traceback`` (and with it pygments: about 4 MB
-    and 0.1 s a process) whenever rich is installed, for pretty exceptions on a console. Logs
-    here are JSON lines, so it is kept out: structlog is imported while ``rich.traceback`` is
-    unimportable, then everything is as it was."""
-    if "structlog" in sys.modules or "rich.traceback" in sys.modules:
+    """structlog imports ``rich.traceback`` and ``rich.pretty`` (and with them pygments: about
+    4 MB and 0.15 s a process) whenever rich is installed, for pretty exceptions on a console.
+    Logs here are JSON lines, so they are kept out: structlog is imported while those two are
+    unimportable, then everything is as it was (rich itself may still import them later)."""
+    if "structlog" in sys.modules or any(name in sys.modules for name in _KEPT_OUT):
         return
-    sys.modules["rich.traceback"] = None  # type: ignore[assignment]
+    for name in _KEPT_OUT:
+        sys.modules[name] = None  # type: ignore[assignment]
     try:
         import structlog  # noqa: F401
     finally:
-        del sys.modules["rich.traceback"]
+        for name in _KEPT_OUT:
+            del sys.modules[name]
 
 
 _import_structlog_without_rich_tracebacks()

@@ -33,8 +33,6 @@ from pathlib import Path
 from typing import Any, TypedDict
 
 import orjson
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from .documents import DOCUMENT_SUFFIXES  # one row per file
 from .errors import ConfigError
@@ -163,6 +161,8 @@ def count_rows(files: list[Path]) -> int | None:
                 total += 1
                 continue
             if name.endswith(".parquet"):
+                import pyarrow.parquet as pq
+
                 total += pq.ParquetFile(path).metadata.num_rows
                 continue
             opener = gzip.open if name.endswith(".gz") else open
@@ -238,6 +238,9 @@ def _check_readable(path: Path, id_field: str | None) -> None:
     if kind == "parquet":
         if head != _PARQUET_MAGIC:
             raise ConfigError(f"{path}: not a Parquet file; re-export it or rename it")
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
         try:
             with pq.ParquetFile(path) as pf:
                 names = pf.schema_arrow.names
@@ -395,6 +398,10 @@ def _read_documents(
 
 
 def _read_parquet(path: Path, id_field: str | None, chunk_size: int) -> Iterator[list[Item]]:
+    # Imported here: a JSONL job never needs pyarrow's Parquet reader (about 4 MB).
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     source = str(path)
     lineno = 0
     try:

@@ -11,6 +11,21 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _price_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    """Prices looked up by the tests (and the CLI processes they start) are cached in a folder
+    of the session's, never in the user's ~/.cache."""
+    import os
+
+    before = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(tmp_path_factory.mktemp("cache"))
+    yield
+    if before is None:
+        del os.environ["XDG_CACHE_HOME"]
+    else:
+        os.environ["XDG_CACHE_HOME"] = before
+
+
 @pytest.fixture(autouse=True)
 def _structlog_defaults() -> Iterator[None]:
     """Whatever a test configured (a CLI run points structlog at a run's log file), the next

@@ -1,6 +1,9 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import genai_prices
+import orjson
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -229,3 +232,46 @@ def test_reading_from_the_cache_never_costs_more_at_real_prices(usage: Usage) ->
     without = cost_usd(price, uncached)
     assert with_cache is not None and without is not None
     assert with_cache <= without + 1e-12
+
+
+def test_a_price_is_asked_of_genai_prices_once_a_day_then_read_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pipeline.job import pricing
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    asked: list[tuple[str, str, bool]] = []
+    real = pricing._lookup
+
+    def counting(provider: str, model: str, *, batch: bool = False) -> Price | None:
+        asked.append((provider, model, batch))
+        return real(provider, model, batch=batch)
+
+    monkeypatch.setattr(pricing, "_lookup", counting)
+    first = lookup_price("openai", "gpt-4o-mini")
+    assert lookup_price("openai", "gpt-4o-mini") == first
+    assert lookup_price("openai", "no-such-model-xyz") is None
+    assert lookup_price("openai", "no-such-model-xyz") is None  # unknown is cached too
+    assert lookup_price("openai", "gpt-4o-mini", batch=True) != first
+    assert asked == [
+        ("openai", "gpt-4o-mini", False),
+        ("openai", "no-such-model-xyz", False),
+        ("openai", "gpt-4o-mini", True),
+    ]
+    assert pricing.price_cache_path() == tmp_path / "llm-batch-pipeline" / "prices.json"
+    # Another day: asked again, and yesterday's entries are dropped.
+    monkeypatch.setattr(pricing, "_today", lambda: "2999-01-01")
+    assert lookup_price("openai", "gpt-4o-mini") == first
+    assert asked[-1] == ("openai", "gpt-4o-mini", False)
+    assert all(
+        k.endswith("2999-01-01") for k in orjson.loads(pricing.price_cache_path().read_bytes())
+    )
+
+
+def test_a_cache_that_cannot_be_written_is_no_cache_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    blocked = tmp_path / "file"
+    blocked.write_text("not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert lookup_price("openai", "gpt-4o-mini") is not None

@@ -14,7 +14,6 @@ from pipeline.store.schema import (
     ANALYSIS_VIEWS,
     MIGRATIONS,
     ROW_RESULTS,
-    ROW_RESULTS_ARROW,
     SCHEMA_VERSION,
     TABLES,
 )
@@ -24,7 +23,31 @@ PIPELINE = Path(pipeline.__file__).resolve().parent
 
 def test_the_column_table_is_the_result_record_field_for_field() -> None:
     assert [c.name for c in ROW_RESULTS] == [f.name for f in dataclasses.fields(RowResult)]
-    assert ROW_RESULTS_ARROW.names == [c.name for c in ROW_RESULTS]
+
+
+def test_a_result_with_quotes_newlines_and_empty_strings_comes_back_as_it_went_in(
+    tmp_path: Path,
+) -> None:
+    """Rows are inserted as CSV: every string quoted, NULL an empty unquoted field."""
+    from _store_rows import result
+
+    tricky = result(
+        0,
+        output_text='she said "no",\nthen left \\N',
+        finish_reason="",
+        error=None,
+        output_json='{"a": "b,\\"c\\""}',
+    )
+    with Store(tmp_path / "r.duckdb") as s:
+        s.results.write([tricky])
+        (row,) = s.query(
+            "SELECT output_text, finish_reason, error, output_json::VARCHAR AS j, "
+            "epoch(finished_at) AS t FROM results"
+        )
+    assert row["output_text"] == tricky.output_text
+    assert row["finish_reason"] == "" and row["error"] is None
+    assert row["j"] == tricky.output_json
+    assert row["t"] == tricky.finished_at
 
 
 def test_the_table_in_the_file_has_the_column_tables_types(tmp_path: Path) -> None:

@@ -52,7 +52,9 @@ async def feed(
                         break
                     if isinstance(item, Send):
                         if not await _put(out, item.request):
-                            return  # the executor stopped (a fatal error): nothing more to feed
+                            # The executor stopped (a fatal error): nothing more to feed.
+                            tg.cancel_scope.cancel()
+                            return
                     elif isinstance(item, Record):
                         await sink.put(item.result)
                     elif isinstance(item, Skip):
@@ -87,4 +89,7 @@ async def _read(
             chunk = await anyio.to_thread.run_sync(next, chunks, None)
             if chunk is None:
                 return
-            await out.send(chunk)
+            try:
+                await out.send(chunk)
+            except anyio.BrokenResourceError:
+                return  # the planning side has stopped

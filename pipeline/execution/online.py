@@ -123,7 +123,8 @@ class Reachability:
                 error_type="unreachable",
             ) from error
         # Back off with the length of the outage, not the number of failures: every worker
-        # fails at once, and the run pauses as one.
+        # fails at once, and the run pauses as one; when a pause ends, the first request out
+        # probes, and its failure pauses the others again.
         return min(0.25 + down / 2, 30.0)
 
 
@@ -276,14 +277,14 @@ class OnlineExecutor:
             first = False
             attempt += 1
             tries += 1
-            self.stats.requests_sent += 1
             started = time.perf_counter()
             try:
                 reply = await self.provider.send(request)
             except ProviderError as exc:
                 error = exc
+                if not isinstance(exc, UnreachableError):
+                    self.stats.requests_sent += 1  # counted once it went out
             except InputError as exc:  # an attached file could not be read: nothing was sent
-                self.stats.requests_sent -= 1
                 lease.unanswered()
                 return self.results.unanswered(
                     *_where(request),
@@ -295,6 +296,7 @@ class OnlineExecutor:
                     cost=paid_cost,
                 )
             else:
+                self.stats.requests_sent += 1
                 latency_ms = (time.perf_counter() - started) * 1000
                 usage = reply.usage
                 lease.settle(usage.total_tokens)
@@ -355,7 +357,6 @@ class OnlineExecutor:
                 return None
             if isinstance(error, UnreachableError):
                 # Not the row's fault, and not sent: it costs the row no attempt.
-                self.stats.requests_sent -= 1
                 attempt -= 1
                 tries -= 1
                 try:

@@ -3,22 +3,25 @@
 :class:`Database` holds one connection and gives every call a short-lived cursor of its own
 (``connection.cursor()``, a few µs), so a write may run in a worker thread while other threads
 read: reads see the last committed transaction. Writes are serialised by a lock; ``close()``
-waits for a write in progress. Every duckdb and pyarrow error raised inside :meth:`cursor` or
-:meth:`transaction` leaves it as :class:`~pipeline.errors.StoreError` naming the file and what
-was being done, with the original as ``__cause__``.
+waits for a write in progress. Every duckdb, pyarrow and OS error raised inside :meth:`cursor`
+or :meth:`transaction` leaves it as :class:`~pipeline.errors.StoreError` naming the file and
+what was being done, with the original as ``__cause__``. Writes that insert rows go through a
+scratch file of the connection's own (:attr:`scratch`), removed when it closes.
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import shutil
+import sys
+import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
-import pyarrow as pa
 
 from ..errors import StoreError
 
@@ -26,16 +29,26 @@ __all__ = ["Database"]
 
 _LOCK_PID_RE: Final = re.compile(r"\(PID (\d+)\)")
 
-# What a cursor or transaction turns into StoreError.
-_LOW_LEVEL_ERRORS: Final = (duckdb.Error, pa.ArrowException)
+
+def _low_level(exc: BaseException) -> bool:
+    """What a cursor or transaction turns into StoreError: duckdb's errors, the OS's (a full
+    disk under the scratch file), and pyarrow's when a batch-mode ledger write loaded it."""
+    if isinstance(exc, duckdb.Error | OSError):
+        return True
+    pyarrow = sys.modules.get("pyarrow")
+    return pyarrow is not None and isinstance(exc, pyarrow.ArrowException)
 
 
 def _config(read_only: bool) -> dict[str, Any]:
     """DuckDB settings. A job's writer does small inserts and key look-ups while the rest of
     the process does the work, so it gets one thread and a small cache: by default DuckDB keeps
     written blocks cached up to 80% of RAM, and a job's memory grew with its row count (346 MB
-    at a million rows, measured). Readers (reports, SQL) keep DuckDB's defaults."""
-    return {} if read_only else {"memory_limit": "32MB", "threads": 1}
+    at a million rows, measured). Its write-ahead log is checkpointed every 4 MB instead of
+    16 MB: DuckDB's own memory climbs with the log until each checkpoint, and the peaks crept
+    up through a long run. Readers (reports, SQL) keep DuckDB's defaults."""
+    if read_only:
+        return {}
+    return {"memory_limit": "32MB", "threads": 1, "wal_autocheckpoint": "4MB"}
 
 
 class Database:
@@ -59,10 +72,20 @@ class Database:
         except duckdb.Error as exc:
             raise self._open_error(exc) from exc
         self._con: duckdb.DuckDBPyConnection | None = con
+        self._scratch: Path | None = None
 
     @property
     def closed(self) -> bool:
         return self._con is None
+
+    @property
+    def scratch(self) -> Path:
+        """A file of this connection's own that a write may fill and have DuckDB read (only
+        under the write lock, so one at a time)."""
+        if self._scratch is None:
+            folder = tempfile.mkdtemp(prefix="pipeline-insert-")
+            self._scratch = Path(folder) / "rows.csv"
+        return self._scratch
 
     def close(self) -> None:
         """Close the connection. Safe to call twice. Waits for a write in progress."""
@@ -71,6 +94,9 @@ class Database:
             if con is not None:
                 with contextlib.suppress(duckdb.Error):
                     con.close()
+            if self._scratch is not None:
+                shutil.rmtree(self._scratch.parent, ignore_errors=True)
+                self._scratch = None
 
     def _open_error(self, exc: duckdb.Error) -> StoreError:
         text = str(exc)
@@ -106,7 +132,9 @@ class Database:
                 raise self._error(doing, exc) from exc
         try:
             yield cur
-        except _LOW_LEVEL_ERRORS as exc:
+        except Exception as exc:
+            if not _low_level(exc):
+                raise
             raise self._error(doing, exc) from exc
         finally:
             with contextlib.suppress(duckdb.Error):

@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import orjson
-import pyarrow as pa
 
 from ..errors import StoreError
 from ..job import Job
@@ -327,6 +326,8 @@ class BatchLedger:
     ) -> None:
         """Record a part about to be submitted: its requests as (request_key, row_id, source,
         line), in file order. One transaction."""
+        import pyarrow as pa  # batch mode only: online runs never load it (25 MB)
+
         keys, row_ids, sources, lines = (list(c) for c in zip(*requests, strict=True))
         with self._db.transaction(f"record batch part {part} of run {run_id!r}") as cur:
             # DuckDB finds `batch_table` by name (a replacement scan of this frame's locals).
@@ -384,7 +385,7 @@ class BatchLedger:
     def collect(self, run_id: str, part: int, results: Sequence[RowResult]) -> None:
         """Write an ended part's results and mark it collected, in one transaction."""
         with self._db.transaction(f"collect batch part {part} of run {run_id!r}") as cur:
-            insert_results(cur, results)
+            insert_results(cur, self._db.scratch, results)
             cur.execute(
                 "UPDATE batches SET collected_at = current_timestamp, "
                 "updated_at = current_timestamp WHERE run_id = ? AND part = ?",

@@ -1,42 +1,48 @@
 """The result sink: rows' outcomes into ``row_results``, and which rows are done.
 
-Results are inserted as Arrow tables built column by column from
-:class:`~pipeline.records.RowResult` (one ``pa.array`` per column of
-:data:`~pipeline.store.schema.ROW_RESULTS`), in chunks, inside one transaction per call: a
-batch is committed whole or not at all.
+Results are inserted as CSV that DuckDB reads itself: each batch is written to a scratch file
+(every string quoted, ``NULL`` an empty unquoted field, one line a row, the columns of
+:data:`~pipeline.store.schema.ROW_RESULTS` in order) and ``INSERT ... SELECT`` reads it with
+the column types fixed, in chunks, inside one transaction per call: a batch is committed
+whole or not at all. (An Arrow table would do the same about a third faster, but pyarrow adds
+25 MB to every run, more than a JSONL job's whole working set; measured in README,
+"Performance".)
 """
 
 from __future__ import annotations
 
 import operator
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Final
 
 import duckdb
-import pyarrow as pa
 
 from ..errors import StoreError
 from ..plan import Seen
 from ..records import RowResult
 from ._db import Database
-from .schema import ROW_RESULTS, ROW_RESULTS_ARROW, UNPRICED
+from .schema import ROW_RESULTS, UNPRICED
 
 __all__ = ["ResultTable", "count_results", "insert_results"]
 
-# Rows per INSERT inside one transaction; bounds the Arrow memory of a big batch.
+# Rows per INSERT inside one transaction; bounds the scratch file of a big batch.
 _INSERT_CHUNK = 10_000
 
 _get_result_fields = operator.attrgetter(*(c.name for c in ROW_RESULTS))
 
-_INSERT_SQL: Final = (
-    f"INSERT INTO row_results ({', '.join(c.name for c in ROW_RESULTS)}) "
-    f"SELECT {', '.join(c.insert_expr for c in ROW_RESULTS)} FROM arrow_table"
+_NAMES: Final = ", ".join(c.name for c in ROW_RESULTS)
+_EXPRS: Final = ", ".join(c.insert_expr for c in ROW_RESULTS)
+_READ: Final = (
+    "read_csv($path, header = false, auto_detect = false, parallel = false, "
+    "quote = '\"', escape = '\"', allow_quoted_nulls = false, buffer_size = 1048576, "
+    "columns = {" + ", ".join(f"'{c.name}': '{c.read_type}'" for c in ROW_RESULTS) + "})"
 )
+_INSERT_SQL: Final = f"INSERT INTO row_results ({_NAMES}) SELECT {_EXPRS} FROM {_READ}"
 
 # Rows of a journal the table does not hold yet; DuckDB's INSERT answers with the count.
 _INSERT_MISSING_SQL: Final = (
-    f"INSERT INTO row_results ({', '.join(c.name for c in ROW_RESULTS)}) "
-    f"SELECT {', '.join(c.insert_expr for c in ROW_RESULTS)} FROM arrow_table a "
+    f"INSERT INTO row_results ({_NAMES}) SELECT {_EXPRS} FROM {_READ} a "
     "WHERE NOT EXISTS (SELECT 1 FROM row_results r WHERE r.run_id = a.run_id "
     "AND r.request_key = a.request_key AND r.source IS NOT DISTINCT FROM a.source "
     "AND r.line IS NOT DISTINCT FROM a.line)"
@@ -75,14 +81,41 @@ _COUNT_KEYS: Final = (
 )
 
 
-def insert_results(cur: duckdb.DuckDBPyConnection, results: Sequence[RowResult]) -> None:
-    """Insert ``results`` on ``cur``, inside the caller's transaction, in chunks."""
+def insert_results(
+    cur: duckdb.DuckDBPyConnection, scratch: Path, results: Sequence[RowResult], *, sql: str = ""
+) -> int:
+    """Insert ``results`` on ``cur``, inside the caller's transaction, in chunks, through the
+    scratch file ``scratch``; returns the rows inserted (``sql``: another INSERT over the
+    same read, e.g. one that skips rows already there)."""
+    inserted = 0
     for start in range(0, len(results), _INSERT_CHUNK):
-        # DuckDB finds `arrow_table` by name (a replacement scan of this frame's locals);
-        # cheaper than register()/unregister(), which cost two more statements.
-        arrow_table = _results_table(results[start : start + _INSERT_CHUNK])
-        cur.execute(_INSERT_SQL)
-        del arrow_table
+        scratch.write_bytes(_csv(results[start : start + _INSERT_CHUNK]))
+        row = cur.execute(sql or _INSERT_SQL, {"path": str(scratch)}).fetchone()
+        inserted += int(row[0]) if row else 0
+    return inserted
+
+
+def _csv(results: Sequence[RowResult]) -> bytes:
+    """``results`` as CSV lines: strings always quoted (so an empty string is not NULL),
+    numbers as Python writes them, ``None`` an empty field."""
+    lines = []
+    for result in results:
+        fields = []
+        for value in _get_result_fields(result):
+            if value is None:
+                fields.append("")
+            elif isinstance(value, str):
+                fields.append('"' + value.replace('"', '""') + '"')
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                fields.append(repr(value))
+            else:
+                raise StoreError(
+                    f"cannot write results: row {result.row_id!r} holds {value!r}, which is "
+                    "neither text nor a number"
+                )
+        lines.append(",".join(fields))
+    lines.append("")
+    return "\n".join(lines).encode()
 
 
 def count_results(cur: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
@@ -113,31 +146,6 @@ def _add_seen(found: dict[str, list[Seen]], rows: Sequence[tuple[Any, ...]]) -> 
         found.setdefault(key, []).append(Seen(kind, run_id, source, int(line), batch_id, status))
 
 
-def _results_table(results: Sequence[RowResult]) -> pa.Table:
-    """Build the Arrow table column by column (fast: one ``pa.array`` per column)."""
-    columns = zip(*map(_get_result_fields, results), strict=True)
-    arrays = []
-    for column, field in zip(columns, ROW_RESULTS_ARROW, strict=True):
-        try:
-            arrays.append(pa.array(column, type=field.type))
-        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
-            bad = _first_bad(column, field.type)
-            raise StoreError(
-                f"cannot write results: column {field.name!r} holds {bad!r}, "
-                f"which is not {field.type} ({exc})"
-            ) from exc
-    return pa.Table.from_arrays(arrays, schema=ROW_RESULTS_ARROW)
-
-
-def _first_bad(column: Sequence[Any], kind: pa.DataType) -> Any:
-    for value in column:
-        try:
-            pa.array([value], type=kind)
-        except (pa.ArrowException, TypeError, ValueError, OverflowError):
-            return value
-    return "?"  # pragma: no cover - only reached if the whole column fails but no single value
-
-
 class ResultTable:
     """``store.results``: write rows' outcomes, and say what is known of rows (``seen``)."""
 
@@ -153,7 +161,7 @@ class ResultTable:
         if not results:
             return
         with self._db.transaction(f"write {len(results)} results (none was written)") as cur:
-            insert_results(cur, results)
+            insert_results(cur, self._db.scratch, results)
 
     def write_missing(self, results: Sequence[RowResult]) -> int:
         """Insert those of ``results`` the table does not hold yet (the same run, request key,
@@ -161,15 +169,8 @@ class ResultTable:
         journal (``pipeline.execution.journal``) twice records nothing twice."""
         if not results:
             return 0
-        inserted = 0
         with self._db.transaction(f"record {len(results)} results from a journal") as cur:
-            for start in range(0, len(results), _INSERT_CHUNK):
-                # DuckDB finds `arrow_table` by name, as in insert_results.
-                arrow_table = _results_table(results[start : start + _INSERT_CHUNK])
-                row = cur.execute(_INSERT_MISSING_SQL).fetchone()
-                del arrow_table
-                inserted += int(row[0]) if row else 0
-        return inserted
+            return insert_results(cur, self._db.scratch, results, sql=_INSERT_MISSING_SQL)
 
     def seen(
         self,
@@ -209,10 +210,15 @@ class ResultTable:
         return found
 
     def has_results(self, prompt_hash: str) -> bool:
-        """Whether any result of this request version exists (if not, no row can be done)."""
+        """Whether anything of this request version is recorded: a result, or a row in a batch
+        part not collected yet (if not, no row can be done or pending, and a new run need not
+        look its rows up)."""
         with self._db.cursor("look for earlier results") as cur:
             row = cur.execute(
-                "SELECT EXISTS (SELECT 1 FROM row_results WHERE prompt_hash = ?)", [prompt_hash]
+                "SELECT EXISTS (SELECT 1 FROM row_results WHERE prompt_hash = $ph) "
+                "OR EXISTS (SELECT 1 FROM batches b JOIN runs r ON r.run_id = b.run_id "
+                "WHERE r.prompt_hash = $ph AND b.collected_at IS NULL)",
+                {"ph": prompt_hash},
             ).fetchone()
         return bool(row and row[0])
 

@@ -92,7 +92,6 @@ from dataclasses import dataclass
 from typing import Final
 
 import duckdb
-import pyarrow as pa
 
 __all__ = [
     "ANALYSIS_VIEWS",
@@ -100,7 +99,6 @@ __all__ = [
     "MIGRATIONS",
     "RESULTS_VIEW",
     "ROW_RESULTS",
-    "ROW_RESULTS_ARROW",
     "ROW_RESULTS_DDL",
     "RUN_STATES",
     "SCHEMA_VERSION",
@@ -113,7 +111,7 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
-# row_results: one column table for the DDL and the Arrow schema
+# row_results: one column table for the DDL and the insert
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,12 +121,12 @@ class Column:
     name: str
     sql_type: str
     """The DuckDB type."""
-    arrow_type: pa.DataType
-    """The type the field is converted to for the insert."""
+    read_type: str
+    """The type the value is read as when rows are inserted (``results.insert_results``)."""
     constraint: str = ""
     """``NOT NULL``, ``CHECK (...)``: what follows the type in the DDL."""
     insert: str = ""
-    """The SQL that turns the Arrow value into the column's (default: the value itself)."""
+    """The SQL that turns the value read into the column's (default: the value itself)."""
 
     @property
     def ddl(self) -> str:
@@ -140,11 +138,11 @@ class Column:
 
 
 def _text(name: str, constraint: str = "") -> Column:
-    return Column(name, "VARCHAR", pa.string(), constraint)
+    return Column(name, "VARCHAR", "VARCHAR", constraint)
 
 
 def _count(name: str) -> Column:
-    return Column(name, "BIGINT", pa.int64())
+    return Column(name, "BIGINT", "BIGINT")
 
 
 ROW_RESULTS: Final = (
@@ -161,19 +159,19 @@ ROW_RESULTS: Final = (
     _text("finish_reason"),
     _text("error_type"),
     _text("error"),
-    Column("attempts", "INTEGER", pa.int32()),
+    Column("attempts", "INTEGER", "INTEGER"),
     _count("input_tokens"),
     _count("output_tokens"),
     _count("cache_read_tokens"),
     _count("cache_write_tokens"),
     _count("reasoning_tokens"),
-    Column("cost_usd", "DOUBLE", pa.float64()),
-    Column("latency_ms", "DOUBLE", pa.float64()),
-    # unix seconds in Python and Arrow; a timestamp in the file
-    Column("finished_at", "TIMESTAMPTZ", pa.float64(), "NOT NULL", "to_timestamp(finished_at)"),
+    Column("cost_usd", "DOUBLE", "DOUBLE"),
+    Column("latency_ms", "DOUBLE", "DOUBLE"),
+    # unix seconds in Python and as inserted; a timestamp in the file
+    Column("finished_at", "TIMESTAMPTZ", "DOUBLE", "NOT NULL", "to_timestamp(finished_at)"),
     _text("source"),
     _count("line"),
-    Column("output_json", "JSON", pa.string()),
+    Column("output_json", "JSON", "VARCHAR"),
     _text("fallback_from"),
 )
 """The columns of ``row_results``, in table order; one per field of ``RowResult``."""
@@ -187,7 +185,6 @@ ROW_RESULTS_DDL: Final = (
     + ",\n    ".join(c.ddl for c in ROW_RESULTS)
     + "\n)"
 )
-ROW_RESULTS_ARROW: Final = pa.schema([(c.name, c.arrow_type) for c in ROW_RESULTS])
 
 
 # --------------------------------------------------------------------------------------------
