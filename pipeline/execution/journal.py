@@ -1,6 +1,6 @@
 """A run's journal: every outcome, appended the moment it is known, before DuckDB has it.
 
-DuckDB commits results in batches (every 256 rows or a quarter of a second), so a process killed
+DuckDB commits results in batches (every 2,048 rows or every second), so a process killed
 with ``kill -9`` used to lose the answers it had been paid for but not yet committed, and the next
 run paid for them again. The journal closes that gap: ``<db folder>/runs/<run_id>.journal.jsonl``
 gets one JSON line per result, written with one ``write(2)`` on a file opened for appending. The
