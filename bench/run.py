@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import signal
 import socket
@@ -260,6 +261,13 @@ def cli_run(base: str, job: Path, *, sample: bool = False) -> Measured:
     return m
 
 
+def run_seconds(m: Measured) -> float:
+    """The run's own clock, from its summary line ("20,000 in 6.1s"): the process's wall time
+    less start-up (imports, opening the database) and the report."""
+    match = re.search(r" in ([0-9.]+)s \(", m.output)
+    return float(match.group(1)) if match else m.wall_s
+
+
 def rows_ok(db: Path) -> tuple[int, int]:
     """(ok rows, distinct ok request keys) in the database, read after the process ended."""
     import duckdb
@@ -378,8 +386,9 @@ def scenario_ratelimit(tmp: Path, rows: int) -> None:
             ok, _ = rows_ok(db)
             total = int(acc["requests"])
             limited = int(acc["by_status"].get("429", 0))
-            achieved = ok / m.wall_s
-            row(f"{label}: requests/s (rows ok / wall)", f"{achieved:,.0f}")
+            achieved = ok / run_seconds(m)
+            row(f"{label}: requests/s (rows ok / the run's own clock)", f"{achieved:,.0f}")
+            row(f"{label}: requests/s (rows ok / process wall)", f"{ok / m.wall_s:,.0f}")
             row(
                 f"{label}: share of the provider's limit",
                 f"{achieved / 500:.1%}",
