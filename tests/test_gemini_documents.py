@@ -6,12 +6,20 @@ Every document is made here (tests/test_documents.py's helpers); nothing binary 
 
 from __future__ import annotations
 
+import base64
+import io
+from pathlib import Path
 from typing import Any
 
+import anyio
+import httpx
+import orjson
 import pytest
+from test_documents import INVOICE, SCHEMA, make_pdf
 
 from pipeline import documents
 from pipeline.errors import InputError
+from pipeline.fake import _gemini
 
 
 def facts(**changes: Any) -> documents.FileFacts:
@@ -76,3 +84,114 @@ def test_urls_go_to_gemini_as_file_data_except_where_google_says_they_cannot() -
     assert e.value.error_type == "attachment_url"
     with pytest.raises(InputError, match=r"https://x.org/a.gif: a GIF URL; Gemini fetches"):
         documents.url_attachment("https://x.org/a.gif", "gemini", "gemini-2.5-flash", None)
+
+
+# -- the fake checks and charges parts as Google documents them ------------------------------
+
+
+def _png(size: tuple[int, int] = (20, 10), text: str = "", fmt: str = "PNG") -> bytes:
+    from PIL import Image, PngImagePlugin
+
+    info = PngImagePlugin.PngInfo()
+    if text:
+        info.add_text("Description", text)
+    out = io.BytesIO()
+    Image.new("L", size, 255).save(out, format=fmt, pnginfo=info)
+    return out.getvalue()
+
+
+def _generate(*parts: dict[str, Any], model: str = "gemini-2.5-flash", **body: Any) -> Any:
+    contents = [{"role": "user", "parts": [*parts, {"text": "Extract the invoice."}]}]
+    return _gemini.parse_generate_request(model, {"contents": contents, **body})
+
+
+def _inline(data: bytes, mime: str) -> dict[str, Any]:
+    return {"inlineData": {"mimeType": mime, "data": base64.b64encode(data).decode()}}
+
+
+def test_the_fake_charges_images_and_pages_by_googles_rules_and_reads_them(
+    tmp_path: Path,
+) -> None:
+    plain = _generate()
+    small = _generate(_inline(_png(), "image/png"))
+    assert small.prompt_tokens - plain.prompt_tokens == 258
+    scan = _generate(_inline(_png((827, 1169), "\n".join(INVOICE)), "image/png"))
+    assert scan.prompt_tokens - plain.prompt_tokens == 6 * 258
+    assert "Invoice number: ACM-0042" in scan.documents_text
+    pdf = make_pdf(tmp_path / "a.pdf", INVOICE, pages=2).read_bytes()
+    both = _generate(_inline(pdf, "application/pdf"), _inline(_png(), "image/png"))
+    assert both.prompt_tokens - plain.prompt_tokens == 2 * 258 + 258
+    assert (both.image_tokens, both.document_tokens) == (258, 516)
+    url_safe = base64.urlsafe_b64encode(pdf).decode().rstrip("=")  # proto3 JSON takes it too
+    assert _generate({"inlineData": {"mimeType": "application/pdf", "data": url_safe}})
+    url = {"fileData": {"mimeType": "application/pdf", "fileUri": "https://x.org/a.pdf"}}
+    assert _generate(url).prompt_tokens - plain.prompt_tokens == 258  # never fetched: a page
+    schema = orjson.loads(SCHEMA.read_text())
+    config = {"responseMimeType": "application/json", "responseJsonSchema": schema}
+    read = _generate(_inline(pdf, "application/pdf"), generationConfig=config)
+    answer = orjson.loads(_gemini.answer(read)[0])
+    assert (answer["invoice_number"], answer["vendor"]) == ("ACM-0042", "Acme Tools Ltd")
+    body = _gemini.response_body(
+        read,
+        response_id="r",
+        text="{}",
+        candidates_tokens=1,
+        thoughts=0,
+        finish_reason="STOP",
+        cached_tokens=0,
+    )
+    details = body["usageMetadata"]["promptTokensDetails"]
+    assert details == [
+        {"modality": "TEXT", "tokenCount": read.prompt_tokens - 516},
+        {"modality": "DOCUMENT", "tokenCount": 516},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("part", "model", "message"),
+    [
+        (_inline(_png(fmt="GIF"), "image/gif"), None, "Unsupported MIME type: image/gif"),
+        (_inline(_png(fmt="JPEG"), "image/png"), None, "Unable to process input image"),
+        (_inline(b"plain text", "application/pdf"), None, "not a PDF"),
+        ({"inlineData": {"mimeType": "image/png", "data": "@@@"}}, None, "Base64 decoding"),
+        ({"inlineData": {"data": "AAAA"}}, None, "mime_type: Field required"),
+        (
+            {"fileData": {"mimeType": "image/png", "fileUri": "https://x.org/a.png"}},
+            "gemini-2.0-flash",
+            "external URLs are not supported",
+        ),
+        (
+            {"fileData": {"mimeType": "image/gif", "fileUri": "https://x.org/a.gif"}},
+            None,
+            "Unsupported MIME type for a URL",
+        ),
+    ],
+)
+def test_the_fake_refuses_parts_google_refuses(
+    part: dict[str, Any], model: str | None, message: str
+) -> None:
+    with pytest.raises(_gemini.GeminiInvalid, match=message):
+        _generate(part, model=model or "gemini-2.5-flash")
+
+
+def test_the_fake_refuses_a_body_over_20_mib_as_google_does() -> None:
+    from pipeline.fake import FakeConfig, running_fake_provider
+
+    async def post() -> httpx.Response:
+        async with running_fake_provider(FakeConfig()) as fake:
+            data = base64.b64encode(bytes(16 * 1024 * 1024)).decode()  # 21.3 MiB as base64
+            body = {
+                "contents": [{"parts": [{"inlineData": {"mimeType": "text/plain", "data": data}}]}]
+            }
+            async with httpx.AsyncClient(base_url=fake.gemini_base_url) as client:
+                return await client.post(
+                    "/v1beta/models/gemini-2.5-flash:generateContent",
+                    json=body,
+                    headers={"x-goog-api-key": "k"},
+                )
+
+    answer = anyio.run(post)
+    assert answer.status_code == 400
+    assert answer.json()["error"]["message"] == (
+        "Request payload size exceeds the limit: 20971520 bytes."
+    )
