@@ -195,3 +195,18 @@ def test_the_fake_refuses_a_body_over_20_mib_as_google_does() -> None:
     assert answer.json()["error"]["message"] == (
         "Request payload size exceeds the limit: 20971520 bytes."
     )
+
+
+def test_the_fake_takes_parts_in_either_spelling_as_the_api_does() -> None:
+    # Google's curl examples write inline_data / mime_type; the official SDK sends a Blob's and
+    # a FileData's fields as mime_type / file_uri inside inlineData / fileData.
+    plain = _generate()
+    snake = _generate({"inline_data": {"mime_type": "image/png", "data": _b64(_png())}})
+    mixed = _generate({"inlineData": {"mime_type": "image/png", "data": _b64(_png())}})
+    url = _generate({"file_data": {"mime_type": "application/pdf", "file_uri": "https://x.org/a"}})
+    assert snake.prompt_tokens - plain.prompt_tokens == 258 == mixed.image_tokens
+    assert url.prompt_tokens - plain.prompt_tokens == 258 == url.document_tokens
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()

@@ -459,11 +459,16 @@ def gemini_bytes(text: str) -> bytes | None:
         return None
 
 
+def _either(fields: dict[str, Any], camel: str, snake: str) -> Any:
+    """A field by its JSON name or its proto name (the API takes both)."""
+    return fields.get(camel, fields.get(snake))
+
+
 def gemini_blob(blob: Any, where: str) -> Seen | None:
     """Check one ``inlineData``; None for a type the fake does not read (text, audio, video)."""
-    if not isinstance(blob, dict) or not isinstance(blob.get("mimeType"), str):
+    mime = _either(blob, "mimeType", "mime_type") if isinstance(blob, dict) else None
+    if not isinstance(mime, str):
         raise DocumentInvalid(f"* {where}.inline_data.mime_type: Field required")
-    mime = blob["mimeType"]
     data = gemini_bytes(str(blob.get("data", "")))
     if data is None:
         raise DocumentInvalid(
@@ -500,16 +505,16 @@ def gemini_blob(blob: Any, where: str) -> Seen | None:
 def gemini_file(spec: Any, where: str, model: str) -> Seen | None:
     """Check one ``fileData``: an http(s) URL (never fetched: charged as the largest image, or
     one page); None for another URI (a Files API or Cloud Storage file)."""
-    if not isinstance(spec, dict) or not isinstance(spec.get("fileUri"), str):
+    uri = _either(spec, "fileUri", "file_uri") if isinstance(spec, dict) else None
+    if not isinstance(uri, str):
         raise DocumentInvalid(f"* {where}.file_data.file_uri: Field required")
-    uri: str = spec["fileUri"]
     if not uri.startswith(("https://", "http://")) or _FILES_API.search(uri):
         return None
     if model.removeprefix("models/").startswith("gemini-2.0"):
         raise DocumentInvalid(
             f"* {where}.file_data.file_uri: external URLs are not supported by {model}"
         )
-    mime = spec.get("mimeType")
+    mime = _either(spec, "mimeType", "mime_type")
     if mime not in GEMINI_URL_TYPES:
         raise DocumentInvalid(
             f"* {where}.file_data.mime_type: Unsupported MIME type for a URL: {mime}"

@@ -122,7 +122,19 @@ _CONFIG_FIELDS: Final = frozenset(
         "speechConfig",
     )
 )
-_PART_DATA: Final = ("text", "inlineData", "fileData", "functionCall", "functionResponse")
+# A part's data, by its JSON name and its proto field name: the API takes both spellings (its
+# own curl examples write inline_data, and the official SDK sends a Blob's fields as mime_type).
+_PART_DATA: Final = {
+    "text": "text",
+    "inlineData": "inlineData",
+    "inline_data": "inlineData",
+    "fileData": "fileData",
+    "file_data": "fileData",
+    "functionCall": "functionCall",
+    "function_call": "functionCall",
+    "functionResponse": "functionResponse",
+    "function_response": "functionResponse",
+}
 _MIME_TYPES: Final = ("text/plain", "application/json", "text/x.enum")
 _GOOGLE: Final = "type.googleapis.com/google.rpc."
 _METRIC: Final = "generativelanguage.googleapis.com/generate_content_requests"
@@ -277,7 +289,7 @@ def _parts(parts: Any, where: str, model: str, seen: list[Seen]) -> tuple[int, s
         here = f"{where}.parts[{index}]"
         if not isinstance(part, dict):
             raise GeminiInvalid(f"Invalid value at '{here}', must be an object.")
-        data = [name for name in _PART_DATA if name in part]
+        data = [name for name in part if name in _PART_DATA]
         if not data:
             raise GeminiInvalid(
                 f"* {here}.data: required oneof field 'data' must have one initialized field"
@@ -293,11 +305,12 @@ def _parts(parts: Any, where: str, model: str, seen: list[Seen]) -> tuple[int, s
             texts.append(part["text"])
             marked.append(part["text"])
             continue
+        kind = _PART_DATA[data[0]]
         try:
-            if "inlineData" in part:
-                found = gemini_blob(part["inlineData"], here)
-            elif "fileData" in part:
-                found = gemini_file(part["fileData"], here, model)
+            if kind == "inlineData":
+                found = gemini_blob(part[data[0]], here)
+            elif kind == "fileData":
+                found = gemini_file(part[data[0]], here, model)
             else:
                 found = None
         except DocumentInvalid as invalid:
