@@ -8,18 +8,29 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 from pathlib import Path
 from typing import Any
 
 import anyio
+import duckdb
 import httpx
 import orjson
 import pytest
-from test_documents import INVOICE, SCHEMA, make_pdf
+from conftest import ThreadedFakeProvider
+from test_batch_runner import batch_accounting
+from test_documents import INVOICE, SCHEMA, folder, make_pdf, render, results
 
 from pipeline import documents
+from pipeline.cli import main
 from pipeline.errors import InputError
+from pipeline.estimate import estimate_job
 from pipeline.fake import _gemini
+from pipeline.job import load_job
+from pipeline.job.pricing import cost_usd, lookup_price
+from pipeline.providers.gemini import generate_body
+from pipeline.providers.gemini_batch import INLINE_MAX_BYTES
+from pipeline.records import Usage
 
 
 def facts(**changes: Any) -> documents.FileFacts:
@@ -210,3 +221,204 @@ def test_the_fake_takes_parts_in_either_spelling_as_the_api_does() -> None:
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+# -- request bodies -----------------------------------------------------------------------------
+
+
+def gemini_job(tmp: Path, *, attach: str = '["{path}"]', extra: str = "", inputs: str = "") -> str:
+    inputs = inputs or f'path = "{tmp / "docs"}/*"'
+    return f"""
+name = "docs"
+[input]
+{inputs}
+[request]
+provider = "gemini"
+model = "gemini-2.5-flash"
+system = "You are an accounts-payable clerk."
+prompt = "Extract the invoice."
+attachments = {attach}
+schema = "{SCHEMA}"
+max_tokens = 600
+{extra}
+[output]
+db = "{tmp / "r.duckdb"}"
+"""
+
+
+def test_files_go_before_the_prompt_as_parts_the_sdk_accepts_and_the_fake_reads(
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider
+) -> None:
+    from google import genai
+    from google.genai import types
+
+    docs = folder(tmp_path)
+    pdf = make_pdf(docs / "a.pdf", INVOICE)
+    png = docs / "b.png"
+    png.write_bytes(_png((827, 1169), "\n".join(INVOICE)))
+    text = gemini_job(tmp_path, attach='["{path}", "https://example.com/scans/c.webp"]')
+    bodies = [generate_body(render(text, str(p))) for p in (pdf, png)]
+    for body, path, mime in zip(bodies, (pdf, png), ("application/pdf", "image/png"), strict=True):
+        (user,) = body["contents"]
+        assert user["role"] == "user"
+        first, url, prompt = user["parts"]
+        assert first["inlineData"]["mimeType"] == mime
+        assert base64.b64decode(first["inlineData"]["data"]) == path.read_bytes()
+        assert url == {
+            "fileData": {"mimeType": "image/webp", "fileUri": "https://example.com/scans/c.webp"}
+        }
+        assert prompt == {"text": "Extract the invoice."}  # the text goes last
+        # The SDK's own types take every part of the body (they forbid unknown fields).
+        content = types.Content.model_validate(user)
+        assert content.parts is not None and content.parts[0].inline_data is not None
+        assert content.parts[0].inline_data.data == path.read_bytes()
+        types.Content.model_validate(body["systemInstruction"])
+        types.GenerateContentConfig.model_validate(body["generationConfig"])
+
+    options = types.HttpOptions(
+        base_url=threaded_fake.provider.gemini_base_url,
+        retry_options=types.HttpRetryOptions(attempts=1),
+    )
+    answers = []
+    with genai.Client(api_key="k", http_options=options) as sdk:
+        for body in bodies:
+            config = types.GenerateContentConfig.model_validate(
+                {**body["generationConfig"], "systemInstruction": body["systemInstruction"]}
+            )
+            contents = [types.Content.model_validate(c) for c in body["contents"]]
+            answers.append(
+                sdk.models.generate_content(
+                    model="gemini-2.5-flash", contents=contents, config=config
+                )
+            )
+    for answer in answers:
+        assert orjson.loads(answer.text or "")["invoice_number"] == "ACM-0042"
+        usage = answer.usage_metadata
+        assert usage is not None and usage.prompt_tokens_details is not None
+        modalities = {d.modality: d.token_count for d in usage.prompt_tokens_details}
+        assert modalities[types.MediaModality.IMAGE] >= 16 * 258  # the URL: the largest image
+    pdf_usage = answers[0].usage_metadata
+    assert pdf_usage is not None and pdf_usage.prompt_tokens_details is not None
+    assert {d.modality: d.token_count for d in pdf_usage.prompt_tokens_details}[
+        types.MediaModality.DOCUMENT
+    ] == 258
+
+
+# -- whole jobs on the fake ---------------------------------------------------------------------
+
+
+def test_a_gemini_document_job_reads_its_files_and_refuses_only_the_rows_google_would(
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    docs = folder(tmp_path)
+    table: list[dict[str, str]] = []
+    for i in range(4):
+        lines = [*INVOICE[:2], f"Invoice number: G-{i}", *INVOICE[3:]]
+        name = f"inv-{i}.pdf" if i % 2 else f"scan-{i}.png"
+        if i % 2:
+            make_pdf(docs / name, lines, pages=1 + i // 2)
+        else:
+            (docs / name).write_bytes(_png((827 + 100 * i, 1169), "\n".join(lines)))
+        table.append({"id": name, "doc": str(docs / name)})
+    (docs / "anim.gif").write_bytes(_png(fmt="GIF"))
+    big = docs / "huge.png"  # 16 MB without compression: 21.3 MB as base64
+    from PIL import Image
+
+    Image.frombytes("L", (4000, 4000), os.urandom(16_000_000)).save(big, compress_level=0)
+    table += [
+        {"id": "anim.gif", "doc": str(docs / "anim.gif")},
+        {"id": "huge.png", "doc": str(big)},
+        {"id": "web-scan", "doc": "https://example.com/scans/7.png"},
+        {"id": "web-gif", "doc": "https://example.com/scans/8.gif"},
+    ]
+    rows_file = tmp_path / "rows.jsonl"
+    rows_file.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in table))
+    job = tmp_path / "job.toml"
+    inputs = f'path = "{rows_file}"\nid = "id"'
+    job.write_text(gemini_job(tmp_path, attach='["{doc}"]', inputs=inputs))
+
+    estimate = estimate_job(load_job(job))
+    assert (estimate.rows_to_send, estimate.rows_input_error) == (5, 3)
+    url = threaded_fake.provider.gemini_base_url
+    assert main(["run", str(job), "--base-url", url, "--quiet"]) == 0
+    rows = results(tmp_path)
+    assert len(rows) == 8
+    gif = rows["anim.gif"]
+    assert (gif["status"], gif["error_type"]) == ("input_error", "attachment_unsupported")
+    assert "anim.gif: a GIF image; gemini takes only PNG, JPEG, WebP, HEIC or HEIF" in gif["error"]
+    huge = rows["huge.png"]
+    assert (huge["status"], huge["error_type"]) == ("input_error", "request_too_large")
+    assert "huge.png" in huge["error"] and "at most 20,000,000 bytes" in huge["error"]
+    web_gif = rows["web-gif"]
+    assert (web_gif["status"], web_gif["error_type"]) == ("input_error", "attachment_unsupported")
+    assert "https://example.com/scans/8.gif: a GIF URL; Gemini fetches only" in web_gif["error"]
+
+    ok = {k: r for k, r in rows.items() if r["status"] == "ok"}
+    assert set(ok) == {"scan-0.png", "inv-1.pdf", "scan-2.png", "inv-3.pdf", "web-scan"}
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        read = dict(con.execute("SELECT row_id, invoice_number FROM extract_docs").fetchall())
+    assert {k: read[k] for k in ok if k != "web-scan"} == {
+        "scan-0.png": "G-0",
+        "inv-1.pdf": "G-1",
+        "scan-2.png": "G-2",
+        "inv-3.pdf": "G-3",
+    }
+    price = lookup_price("gemini", "gemini-2.5-flash")
+    assert price is not None
+    for r in ok.values():
+        usage = Usage(r["input_tokens"], r["output_tokens"], r["cache_read_tokens"])
+        assert r["cost_usd"] == pytest.approx(cost_usd(price, usage)) and r["cost_usd"] > 0
+    # Google's figures, as the fake charges them: a PDF page is 258 tokens (inv-3.pdf has 2
+    # pages, inv-1.pdf 1), a 1,027 x 1,169 scan 2 x 2 crops of 684 px, a URL the largest image
+    # (16 crops); the rest of each request is the same.
+    base = ok["inv-1.pdf"]["input_tokens"]
+    assert ok["inv-3.pdf"]["input_tokens"] - base == 258
+    assert ok["scan-2.png"]["input_tokens"] - base == 4 * 258 - 258
+    assert ok["web-scan"]["input_tokens"] - base == 16 * 258 - 258
+    actual = sum(r["input_tokens"] for r in ok.values())
+    ratio = estimate.input_tokens / actual
+    print(f"gemini: estimated {estimate.input_tokens:,} input tokens, fake {actual:,}")
+    assert 0.75 <= ratio <= 1.25, ratio
+    assert threaded_fake.accounting()["duplicates_paid"] == 0
+
+
+def test_a_gemini_batch_of_documents_splits_by_bytes_inline_and_by_file(
+    tmp_path: Path, threaded_fake: ThreadedFakeProvider, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GEMINI_API_KEY", "test-key")
+    docs = folder(tmp_path)
+    # Three PDFs of about 4.5 MB (6 MB as base64): two fill a part of at most 14 MB, over the
+    # 10 MiB that goes inline; the third starts the next part, with the small ones.
+    for i in range(3):
+        make_pdf(docs / f"a-big-{i}.pdf", [*INVOICE[:2], f"Invoice number: L-{i}"], pad_kb=4400)
+    for i in range(10):
+        lines = [*INVOICE[:2], f"Invoice number: B-{i}", *INVOICE[3:]]
+        make_pdf(docs / f"inv-{i:02d}.pdf", lines, pad_kb=30)
+    extra = 'mode = "batch"\n[batch]\npoll_interval_s = 0.2\nmax_bytes = 14000000'
+    job = tmp_path / "job.toml"
+    job.write_text(gemini_job(tmp_path, extra=extra))
+    url = threaded_fake.provider.gemini_base_url
+    assert main(["run", str(job), "--base-url", url, "--quiet"]) == 0
+    with duckdb.connect(str(tmp_path / "r.duckdb"), read_only=True) as con:
+        parts = con.execute(
+            "SELECT requests, bytes, input_file_id FROM batches ORDER BY part"
+        ).fetchall()
+        read = dict(con.execute("SELECT row_id, invoice_number FROM extract_docs").fetchall())
+    assert sum(n for n, _, _ in parts) == 13 and all(b <= 14_000_000 for _, b, _ in parts)
+    big = [p for p in parts if p[1] > INLINE_MAX_BYTES]
+    small = [p for p in parts if p[1] <= INLINE_MAX_BYTES]
+    assert big and all(p[2] is not None for p in big)  # uploaded through the Files API
+    assert small and all(p[2] is None for p in small)  # sent inline
+    assert {Path(k).name: v for k, v in read.items()} == {
+        **{f"a-big-{i}.pdf": f"L-{i}" for i in range(3)},
+        **{f"inv-{i:02d}.pdf": f"B-{i}" for i in range(10)},
+    }
+    rows = results(tmp_path).values()
+    assert {(r["status"], r["mode"]) for r in rows} == {("ok", "batch")}
+    price = lookup_price("gemini", "gemini-2.5-flash")
+    assert price is not None
+    for r in rows:
+        usage = Usage(r["input_tokens"], r["output_tokens"], r["cache_read_tokens"])
+        assert r["cost_usd"] == pytest.approx(cost_usd(price, usage) / 2)  # the batch price
+    assert batch_accounting(threaded_fake)["files_uploaded"] == len(big)
