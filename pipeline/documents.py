@@ -9,8 +9,8 @@ only, so that planning a row never holds its bytes:
   and how many characters each page's text operators draw, counted in its content stream
   without laying the text out) and the SHA-256 of the content, streaming, and caches it by
   path, size and mtime;
-- ``check`` applies the provider's documented limits (``LIMITS``) to one request's files and
-  raises ``InputError`` naming the file and the limit;
+- ``check`` applies the provider's documented limits (``LIMITS``: OpenAI, Anthropic, Gemini) to
+  one request's files and raises ``InputError`` naming the file and the limit;
 - ``image_tokens`` / ``pdf_tokens`` are the providers' published token formulas;
 - ``read_base64`` reads a file when its request body is built for sending, and refuses one whose
   content changed since it was planned (its request key no longer describes it).
@@ -289,9 +289,12 @@ def read_base64(attachment: Attachment) -> str:
 def url_attachment(url: str, provider: str, model: str, detail: str | None) -> Attachment:
     """An http(s) URL, passed to the provider as a URL source and never downloaded: a ``.pdf``
     path is a document, anything else an image. Its tokens are the provider's largest image
-    (or one page of a PDF), as nothing here knows its size."""
+    (or one page of a PDF), as nothing here knows its size. Raises InputError for a URL the
+    provider does not take (README, "Documents and images")."""
     suffix = os.path.splitext(url.split("?", 1)[0].split("#", 1)[0])[1].lower()
     media_type = _BY_SUFFIX.get(suffix, "image/jpeg")
+    if provider == "gemini":
+        _gemini_url(url, model, media_type)
     if media_type == PDF:
         if provider == "openai":
             raise InputError(
@@ -301,8 +304,30 @@ def url_attachment(url: str, provider: str, model: str, detail: str | None) -> A
             )
         tokens = pdf_tokens(provider, model, ((612.0, 792.0),))
         return Attachment("pdf", url, PDF, url=True, pages=0, tokens=tokens)
-    tokens = image_tokens(provider, model, 2048, 2048, detail)
+    side = _GEMINI_MAX_SIDE if provider == "gemini" else 2048
+    tokens = image_tokens(provider, model, side, side, detail)
     return Attachment("image", url, media_type, url=True, tokens=tokens, detail=detail)
+
+
+# Gemini fetches public http(s) URLs given as ``fileData.fileUri`` (its *File input methods*
+# guide, "External HTTP / signed URLs"), except for the Gemini 2.0 models, and only for these
+# content types among ours.
+_GEMINI_URL_TYPES: Final = ("image/jpeg", "image/png", "image/webp", PDF)
+
+
+def _gemini_url(url: str, model: str, media_type: str) -> None:
+    if model.removeprefix("models/").startswith("gemini-2.0"):
+        raise InputError(
+            f"{url}: Gemini 2.0 models do not fetch files by URL (Gemini's file input methods "
+            "guide); use a later model, or download it and attach the file",
+            error_type="attachment_url",
+        )
+    if media_type not in _GEMINI_URL_TYPES:
+        raise InputError(
+            f"{url}: a {_TYPE_NAMES.get(media_type, media_type)} URL; Gemini fetches only "
+            "PNG, JPEG, WebP and PDF files by URL; convert it, or attach a file",
+            error_type="attachment_unsupported",
+        )
 
 
 # -- the providers' limits -----------------------------------------------------------------------
@@ -314,7 +339,8 @@ class ProviderLimits:
 
     Sizes are decimal megabytes (the stricter reading). ``image_bytes`` applies to the file,
     ``image_base64_bytes`` to its base64 text; ``request_bytes`` to the whole JSON body;
-    ``pdf_bytes`` to all PDFs of one request together.
+    ``pdf_bytes`` to all PDFs of one request together. ``image_types``: the media types of the
+    images it takes.
     """
 
     image_bytes: int | None
@@ -328,9 +354,19 @@ class ProviderLimits:
     pdf_bytes: int | None
     request_bytes: int | None
     animated_gif: bool
+    image_types: tuple[str, ...] = IMAGE_TYPES
 
 
 MB: Final = 1_000_000
+_TYPE_NAMES: Final = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/gif": "GIF",
+    "image/webp": "WebP",
+    "image/heic": "HEIC",
+    "image/heif": "HEIF",
+    PDF: "PDF",
+}
 LIMITS: Final = {
     "anthropic": ProviderLimits(
         image_bytes=None,
@@ -358,6 +394,23 @@ LIMITS: Final = {
         request_bytes=None,
         animated_gif=False,
     ),
+    # Inline data: the whole request under 20 MB (the figure the image, document and Files API
+    # guides give; the newer file input methods guide says 100 MB, 50 MB for PDFs: the stricter
+    # one is kept). No per-image size or pixel limit (large images are scaled down).
+    "gemini": ProviderLimits(
+        image_bytes=None,
+        image_base64_bytes=None,
+        images_bytes=None,
+        images=3600,
+        max_side=None,
+        max_side_many=None,
+        many_images=0,
+        pdf_pages=1000,
+        pdf_bytes=50 * MB,
+        request_bytes=20 * MB,
+        animated_gif=False,
+        image_types=("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif"),
+    ),
 }
 
 
@@ -381,6 +434,13 @@ def check(provider: str, files: Sequence[FileFacts], *, urls: int = 0, text_byte
     if limits.max_side_many is not None and count > limits.many_images:
         side = limits.max_side_many
     for f in images:
+        if f.media_type not in limits.image_types:
+            names = [_TYPE_NAMES.get(t, t) for t in limits.image_types]
+            raise InputError(
+                f"{f.path}: a {_TYPE_NAMES.get(f.media_type, f.media_type)} image; {provider} "
+                f"takes only {', '.join(names[:-1])} or {names[-1]} images; convert it to PNG",
+                error_type="attachment_unsupported",
+            )
         if limits.image_bytes is not None and f.size_bytes > limits.image_bytes:
             raise _too_large(f, f.size_bytes, limits.image_bytes, provider, "an image file")
         encoded = (f.size_bytes + 2) // 3 * 4
@@ -484,11 +544,23 @@ _PATCH_CAP: Final = 1536
 _ANTHROPIC_LONG_EDGE: Final = 1568
 _ANTHROPIC_CAP: Final = 1600
 
+# Gemini (token guide, "Count multimodal tokens"; image guide, "Technical details"): an image
+# with both sides at most 384 px is 258 tokens; a larger one, scaled down to fit 3,072 x 3,072
+# first, is cut into square crops of its short side / 1.5 (at least 256 px, at most 768 px),
+# each scaled to 768 x 768 and 258 tokens. A PDF page is 258 tokens, whatever its size or text
+# (document guide, "Technical details").
+_GEMINI_TILE_TOKENS: Final = 258
+_GEMINI_SMALL: Final = 384
+_GEMINI_MAX_SIDE: Final = 3072
+_GEMINI_CROP: Final = (256, 768)
+
 
 def image_tokens(provider: str, model: str, width: int, height: int, detail: str | None) -> int:
     """Prompt tokens of one image of ``width`` x ``height`` pixels, by the provider's formula."""
     if width <= 0 or height <= 0:
         return 0
+    if provider == "gemini":
+        return _gemini_image_tokens(width, height)
     if provider == "anthropic":
         scale = min(1.0, _ANTHROPIC_LONG_EDGE / max(width, height))
         tokens = math.ceil(width * scale * height * scale / 750)
@@ -510,6 +582,16 @@ def image_tokens(provider: str, model: str, width: int, height: int, detail: str
     return base + tile * math.ceil(w / 512) * math.ceil(h / 512)
 
 
+def _gemini_image_tokens(width: int, height: int) -> int:
+    if width <= _GEMINI_SMALL and height <= _GEMINI_SMALL:
+        return _GEMINI_TILE_TOKENS
+    fit = min(1.0, _GEMINI_MAX_SIDE / max(width, height))
+    w, h = width * fit, height * fit
+    low, high = _GEMINI_CROP
+    crop = min(max(math.floor(min(w, h) / 1.5), low), high)
+    return _GEMINI_TILE_TOKENS * math.ceil(w / crop) * math.ceil(h / crop)
+
+
 def _patches(width: int, height: int) -> int:
     patches = math.ceil(width / 32) * math.ceil(height / 32)
     if patches <= _PATCH_CAP:
@@ -526,7 +608,9 @@ def pdf_tokens(
 ) -> int:
     """Prompt tokens of one PDF: every page as an image (at the resolution the provider renders
     pages, README) plus its text, ``PDF_PAGE_TEXT_TOKENS`` a page unless ``text_tokens`` (the
-    whole document's) is known."""
+    whole document's) is known. Gemini: a flat 258 tokens a page, its text included."""
+    if provider == "gemini":
+        return _GEMINI_TILE_TOKENS * len(page_sizes)
     total = 0
     for width_pt, height_pt in page_sizes:
         if provider == "anthropic":

@@ -12,11 +12,18 @@ Checked as the providers document them (README, "Documents and images", lists th
   bytes being of that type, at most 5 MB of base64 and 8000 px a side (2000 px when a request
   has more than 20 images), at most 100 images; or a ``url`` source. ``document`` blocks: a
   ``base64`` PDF, a ``text`` source, or a ``url`` source; 100 PDF pages a request at most.
+- Gemini parts: ``inlineData`` of a PNG, JPEG, WebP, HEIC or HEIF image (not GIF) or a PDF,
+  the bytes being of the type its ``mimeType`` says (other types, text, audio and video, are
+  passed through unread); ``fileData`` whose ``fileUri`` is an http(s) URL of a PNG, JPEG,
+  WebP, BMP or PDF file (not for Gemini 2.0 models), or any other URI (a Files API or Cloud
+  Storage file, passed through); at most 3,600 images and 1,000 PDF pages a request.
 
 A URL is never fetched: it is charged as the provider's largest image (or one page) and has no
 text. Token usage follows the published formulas: OpenAI's 512 px tiles (per detail level) or
-32 px patches by model, Anthropic's ``width x height / 750`` after its resizing; a PDF page is an
-image of the page (Anthropic at 150 dpi, OpenAI at detail low) plus the tokens of its text.
+32 px patches by model, Anthropic's ``width x height / 750`` after its resizing, Gemini's 258
+tokens an image up to 384 x 384 px and 258 a crop of larger ones; a PDF page is an image of
+the page (Anthropic at 150 dpi, OpenAI at detail low) plus the tokens of its text, or 258
+tokens flat on Gemini.
 
 The text a document holds is what the fake "reads": a PDF's text layer (pypdf), and for an
 image, which the fake cannot see, the PNG ``Description`` text chunk if there is one (the demo's
@@ -28,11 +35,22 @@ from __future__ import annotations
 import binascii
 import io
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Final
 
-__all__ = ["MB", "DocumentInvalid", "Seen", "anthropic_block", "openai_part", "openai_totals"]
+__all__ = [
+    "MB",
+    "DocumentInvalid",
+    "Seen",
+    "anthropic_block",
+    "gemini_blob",
+    "gemini_file",
+    "gemini_totals",
+    "openai_part",
+    "openai_totals",
+]
 
 MB: Final = 1_000_000
 IMAGE_TYPES: Final = ("image/jpeg", "image/png", "image/gif", "image/webp")
@@ -404,3 +422,117 @@ def anthropic_block(block: dict[str, Any], where: str, max_side: int) -> Seen | 
             f"allowed size: {max_side} pixels"
         )
     return Seen("image", anthropic_image_tokens(width, height), text, 0, len(data))
+
+
+# -- Gemini ----------------------------------------------------------------------------------
+
+GEMINI_IMAGE_TYPES: Final = ("image/png", "image/jpeg", "image/webp", "image/heic", "image/heif")
+GEMINI_URL_TYPES: Final = ("image/png", "image/jpeg", "image/webp", "image/bmp", PDF)
+GEMINI_IMAGES: Final = 3600
+GEMINI_PAGES: Final = 1000
+_GEMINI_TILE: Final = 258
+_URL_SAFE: Final = bytes.maketrans(b"-_", b"+/")
+_FILES_API: Final = re.compile(r"^https?://[^/]+/v1(?:beta)?/files/[^/?#]+$")
+
+
+def gemini_image_tokens(width: int, height: int) -> int:
+    """258 up to 384 x 384 px; else fit in 3,072 x 3,072 and cut into crops of the short side /
+    1.5 (256 to 768 px), 258 each."""
+    if width <= 384 and height <= 384:
+        return _GEMINI_TILE
+    fit = min(1.0, 3072 / max(width, height))
+    w, h = width * fit, height * fit
+    crop = min(max(math.floor(min(w, h) / 1.5), 256), 768)
+    return _GEMINI_TILE * math.ceil(w / crop) * math.ceil(h / crop)
+
+
+def gemini_bytes(text: str) -> bytes | None:
+    """A protobuf ``bytes`` field in JSON: standard or URL-safe base64, padded or not."""
+    try:
+        raw = text.encode("ascii").translate(_URL_SAFE)
+    except UnicodeEncodeError:
+        return None
+    raw += b"=" * (-len(raw) % 4)
+    try:
+        return binascii.a2b_base64(raw, strict_mode=True)
+    except binascii.Error:
+        return None
+
+
+def _either(fields: dict[str, Any], camel: str, snake: str) -> Any:
+    """A field by its JSON name or its proto name (the API takes both)."""
+    return fields.get(camel, fields.get(snake))
+
+
+def gemini_blob(blob: Any, where: str) -> Seen | None:
+    """Check one ``inlineData``; None for a type the fake does not read (text, audio, video)."""
+    mime = _either(blob, "mimeType", "mime_type") if isinstance(blob, dict) else None
+    if not isinstance(mime, str):
+        raise DocumentInvalid(f"* {where}.inline_data.mime_type: Field required")
+    data = gemini_bytes(str(blob.get("data", "")))
+    if data is None:
+        raise DocumentInvalid(
+            f"Invalid value at '{where}.inline_data.data' (TYPE_BYTES), Base64 decoding failed"
+        )
+    if mime == PDF:
+        if _sniff(data) != PDF:
+            raise DocumentInvalid(f"{where}: the document has no pages (not a PDF).")
+        try:
+            sizes, texts = _pdf(data)
+        except ValueError as exc:
+            raise DocumentInvalid(
+                f"{where}: unable to process the input document ({exc})."
+            ) from None
+        return Seen("pdf", _GEMINI_TILE * len(sizes), "\n".join(texts), len(sizes), len(data))
+    if not mime.startswith("image/"):
+        return None
+    if mime not in GEMINI_IMAGE_TYPES:
+        raise DocumentInvalid(f"Unsupported MIME type: {mime}")
+    if mime in ("image/heic", "image/heif"):
+        return Seen("image", _GEMINI_TILE, "", 0, len(data))  # Pillow reads no HEIC headers
+    try:
+        if _sniff(data) != mime:
+            raise ValueError(f"the bytes are {_sniff(data) or 'no image'}")
+        width, height, _animated, text = _image(data)
+    except ValueError:
+        raise DocumentInvalid(
+            "Unable to process input image. Please retry or report in "
+            "https://developers.generativeai.google/guide/troubleshooting"
+        ) from None
+    return Seen("image", gemini_image_tokens(width, height), text, 0, len(data))
+
+
+def gemini_file(spec: Any, where: str, model: str) -> Seen | None:
+    """Check one ``fileData``: an http(s) URL (never fetched: charged as the largest image, or
+    one page); None for another URI (a Files API or Cloud Storage file)."""
+    uri = _either(spec, "fileUri", "file_uri") if isinstance(spec, dict) else None
+    if not isinstance(uri, str):
+        raise DocumentInvalid(f"* {where}.file_data.file_uri: Field required")
+    if not uri.startswith(("https://", "http://")) or _FILES_API.search(uri):
+        return None
+    if model.removeprefix("models/").startswith("gemini-2.0"):
+        raise DocumentInvalid(
+            f"* {where}.file_data.file_uri: external URLs are not supported by {model}"
+        )
+    mime = _either(spec, "mimeType", "mime_type")
+    if mime not in GEMINI_URL_TYPES:
+        raise DocumentInvalid(
+            f"* {where}.file_data.mime_type: Unsupported MIME type for a URL: {mime}"
+        )
+    if mime == PDF:
+        return Seen("pdf", _GEMINI_TILE, "", 1)
+    return Seen("image", gemini_image_tokens(3072, 3072))
+
+
+def gemini_totals(seen: list[Seen]) -> None:
+    """Request-wide limits of what a request attaches."""
+    images = sum(1 for s in seen if s.kind == "image")
+    if images > GEMINI_IMAGES:
+        raise DocumentInvalid(
+            f"Too many images: {images}; a request may include at most {GEMINI_IMAGES}."
+        )
+    pages = sum(s.pages for s in seen)
+    if pages > GEMINI_PAGES:
+        raise DocumentInvalid(
+            f"Too many document pages: {pages}; a request may include at most {GEMINI_PAGES}."
+        )

@@ -12,6 +12,12 @@ must be non-empty with roles ``user`` / ``model`` and parts that carry data
 ``GeminiInvalid`` (400 ``INVALID_ARGUMENT``). ``answer`` decides the reply; ``response_body``
 builds a ``GenerateContentResponse``.
 
+Images and documents (``_documents``): ``inlineData`` images and PDFs are decoded and checked
+(types, bytes, pages) and charged by Gemini's formulas (258 tokens an image up to 384 x 384 px,
+258 a crop of a larger one, 258 a PDF page), reported as the ``IMAGE`` and ``DOCUMENT``
+modalities; a schema job is answered from what they say (a PDF's text layer, a PNG's
+``Description``), as for the other providers. A body over ``REQUEST_BYTES`` is refused (400).
+
 Thinking: models that think by default (the ``gemini-2.5-flash`` and ``-pro`` family, not
 ``-lite``) spend ``THOUGHT_TOKENS`` on thinking first, unless
 ``generationConfig.thinkingConfig.thinkingBudget`` is 0; thoughts count against
@@ -20,8 +26,7 @@ Thinking: models that think by default (the ``gemini-2.5-flash`` and ``-pro`` fa
 
 from __future__ import annotations
 
-import base64
-import binascii
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
@@ -37,11 +42,13 @@ from ._answers import (
     sentiment,
     truncate_to_tokens,
 )
-from ._schema import example_for_schema
+from ._documents import DocumentInvalid, Seen, gemini_blob, gemini_file, gemini_totals
+from ._schema import example_for_schema, value_from_text
 
 __all__ = [
     "BAD_KEY",
     "NO_KEY",
+    "REQUEST_BYTES",
     "THOUGHT_TOKENS",
     "GeminiInvalid",
     "GenerateRequest",
@@ -56,6 +63,9 @@ __all__ = [
 ]
 
 THOUGHT_TOKENS: Final = 12
+# The largest body generateContent takes: 20 MB, read as 20 MiB (Google's own 400 names the
+# limit as "20971520 bytes").
+REQUEST_BYTES: Final = 20 * 1024 * 1024
 
 _STATUS_NAMES: Final = {
     400: "INVALID_ARGUMENT",
@@ -112,7 +122,19 @@ _CONFIG_FIELDS: Final = frozenset(
         "speechConfig",
     )
 )
-_PART_DATA: Final = ("text", "inlineData", "fileData", "functionCall", "functionResponse")
+# A part's data, by its JSON name and its proto field name: the API takes both spellings (its
+# own curl examples write inline_data, and the official SDK sends a Blob's fields as mime_type).
+_PART_DATA: Final = {
+    "text": "text",
+    "inlineData": "inlineData",
+    "inline_data": "inlineData",
+    "fileData": "fileData",
+    "file_data": "fileData",
+    "functionCall": "functionCall",
+    "function_call": "functionCall",
+    "functionResponse": "functionResponse",
+    "function_response": "functionResponse",
+}
 _MIME_TYPES: Final = ("text/plain", "application/json", "text/x.enum")
 _GOOGLE: Final = "type.googleapis.com/google.rpc."
 _METRIC: Final = "generativelanguage.googleapis.com/generate_content_requests"
@@ -241,6 +263,9 @@ class GenerateRequest:
     json_mode: bool
     schema: Any  # responseJsonSchema (or responseSchema); None when absent
     thoughts: int  # thinking tokens this model spends before answering
+    documents_text: str = ""  # the text of the images and PDFs the request attaches
+    image_tokens: int = 0  # of prompt_tokens: images
+    document_tokens: int = 0  # of prompt_tokens: PDF pages
 
 
 def _unknown(fields: Mapping[str, Any], known: frozenset[str], where: str) -> None:
@@ -252,17 +277,19 @@ def _unknown(fields: Mapping[str, Any], known: frozenset[str], where: str) -> No
             )
 
 
-def _parts(parts: Any, where: str) -> tuple[int, str]:
-    """(tokens, text) of a checked ``parts`` list."""
+def _parts(parts: Any, where: str, model: str, seen: list[Seen]) -> tuple[int, str, str]:
+    """(tokens, text, text with a mark for each file) of a checked ``parts`` list; the images
+    and documents among them are checked and added to ``seen``."""
     if not isinstance(parts, list) or not parts:
         raise GeminiInvalid(f"* {where}.parts: contents.parts must not be empty.")
     tokens = 0
     texts: list[str] = []
+    marked: list[str] = []
     for index, part in enumerate(parts):
         here = f"{where}.parts[{index}]"
         if not isinstance(part, dict):
             raise GeminiInvalid(f"Invalid value at '{here}', must be an object.")
-        data = [name for name in _PART_DATA if name in part]
+        data = [name for name in part if name in _PART_DATA]
         if not data:
             raise GeminiInvalid(
                 f"* {here}.data: required oneof field 'data' must have one initialized field"
@@ -276,21 +303,27 @@ def _parts(parts: Any, where: str) -> tuple[int, str]:
                 raise GeminiInvalid(f"Invalid value at '{here}.text' (TYPE_STRING)")
             tokens += estimate_tokens(part["text"])
             texts.append(part["text"])
-        elif "inlineData" in part:
-            blob = part["inlineData"]
-            if not isinstance(blob, dict) or not isinstance(blob.get("mimeType"), str):
-                raise GeminiInvalid(f"* {here}.inline_data.mime_type: Field required")
-            try:
-                base64.b64decode(str(blob.get("data", "")), validate=True)
-            except (binascii.Error, ValueError):
-                raise GeminiInvalid(
-                    f"Invalid value at '{here}.inline_data.data' (TYPE_BYTES), Base64 decoding "
-                    "failed"
-                ) from None
+            marked.append(part["text"])
+            continue
+        kind = _PART_DATA[data[0]]
+        try:
+            if kind == "inlineData":
+                found = gemini_blob(part[data[0]], here)
+            elif kind == "fileData":
+                found = gemini_file(part[data[0]], here, model)
+            else:
+                found = None
+        except DocumentInvalid as invalid:
+            raise GeminiInvalid(invalid.message) from None
+        if found is None:
             tokens += NON_TEXT_PART_TOKENS
-        else:
-            tokens += NON_TEXT_PART_TOKENS
-    return tokens, "\n".join(texts)
+            continue
+        seen.append(found)
+        tokens += found.tokens
+        # What the prompt cache keys on: the file's place and content, not only the text.
+        digest = hashlib.sha256(orjson.dumps(part, option=orjson.OPT_SORT_KEYS)).hexdigest()
+        marked.append(f"[{found.kind} {digest[:16]}]")
+    return tokens, "\n".join(texts), "\n".join(marked)
 
 
 def _config(config: Any, model: str) -> tuple[int | None, bool, Any, int]:
@@ -367,13 +400,14 @@ def parse_generate_request(model: str, body: Any) -> GenerateRequest:
         raise GeminiInvalid("* GenerateContentRequest.contents: contents is not specified")
     tokens = PROMPT_OVERHEAD_TOKENS
     texts: list[str] = []
+    seen: list[Seen] = []
     system = body.get("systemInstruction")
     if system is not None:
         if not isinstance(system, dict):
             raise GeminiInvalid("Invalid value at 'system_instruction', must be an object.")
-        part_tokens, text = _parts(system.get("parts"), "system_instruction")
+        part_tokens, _text, marked = _parts(system.get("parts"), "system_instruction", model, seen)
         tokens += MESSAGE_OVERHEAD_TOKENS + part_tokens
-        texts.append(text)
+        texts.append(marked)
     last_user = ""
     for index, content in enumerate(contents):
         where = f"contents[{index}]"
@@ -385,11 +419,15 @@ def parse_generate_request(model: str, body: Any) -> GenerateRequest:
             raise GeminiInvalid(
                 f"Please use a valid role: user, model. Got {role!r} in {where}.role."
             )
-        part_tokens, text = _parts(content.get("parts"), where)
+        part_tokens, text, marked = _parts(content.get("parts"), where, model, seen)
         tokens += MESSAGE_OVERHEAD_TOKENS + part_tokens
-        texts.append(f"{role}\n{text}")
+        texts.append(f"{role}\n{marked}")
         if role == "user":
             last_user = text
+    try:
+        gemini_totals(seen)
+    except DocumentInvalid as invalid:
+        raise GeminiInvalid(invalid.message) from None
     limit, json_mode, schema, thoughts = _config(body.get("generationConfig"), model)
     if schema is not None:
         tokens += estimate_tokens(orjson.dumps(schema).decode())
@@ -402,6 +440,9 @@ def parse_generate_request(model: str, body: Any) -> GenerateRequest:
         json_mode=json_mode,
         schema=schema,
         thoughts=thoughts,
+        documents_text="\n".join(s.text for s in seen if s.text),
+        image_tokens=sum(s.tokens for s in seen if s.kind == "image"),
+        document_tokens=sum(s.tokens for s in seen if s.kind == "pdf"),
     )
 
 
@@ -410,9 +451,12 @@ def answer(request: GenerateRequest) -> tuple[str, int, int, str]:
     count against ``maxOutputTokens``: what is left may cut the answer (``MAX_TOKENS``)."""
     word = sentiment(request.last_user_text)
     if request.schema is not None:
-        value = example_for_schema(
-            request.schema, seed_of("gemini", request.last_user_text), hint=word
-        )
+        if request.documents_text:
+            seed = seed_of("gemini", request.last_user_text, request.documents_text)
+            value = value_from_text(request.schema, request.documents_text, seed, hint=word)
+        else:
+            seed = seed_of("gemini", request.last_user_text)
+            value = example_for_schema(request.schema, seed, hint=word)
         text = orjson.dumps(value).decode()
     elif request.json_mode:
         text = orjson.dumps({"sentiment": word}).decode()
@@ -440,11 +484,17 @@ def response_body(
     cached_tokens: int,
 ) -> dict[str, Any]:
     """A ``GenerateContentResponse``; ``promptTokenCount`` includes the cached tokens."""
+    media = request.image_tokens + request.document_tokens
+    details = [{"modality": "TEXT", "tokenCount": request.prompt_tokens - media}]
+    if request.image_tokens:
+        details.append({"modality": "IMAGE", "tokenCount": request.image_tokens})
+    if request.document_tokens:
+        details.append({"modality": "DOCUMENT", "tokenCount": request.document_tokens})
     usage: dict[str, Any] = {
         "promptTokenCount": request.prompt_tokens,
         "candidatesTokenCount": candidates_tokens,
         "totalTokenCount": request.prompt_tokens + candidates_tokens + thoughts,
-        "promptTokensDetails": [{"modality": "TEXT", "tokenCount": request.prompt_tokens}],
+        "promptTokensDetails": details,
     }
     if cached_tokens:
         usage["cachedContentTokenCount"] = cached_tokens

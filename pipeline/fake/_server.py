@@ -600,8 +600,14 @@ class FakeProvider:
             return self._respond(403, _gemini.NO_KEY, headers)
         if config.auth_fail:
             return self._respond(400, _gemini.BAD_KEY, headers)
+        raw_body = await request.read()
+        if len(raw_body) > _gemini.REQUEST_BYTES:
+            body = _gemini.error_body(
+                400, f"Request payload size exceeds the limit: {_gemini.REQUEST_BYTES} bytes."
+            )
+            return self._respond(400, body, headers)
         try:
-            decoded = orjson.loads(await request.read())
+            decoded = orjson.loads(raw_body)
         except orjson.JSONDecodeError:
             body = _gemini.error_body(400, "Invalid JSON payload received. Unexpected token.")
             return self._respond(400, body, headers)

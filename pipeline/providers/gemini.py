@@ -13,6 +13,11 @@ Usage (``usageMetadata``) is normalised as for the other providers: ``input_toke
 as output), and ``reasoning_tokens`` the thoughts. The finish reason is kept as Gemini spells
 it (``STOP``, ``MAX_TOKENS``, ``SAFETY`` ...); a prompt blocked before any candidate gives its
 ``promptFeedback.blockReason``.
+
+A row's attachments go before its prompt text in the same user turn, as parts of their own:
+files as ``inlineData`` (``mimeType`` and the base64 ``data``), read and encoded here when the
+body is built; an http(s) URL as ``fileData`` (``mimeType`` and ``fileUri``), which Gemini
+fetches itself (its file input methods guide, "External HTTP / signed URLs").
 """
 
 from __future__ import annotations
@@ -23,12 +28,20 @@ from urllib.parse import quote
 
 import httpx
 
+from ..documents import read_base64
 from ..errors import TransientError
 from ..limits import ByteWindow
-from ..records import Request, Usage
+from ..records import Attachment, Request, Usage
 from ._base import JSONProvider
 
-__all__ = ["API_VERSION", "GeminiProvider", "generate_body", "model_path", "parse_generate"]
+__all__ = [
+    "API_VERSION",
+    "GeminiProvider",
+    "generate_body",
+    "model_path",
+    "parse_generate",
+    "part",
+]
 
 API_VERSION = "v1beta"
 
@@ -42,6 +55,21 @@ def _text(role: str, text: str) -> dict[str, Any]:
     return {"role": role, "parts": [{"text": text}]}
 
 
+def part(attachment: Attachment) -> dict[str, Any]:
+    """One attachment as a part (its file is read now)."""
+    if attachment.url:
+        return {"fileData": {"mimeType": attachment.media_type, "fileUri": attachment.location}}
+    return {"inlineData": {"mimeType": attachment.media_type, "data": read_base64(attachment)}}
+
+
+def _row(request: Request) -> dict[str, Any]:
+    if not request.attachments:
+        return _text("user", request.prompt)
+    parts = [part(a) for a in request.attachments]
+    parts.append({"text": request.prompt})
+    return {"role": "user", "parts": parts}
+
+
 def generate_body(request: Request) -> dict[str, Any]:
     """The JSON body of a ``generateContent`` request for one row (the model is in the URL)."""
     contents: list[dict[str, Any]] = []
@@ -50,7 +78,7 @@ def generate_body(request: Request) -> dict[str, Any]:
         for user, answer in framing.examples:
             contents.append(_text("user", user))
             contents.append(_text("model", answer))
-    contents.append(_text("user", request.prompt))
+    contents.append(_row(request))
     for answer, user in request.followups:
         contents.append(_text("model", answer))
         contents.append(_text("user", user))
