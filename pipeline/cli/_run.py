@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         budget_usd=args.budget_usd,
         mode=args.mode,
+        **_cluster_overrides(args),
     )
     if args.no_wait and job.request.mode != "batch":
         raise ConfigError("--no-wait is for batch mode; add --mode batch")
@@ -81,9 +82,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def job_from_manifest(
-    manifest: Mapping[str, Any], *, base_url: str | None = None, budget_usd: float | None = None
+    manifest: Mapping[str, Any],
+    *,
+    base_url: str | None = None,
+    budget_usd: float | None = None,
+    **cluster: Any,
 ) -> Job:
-    """The job a run was started with (its recorded file text), with today's overrides."""
+    """The job a run was started with (its recorded file text), with today's overrides
+    (``cluster``: ``engine``, ``workers``, ``address``)."""
     recorded = manifest["job"]
     return parse_job(recorded["text"], path=recorded["path"]).with_overrides(
         input_path=manifest["input_path"],
@@ -91,7 +97,15 @@ def job_from_manifest(
         base_url=base_url,
         budget_usd=budget_usd,
         mode=manifest.get("mode"),
+        **cluster,
     )
+
+
+def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--engine``, ``--workers``, ``--address``, for ``Job.with_overrides``."""
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    return {"engine": args.engine, "workers": args.workers, "address": args.address}
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -109,7 +123,9 @@ def resume(args: argparse.Namespace) -> int:
             "Resume anyway with --allow-changed-input (rows already done are not sent again), "
             "or start a new run with 'pipeline run'"
         )
-    job = job_from_manifest(manifest, base_url=args.base_url, budget_usd=args.budget_usd)
+    job = job_from_manifest(
+        manifest, base_url=args.base_url, budget_usd=args.budget_usd, **_cluster_overrides(args)
+    )
     if job.request.schema_path and Renderer(job.request).prompt_hash != manifest.get("prompt_hash"):
         raise ConfigError(
             f"the schema file {job.request.schema_path} of run {run_id} changed since it "
@@ -130,7 +146,9 @@ def resume(args: argparse.Namespace) -> int:
 
 def rerun(args: argparse.Namespace) -> int:
     manifest = read_manifest(find_manifest(args.run, args.db))
-    job = job_from_manifest(manifest, base_url=args.base_url, budget_usd=args.budget_usd)
+    job = job_from_manifest(
+        manifest, base_url=args.base_url, budget_usd=args.budget_usd, **_cluster_overrides(args)
+    )
     with Store(job.output.db, read_only=True) as store:
         keys, lines = store.results.not_ok_rows(manifest["run_id"])
     if not keys and not lines:
