@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from ..errors import ConfigError, first_pipeline_error
 from ..execution import RunOutcome, RunSession, RunStats, new_run_id
+from ..execution.cluster import RayEngine
 from ..execution.manifest import changed_inputs, find_manifest, read_manifest, resume_command
 from ..execution.session import check_budget
 from ..job import Job, load_job, parse_job
@@ -253,6 +254,7 @@ async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -
         manifest = launch.manifest
         if manifest is None:
             manifest = {"fake": launch.fake, "base_url": None if launch.fake else base_url}
+        engine = _engine(job, launch, notice)
         session = RunSession(
             job,
             store=store,
@@ -267,6 +269,7 @@ async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -
             notice=notice,
             fallback_provider=fallback_provider,
             fallback_url=fallback_url,
+            engine=engine,
         )
         verb = "resuming" if launch.resume else "run"
         console.print(
@@ -283,6 +286,22 @@ async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -
             if error is None:
                 raise
             raise error from group
+
+
+def _engine(job: Job, launch: _Launch, notice: Callable[[str], None]) -> RayEngine | None:
+    """The Ray engine for a job with ``[cluster] engine = "ray"`` that sends online; None
+    otherwise (batch mode is I/O and runs from this process)."""
+    cluster = job.cluster
+    if cluster.engine != "ray":
+        return None
+    if job.request.mode == "batch":
+        notice("batch mode runs from this process: [cluster] applies to online runs")
+        return None
+    notice(
+        f"engine ray: {cluster.workers} workers"
+        + (f" on the Ray cluster at {cluster.address}" if cluster.address else " on a local Ray")
+    )
+    return RayEngine(cluster, fake_key=FAKE_KEY if launch.fake else None, notice=notice)
 
 
 async def _drive(session: RunSession, launch: _Launch, console: Console) -> RunOutcome:
