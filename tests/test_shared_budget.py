@@ -65,7 +65,7 @@ async def test_two_workers_share_one_request_rate_in_blocks_not_per_request() ->
     # 1.5 s at 200/s, plus the service's quarter-second burst and one block per worker
     assert 250 <= total <= 300 + 50 + 2 * 10, total
     assert min(len(s) for s in sent) >= 0.35 * total  # neither worker starves
-    assert link.calls < total / 5  # credit comes in blocks, not one call per request
+    assert link.calls < total / 3  # credit comes in blocks, not one call per request
 
 
 async def test_a_429_seen_by_one_worker_pauses_the_other() -> None:

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import zlib
 from collections.abc import Callable
 from typing import Any
@@ -57,6 +58,9 @@ NAMESPACE = "llm-batch-pipeline"  # the Ray namespace of the actors (named by ru
 MAX_REPLACEMENTS = 3  # a slot's worker is replaced this many times, then the run fails
 PUSH_CHUNK = 256  # requests per push at most
 TAKE_WAIT_S = 1.0
+# A local Ray holds only requests and results in flight (a few chunks a worker): a small object
+# store, instead of Ray's default of 30% of the memory, mapped and filled at start.
+LOCAL_OBJECT_STORE_BYTES = 256 * 1024 * 1024
 
 
 class RayEngine:
@@ -151,7 +155,7 @@ class RayExecutor:
         self.replaced = 0
         self._slots: list[_Slot] = []
         self._ray: Any = None
-        self._owns_ray = False
+        self._host: _RayHost | None = None  # the Ray this run started (or joined), if any
         self._budget_actor: Any = None
         self._worker_class: Any = None
         self._log = log.bind(run_id=results.run_id, workers=workers)
@@ -201,17 +205,19 @@ class RayExecutor:
         }
         if address is None:
             options["num_cpus"] = max(os.cpu_count() or 1, 2)
+            options["object_store_memory"] = LOCAL_OBJECT_STORE_BYTES
         else:
             options["address"] = address
+        host = _RayHost(ray, options)
         try:
-            ray.init(**options)
+            host.start()
         except Exception as exc:  # Ray's own errors: no cluster there, a version mismatch ...
             where = f"the Ray cluster at {address}" if address else "a local Ray"
             raise ConfigError(
                 f"cannot start {where}: {exc}; check [cluster] address (or --address)",
                 key="cluster.address",
             ) from exc
-        self._owns_ray = True
+        self._host = host
         self._log.info("ray_started", address=address or "local")
 
     def _start_budget(self) -> None:
@@ -267,8 +273,8 @@ class RayExecutor:
             except Exception:  # the budget actor is gone: nothing to report
                 pass
             ray.kill(self._budget_actor)
-        if self._owns_ray:
-            await anyio.to_thread.run_sync(ray.shutdown)
+        if self._host is not None:
+            await anyio.to_thread.run_sync(self._host.stop)
 
     # -- the work ------------------------------------------------------------------------------
 
@@ -336,6 +342,46 @@ class RayExecutor:
     def actor_errors(self) -> tuple[type[BaseException], ...]:
         errors = self._ray.exceptions
         return (errors.RayActorError, errors.ActorUnavailableError)
+
+
+class _RayHost:
+    """A thread that starts (or joins) Ray and lives until Ray is shut down, in that thread.
+
+    A local Ray's processes are started with ``PR_SET_PDEATHSIG``, which the kernel fires when
+    the *thread* that forked them ends: started from a pooled worker thread, they would be
+    killed the moment the pool retired it. Nor is the main thread used: there Ray would take
+    SIGTERM over from the run's own handling (stop, grace, resume command)."""
+
+    def __init__(self, ray: Any, options: dict[str, Any]) -> None:
+        self._ray = ray
+        self._options = options
+        self._ready = threading.Event()
+        self._finish = threading.Event()
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._main, name="ray-host", daemon=True)
+
+    def start(self) -> None:
+        """Start Ray; blocks until it is up (or raises what stopped it)."""
+        self._thread.start()
+        self._ready.wait()
+        if self._error is not None:
+            raise self._error
+
+    def stop(self) -> None:
+        """Shut Ray down (in its thread); blocks until it is."""
+        self._finish.set()
+        self._thread.join()
+
+    def _main(self) -> None:
+        try:
+            self._ray.init(**self._options)
+        except BaseException as exc:
+            self._error = exc
+            self._ready.set()
+            return
+        self._ready.set()
+        self._finish.wait()
+        self._ray.shutdown()
 
 
 class BudgetActor:

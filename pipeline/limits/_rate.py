@@ -203,6 +203,19 @@ class LocalRateBudget:
         if self._tokens is not None:
             await self._tokens.acquire(tokens)
 
+    async def acquire_now(self, tokens: int) -> bool:
+        """One request of ``tokens`` if the buckets hold it now; never waits (False: they do
+        not, and nothing was taken). For handing out what is there in one go (``_shared``)."""
+        if self._paused_until > self._clock():
+            return False
+        if self._requests is not None and not self._requests.has_capacity():
+            return False
+        if self._tokens is not None and not self._tokens.try_take(tokens):
+            return False
+        if self._requests is not None:
+            await self._requests.acquire()  # it has the capacity: this does not wait
+        return True
+
     def settle(self, reserved: int, used: int) -> None:
         if self._tokens is not None and reserved != used:
             self._tokens.give_back(reserved - used)

@@ -110,8 +110,11 @@ class BudgetService:
         budget_usd: float | None = None,
         spent_usd: float = 0.0,
         grant_wait_s: float = GRANT_WAIT_S,
+        fill_s: float = BLOCK_S / 2,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._clock = clock
+        self.fill_s = fill_s
         self.rate = LocalRateBudget(
             requests_per_minute=requests_per_minute,
             tokens_per_minute=tokens_per_minute,
@@ -126,17 +129,29 @@ class BudgetService:
         self.lost_workers: list[str] = []
 
     async def grant(self, worker: str, report: Report, requests: int, tokens: int) -> Grant:
-        """Take ``report``, then up to ``requests`` requests' credit (``tokens`` in all),
-        waiting ``grant_wait_s`` at most; fewer (or none) when the buckets hold less."""
+        """Take ``report``, then up to ``requests`` requests' credit (``tokens`` in all): the
+        first as soon as the buckets allow (``grant_wait_s`` at most: then none), more as the
+        buckets fill, for ``fill_s`` at most (half a block: the worker asks again when half
+        its block is left, so its stock lasts while the next grant gathers)."""
         self.grants += 1
         self._take(report)
         granted = 0
         each = math.ceil(tokens / requests) if requests > 0 else 0
         if self.rate.limited and requests > 0:
+            # Wait for the first (a pause, an empty bucket); then gather more for ``fill_s``
+            # at most, taking only what the buckets hold (nothing is half-taken on a timeout).
             with anyio.move_on_after(self.grant_wait_s):
-                while granted < requests:
-                    await self.rate.acquire(each)
+                await self.rate.acquire(each)
+                granted = 1
+            deadline = self._clock() + self.fill_s
+            while granted and granted < requests:
+                if await self.rate.acquire_now(each):
                     granted += 1
+                    continue
+                left = deadline - self._clock()
+                if left <= 0:
+                    break
+                await anyio.sleep(min(left, 0.005))
         return Grant(
             requests=granted,
             tokens=granted * each,
