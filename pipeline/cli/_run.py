@@ -255,6 +255,16 @@ async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -
         if manifest is None:
             manifest = {"fake": launch.fake, "base_url": None if launch.fake else base_url}
         engine = _engine(job, launch, notice)
+        if engine is not None:  # for 'pipeline status' and whoever reads the manifest
+            cluster = job.cluster
+            manifest = {
+                **manifest,
+                "cluster": {
+                    "engine": "ray",
+                    "workers": cluster.workers,
+                    "address": cluster.address,
+                },
+            }
         session = RunSession(
             job,
             store=store,
