@@ -2,7 +2,7 @@
 
     python bench/run.py                 # every scenario (about 15 minutes on 2 cores)
     python bench/run.py --quick         # smaller inputs, for a quick look
-    python bench/run.py --only speed    # one scenario (speed, latency, ratelimit, memory, kill)
+    python bench/run.py --only speed    # one of: speed, latency, ratelimit, memory, kill, ray
 
 What is measured is what users run: ``pipeline run JOB`` as a whole process (its output to a
 pipe, as under cron), timed from outside with ``os.wait4`` (wall, user+sys CPU, peak RSS), with
@@ -21,6 +21,10 @@ Scenarios (targets from the project's issue tracker):
             finished job
   kill      kill -9 three times during a run at 64 in flight, then `pipeline run` again:
             rows ok once each, and answers paid twice against the requests in flight
+  ray       `pipeline run --engine ray` (a local Ray started by the run) next to the same job
+            run locally: at the provider's limit (500/s, 2 workers), at 200 ms latency (2
+            workers x 256 in flight against one process at 256) and at zero latency (1 worker:
+            the engine's overhead); and the driver's DuckDB write rate (its ceiling)
 """
 
 from __future__ import annotations
@@ -249,10 +253,10 @@ db = "{db}"
     return path
 
 
-def cli_run(base: str, job: Path, *, sample: bool = False) -> Measured:
+def cli_run(base: str, job: Path, *, sample: bool = False, extra: tuple[str, ...] = ()) -> Measured:
     """``pipeline run JOB`` as a user runs it (output to a pipe: no progress bar)."""
     m = measure(
-        [PIPELINE, "run", str(job), "--base-url", base + "/v1"],
+        [PIPELINE, "run", str(job), "--base-url", base + "/v1", *extra],
         env={"OPENAI_API_KEY": KEY},
         sample=sample,
     )
@@ -484,10 +488,135 @@ def scenario_kill(tmp: Path, rows: int) -> None:
     row("the last run's exit code", str(final.exit_code), "0", check(final.exit_code == 0))
 
 
+def sending_rate(db: Path) -> float:
+    """Rows per second between the first and the last result: the rate while sending, without
+    the process's start (a local Ray's start) and end."""
+    import duckdb
+
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute(
+            "SELECT count(*), epoch(max(finished_at)) - epoch(min(finished_at)) FROM results"
+        ).fetchone()
+    finally:
+        con.close()
+    assert row is not None
+    return float(row[0]) / max(float(row[1]), 1e-9)
+
+
+def scenario_ray(tmp: Path, rows: int) -> None:
+    print(
+        f"\nray: `pipeline run --engine ray` (a local Ray started by each run) next to the same "
+        f"job on one process, {rows:,} rows"
+    )
+    inp = make_input(rows, tmp)
+    ray_args = ("--engine", "ray", "--workers")
+
+    print("  at the provider's limit: 500 requests/s (1 s burst), the job configured at it")
+    with fake_provider(requests_per_second=500, burst_s=1.0) as base:
+        for label, extra in (("local, 1 process", ()), ("ray, 2 workers", (*ray_args, "2"))):
+            reset(base)
+            db = fresh_db(tmp, "ray-limit")
+            m = cli_run(base, write_job(tmp, inp, db, concurrency=64, rpm=30_000), extra=extra)
+            acc = accounting(base)
+            ok, _ = rows_ok(db)
+            total, limited = int(acc["requests"]), int(acc["by_status"].get("429", 0))
+            window = sending_rate(db)
+            row(f"{label}: rows/s, whole process", f"{ok / m.wall_s:,.0f}")
+            row(
+                f"{label}: rows/s while sending (share of 500)",
+                f"{window:,.0f} ({window / 500:.1%})",
+                "≥ 98%",
+                check(window / 500 >= 0.98),
+            )
+            row(
+                f"{label}: requests answered 429",
+                f"{limited:,} of {total:,} ({limited / total:.2%})",
+                "≤ 0.5%",
+                check(limited / total <= 0.005),
+            )
+
+    print("  200 ms latency: one process at 256 in flight, 2 Ray workers at 256 each")
+    with fake_provider(latency_ms=200) as base:
+        db = fresh_db(tmp, "ray-latency")
+        local = cli_run(base, write_job(tmp, inp, db, concurrency=256))
+        local_rps, local_window = rows_ok(db)[0] / local.wall_s, sending_rate(db)
+        db = fresh_db(tmp, "ray-latency")
+        two = cli_run(base, write_job(tmp, inp, db, concurrency=512), extra=(*ray_args, "2"))
+        two_rps, two_window = rows_ok(db)[0] / two.wall_s, sending_rate(db)
+    row(
+        "local, 256 in flight: rows/s, whole process (while sending)",
+        f"{local_rps:,.0f} ({local_window:,.0f})",
+    )
+    row(
+        "ray, 2 × 256 in flight: rows/s, whole process (while sending)",
+        f"{two_rps:,.0f} ({two_window:,.0f})",
+    )
+    row(
+        "ratio ray 2 workers / local: rows/s, whole process",
+        f"{two_rps / local_rps:.2f}×",
+        "≥ 1.5×",
+        check(two_rps / local_rps >= 1.5),
+    )
+    row("ratio ray 2 workers / local: rows/s while sending", f"{two_window / local_window:.2f}×")
+
+    print("  zero latency, 64 in flight: the engine's overhead, 1 Ray worker against one process")
+    with fake_provider() as base:
+        db = fresh_db(tmp, "ray-overhead")
+        local = cli_run(base, write_job(tmp, inp, db, concurrency=64))
+        local_rps, local_window = rows_ok(db)[0] / local.wall_s, sending_rate(db)
+        db = fresh_db(tmp, "ray-overhead")
+        one = cli_run(base, write_job(tmp, inp, db, concurrency=64), extra=(*ray_args, "1"))
+        one_rps, one_window = rows_ok(db)[0] / one.wall_s, sending_rate(db)
+    row("local: rows/s, whole process (while sending)", f"{local_rps:,.0f} ({local_window:,.0f})")
+    row(
+        "ray, 1 worker: rows/s, whole process (while sending)",
+        f"{one_rps:,.0f} ({one_window:,.0f})",
+    )
+    row("ratio ray 1 worker / local: rows/s, whole process", f"{one_rps / local_rps:.2f}×")
+    row("ratio ray 1 worker / local: rows/s while sending", f"{one_window / local_window:.2f}×")
+    row("ray, 1 worker: wall time over local", f"+{one.wall_s - local.wall_s:.1f} s")
+
+    print("  the driver's ceiling: DuckDB writes of results, 256 a transaction, one writer")
+    write_rate = duckdb_write_rate(tmp, 200_000)
+    row("rows/s committed to DuckDB (results of 256 per batch)", f"{write_rate:,.0f}")
+
+
+def duckdb_write_rate(tmp: Path, n: int) -> float:
+    """Rows per second ``ResultTable.write`` commits in batches of 256, as the driver's sink does
+    (plus the journal's one write per row before it)."""
+    from pipeline.execution.journal import Journal
+    from pipeline.records import Mode, RowResult, Status
+    from pipeline.store import Store
+
+    results = [
+        RowResult(
+            "bench", "run-1", f"r{i}", f"key-{i:08d}", "p1", Status.OK, "openai", "gpt-4o-mini",
+            Mode.ONLINE, "positive", "stop", None, None, 1, 120, 2, 0, 0, 0, 2.1e-5, 180.0,
+            1.76e9 + i, "in.jsonl", i + 1, worker="ray-0@node",
+        )
+        for i in range(n)
+    ]  # fmt: skip
+    db = fresh_db(tmp, "writes")
+    journal = Journal(tmp / "writes.journal.jsonl", run_id="run-1", db=str(db))
+    with Store(db) as store:
+        t0 = time.perf_counter()
+        for start in range(0, n, 256):
+            batch = results[start : start + 256]
+            for result in batch:
+                journal.append(result)
+            store.results.write(batch)
+        wall = time.perf_counter() - t0
+    journal.close(remove=True)
+    return n / wall
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="smaller inputs")
-    parser.add_argument("--only", choices=["speed", "latency", "ratelimit", "memory", "kill"])
+    parser.add_argument(
+        "--only", choices=["speed", "latency", "ratelimit", "memory", "kill", "ray"]
+    )
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--job", help=argparse.SUPPRESS)
     parser.add_argument("--base-url", help=argparse.SUPPRESS)
@@ -512,6 +641,8 @@ def main() -> None:
             scenario_memory(tmp, [20_000, 100_000] if args.quick else [200_000, 1_000_000])
         if args.only in (None, "kill"):
             scenario_kill(tmp, 5_000 if args.quick else 20_000)
+        if args.only in (None, "ray"):
+            scenario_ray(tmp, 5_000 if args.quick else 20_000)
 
 
 if __name__ == "__main__":

@@ -265,6 +265,7 @@ class RowResult:
     line: int
     output_json: str | None = None  # the answer as JSON, when the job has a schema and it is ok
     fallback_from: str | None = None  # the primary model, when [request.fallback] answered
+    worker: str | None = None  # the Ray worker that sent it (engine "ray"); None: this process
 
 
 _NO_USAGE = Usage()

@@ -145,3 +145,55 @@ def threaded_fake(fake_provider_thread: ThreadedFakeProvider) -> ThreadedFakePro
     """The session's threaded fake provider, reset to defaults for this test."""
     fake_provider_thread.reset()
     return fake_provider_thread
+
+
+# -- one local Ray for the session's Ray tests (tests/test_ray.py) ----------------------------
+
+import os  # noqa: E402
+import time  # noqa: E402
+
+RAY_WORKER_KEY = "sk" + "-ray-worker-SECRET-7d3e91c0a5b2"
+"""The OpenAI key the session's Ray workers find in their environment, as a cluster's nodes
+would (exported before ``ray start``); the tests check it appears in no file."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LocalRay:
+    gcs_address: str  # what a second driver (a `pipeline run --address` process) joins
+    session_dir: str  # Ray's logs, searched for keys
+
+
+@pytest.fixture(scope="session")
+def local_ray() -> Iterator[LocalRay]:
+    """A local Ray (2 CPUs) started once for the session's Ray tests and shut down at its end;
+    the tests skip, saying why, where Ray is not installed or cannot start."""
+    try:
+        import ray
+    except ImportError:
+        pytest.skip("Ray is not installed (pip install -e '.[ray]', or the dev extra)")
+    import logging
+
+    before = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = RAY_WORKER_KEY  # inherited by Ray's processes only
+    started = time.monotonic()
+    try:
+        context = ray.init(
+            num_cpus=2,
+            include_dashboard=False,
+            logging_level=logging.ERROR,
+            object_store_memory=128 * 1024 * 1024,
+            namespace="llm-batch-pipeline",
+        )
+    except Exception as exc:
+        pytest.skip(f"a local Ray cannot start here: {type(exc).__name__}: {exc}")
+    finally:
+        if before is None:
+            del os.environ["OPENAI_API_KEY"]
+        else:
+            os.environ["OPENAI_API_KEY"] = before
+    info = context.address_info
+    print(f"\nlocal Ray up in {time.monotonic() - started:.1f}s at {info['gcs_address']}")
+    try:
+        yield LocalRay(gcs_address=info["gcs_address"], session_dir=info["session_dir"])
+    finally:
+        ray.shutdown()

@@ -796,10 +796,10 @@ def test_a_version_1_database_is_migrated_keeping_its_rows(tmp_path: Path) -> No
         ("r3", "ok"),
     ]
     assert rows[0]["output_json"] is None and orjson.loads(rows[2]["output_json"]) == {"a": 1}
-    assert versions == [{"version": 1}, {"version": 2}, {"version": 3}]
+    assert versions == [{"version": v} for v in (1, 2, 3, 4)]
     assert {r["fallback_from"] for r in rows} == {None}  # version 3's column, added empty
     with Store(db) as store:  # opening again changes nothing
-        assert store.query("SELECT count(*) AS n FROM schema_version") == [{"n": 3}]
+        assert store.query("SELECT count(*) AS n FROM schema_version") == [{"n": 4}]
         with pytest.raises(Exception, match="CHECK"):
             store.results.write([RowResult(status="maybe", **base)])
 

@@ -205,7 +205,7 @@ async def test_a_down_primary_ends_with_every_row_ok_on_the_fallback_paid_once(
         by_model = con.execute("SELECT model, rows FROM cost_by_model").fetchall()
         version = con.execute("SELECT max(version) FROM schema_version").fetchone()
     assert by_model == [(FALLBACK, 120)]
-    assert version == (SCHEMA_VERSION,) and SCHEMA_VERSION == 3
+    assert version == (SCHEMA_VERSION,) and SCHEMA_VERSION >= 3  # fallback_from came in 3
 
     # Tomorrow, with the primary back: nothing is sent again.
     async with running_fake_provider() as fake:

@@ -198,3 +198,22 @@ def test_a_file_that_is_not_a_database(tmp_path: Path) -> None:
     path.write_text("not a database\n" * 100)
     with pytest.raises(StoreError, match=r"notes\.duckdb"):
         Store(path)
+
+
+def test_a_version_3_file_gains_the_worker_column_with_every_row_kept(db: Path) -> None:
+    with Store(db) as s:
+        s.results.write([result(1)])
+    con = duckdb.connect(str(db))  # back to version 3's shape: no worker column
+    con.execute("DROP VIEW IF EXISTS results CASCADE")
+    con.execute("ALTER TABLE row_results DROP COLUMN worker")
+    con.execute("UPDATE schema_version SET version = 3")
+    con.close()
+    with Store(db) as s:
+        s.results.write([result(2, worker="ray-0@10.0.0.7")])
+        rows = s.query("SELECT row_id, worker FROM results ORDER BY row_id")
+        versions = s.query("SELECT version FROM schema_version ORDER BY version")
+    assert rows == [
+        {"row_id": "row-1", "worker": None},
+        {"row_id": "row-2", "worker": "ray-0@10.0.0.7"},
+    ]
+    assert versions[-1] == {"version": 4} and SCHEMA_VERSION == 4

@@ -59,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--budget-usd", type=float, help="override [limits].budget_usd")
         p.add_argument("--quiet", action="store_true", help="no progress bar and no report")
+        p.add_argument(
+            "--engine", choices=["local", "ray"], help="override [cluster].engine (ray: workers)"
+        )
+        p.add_argument("--workers", type=int, help="override [cluster].workers (Ray workers)")
+        p.add_argument("--address", help="override [cluster].address (a Ray cluster to join)")
 
     run = command("run")
     run.add_argument("job", help="job file (TOML), e.g. jobs/review_sentiment.toml")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import signal
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import datetime
@@ -22,6 +22,7 @@ from rich.markup import escape
 
 from ..errors import ConfigError, first_pipeline_error
 from ..execution import RunOutcome, RunSession, RunStats, new_run_id
+from ..execution.cluster import RayEngine
 from ..execution.manifest import changed_inputs, find_manifest, read_manifest, resume_command
 from ..execution.session import check_budget
 from ..job import Job, load_job, parse_job
@@ -61,6 +62,7 @@ def run(args: argparse.Namespace) -> int:
         base_url=args.base_url,
         budget_usd=args.budget_usd,
         mode=args.mode,
+        **_cluster_overrides(args),
     )
     if args.no_wait and job.request.mode != "batch":
         raise ConfigError("--no-wait is for batch mode; add --mode batch")
@@ -81,9 +83,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def job_from_manifest(
-    manifest: Mapping[str, Any], *, base_url: str | None = None, budget_usd: float | None = None
+    manifest: Mapping[str, Any],
+    *,
+    base_url: str | None = None,
+    budget_usd: float | None = None,
+    **cluster: Any,
 ) -> Job:
-    """The job a run was started with (its recorded file text), with today's overrides."""
+    """The job a run was started with (its recorded file text), with today's overrides
+    (``cluster``: ``engine``, ``workers``, ``address``)."""
     recorded = manifest["job"]
     return parse_job(recorded["text"], path=recorded["path"]).with_overrides(
         input_path=manifest["input_path"],
@@ -91,7 +98,15 @@ def job_from_manifest(
         base_url=base_url,
         budget_usd=budget_usd,
         mode=manifest.get("mode"),
+        **cluster,
     )
+
+
+def _cluster_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """``--engine``, ``--workers``, ``--address``, for ``Job.with_overrides``."""
+    if args.workers is not None and args.workers < 1:
+        raise ConfigError("--workers must be at least 1")
+    return {"engine": args.engine, "workers": args.workers, "address": args.address}
 
 
 def resume(args: argparse.Namespace) -> int:
@@ -109,7 +124,9 @@ def resume(args: argparse.Namespace) -> int:
             "Resume anyway with --allow-changed-input (rows already done are not sent again), "
             "or start a new run with 'pipeline run'"
         )
-    job = job_from_manifest(manifest, base_url=args.base_url, budget_usd=args.budget_usd)
+    job = job_from_manifest(
+        manifest, base_url=args.base_url, budget_usd=args.budget_usd, **_cluster_overrides(args)
+    )
     if job.request.schema_path and Renderer(job.request).prompt_hash != manifest.get("prompt_hash"):
         raise ConfigError(
             f"the schema file {job.request.schema_path} of run {run_id} changed since it "
@@ -130,7 +147,9 @@ def resume(args: argparse.Namespace) -> int:
 
 def rerun(args: argparse.Namespace) -> int:
     manifest = read_manifest(find_manifest(args.run, args.db))
-    job = job_from_manifest(manifest, base_url=args.base_url, budget_usd=args.budget_usd)
+    job = job_from_manifest(
+        manifest, base_url=args.base_url, budget_usd=args.budget_usd, **_cluster_overrides(args)
+    )
     with Store(job.output.db, read_only=True) as store:
         keys, lines = store.results.not_ok_rows(manifest["run_id"])
     if not keys and not lines:
@@ -235,6 +254,17 @@ async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -
         manifest = launch.manifest
         if manifest is None:
             manifest = {"fake": launch.fake, "base_url": None if launch.fake else base_url}
+        engine = _engine(job, launch, notice)
+        if engine is not None:  # for 'pipeline status' and whoever reads the manifest
+            cluster = job.cluster
+            manifest = {
+                **manifest,
+                "cluster": {
+                    "engine": "ray",
+                    "workers": cluster.workers,
+                    "address": cluster.address,
+                },
+            }
         session = RunSession(
             job,
             store=store,
@@ -249,6 +279,7 @@ async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -
             notice=notice,
             fallback_provider=fallback_provider,
             fallback_url=fallback_url,
+            engine=engine,
         )
         verb = "resuming" if launch.resume else "run"
         console.print(
@@ -265,6 +296,22 @@ async def _run_async(launch: _Launch, keys: tuple[str, str], console: Console) -
             if error is None:
                 raise
             raise error from group
+
+
+def _engine(job: Job, launch: _Launch, notice: Callable[[str], None]) -> RayEngine | None:
+    """The Ray engine for a job with ``[cluster] engine = "ray"`` that sends online; None
+    otherwise (batch mode is I/O and runs from this process)."""
+    cluster = job.cluster
+    if cluster.engine != "ray":
+        return None
+    if job.request.mode == "batch":
+        notice("batch mode runs from this process: [cluster] applies to online runs")
+        return None
+    notice(
+        f"engine ray: {cluster.workers} workers"
+        + (f" on the Ray cluster at {cluster.address}" if cluster.address else " on a local Ray")
+    )
+    return RayEngine(cluster, fake_key=FAKE_KEY if launch.fake else None, notice=notice)
 
 
 async def _drive(session: RunSession, launch: _Launch, console: Console) -> RunOutcome:

@@ -48,6 +48,7 @@ from ..render import Renderer
 from ..sources import input_files
 from ..store import RunRecord, Store
 from .batch import BatchExecutor, PartRow
+from .cluster import RayEngine, RayExecutor
 from .fallback import Breaker, Fallback, Switch, log_switch
 from .feed import feed
 from .journal import Journal, journal_path, replay_journals
@@ -100,8 +101,10 @@ class RunSession:
         clock: Callable[[], float] = time.time,
         fallback_provider: Provider | None = None,
         fallback_url: str | None = None,
+        engine: RayEngine | None = None,
     ) -> None:
         self.job = job
+        self.engine = engine  # None: this process sends; else Ray workers (online passes)
         self.fallback_url = fallback_url
         self.fallback_provider = fallback_provider if job.request.fallback else None
         self._fallback: Fallback | None = None
@@ -142,7 +145,7 @@ class RunSession:
         self._stop_reason: str | None = None
         self._stop_event = anyio.Event()
         self._work_scope: anyio.CancelScope | None = None
-        self._executors: list[OnlineExecutor | BatchExecutor] = []
+        self._executors: list[OnlineExecutor | BatchExecutor | RayExecutor] = []
         self._failure: str | None = None
         self._batches_left_open = False
         self._planner_now: Planner | None = None
@@ -303,7 +306,7 @@ class RunSession:
             budget_usd=job.limits.budget_usd,
             spent_usd=self.spent_before + self.stats.cost_usd,
         )
-        executor = OnlineExecutor(
+        executor: OnlineExecutor | RayExecutor = OnlineExecutor(
             provider=self.provider,
             budget=budget,
             sink=sink,
@@ -319,6 +322,18 @@ class RunSession:
             on_stop=self.request_stop,
             fallback=fallback,
         )
+        if self.engine is not None:  # [cluster] engine = "ray": the same requests, on workers
+            executor = self.engine.executor(
+                job=job,
+                results=planner.results,
+                sink=sink,
+                stats=self.stats,
+                price=self.price,
+                budget=budget,
+                url=self.base_url,
+                warm_cache=self.renderer.warm_cache,
+                on_stop=self.request_stop,
+            )
         self._executors.append(executor)
         if self._stop_reason is not None:
             executor.stop()
@@ -672,7 +687,12 @@ class RunSession:
 
     def _fatal(self) -> FatalProviderError | None:
         return next(
-            (e.fatal for e in self._executors if isinstance(e, OnlineExecutor) and e.fatal), None
+            (
+                e.fatal
+                for e in self._executors
+                if isinstance(e, OnlineExecutor | RayExecutor) and e.fatal
+            ),
+            None,
         )
 
 

@@ -22,10 +22,12 @@ if TYPE_CHECKING:
     from .pricing import Price
 
 __all__ = [
+    "ENGINES",
     "FALLBACK_WHEN",
     "JOB_KEYS",
     "PROVIDERS",
     "BatchSpec",
+    "ClusterSpec",
     "FallbackSpec",
     "InputSpec",
     "Job",
@@ -40,6 +42,7 @@ __all__ = [
 PROVIDERS = ("openai", "anthropic", "gemini")
 MODES = ("online", "batch")
 ON_UNFINISHED = ("online", "record")
+ENGINES = ("local", "ray")
 DEFAULT_CONTEXT = {"openai": 128_000, "anthropic": 200_000, "gemini": 1_048_576}
 # Where each provider's API is when neither the job nor the command line says: the official SDKs'
 # environment variable, else the real API.
@@ -119,6 +122,12 @@ JOB_KEYS: dict[str, dict[str, str]] = {
     },
     "output": {
         "db": "DuckDB file the results go to (default data/results.duckdb)",
+    },
+    "cluster": {
+        "engine": "local (default): this process sends | ray: workers on a Ray cluster share "
+        "one budget",
+        "address": "the Ray cluster to join (auto, ray://head:10001); omitted: start a local Ray",
+        "workers": "Ray workers, each with its share of limits.concurrency (default 2)",
     },
     "pricing": {
         "input_mtok": "USD per million input tokens; the table overrides genai-prices",
@@ -213,6 +222,16 @@ class OutputSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class ClusterSpec:
+    """``[cluster]``: where the planned requests of an online run are sent from. ``local``:
+    this process; ``ray``: ``workers`` Ray actors, at ``address`` (None: a Ray started here)."""
+
+    engine: str = "local"
+    address: str | None = None
+    workers: int = 2
+
+
+@dataclass(frozen=True, slots=True)
 class Job:
     name: str
     input: InputSpec
@@ -220,6 +239,7 @@ class Job:
     limits: LimitsSpec = field(default_factory=LimitsSpec)
     output: OutputSpec = field(default_factory=OutputSpec)
     batch: BatchSpec = field(default_factory=BatchSpec)
+    cluster: ClusterSpec = field(default_factory=ClusterSpec)
     path: str = "<inline>"
     text: str = ""
     pricing: Price | None = None
@@ -238,10 +258,22 @@ class Job:
         base_url: str | None = None,
         budget_usd: float | None = None,
         mode: str | None = None,
+        engine: str | None = None,
+        workers: int | None = None,
+        address: str | None = None,
     ) -> Job:
         """The job with command-line overrides applied (``--input``, ``--db``, ``--base-url``,
-        ``--budget-usd``)."""
+        ``--budget-usd``, ``--mode``, ``--engine``, ``--workers``, ``--address``)."""
         job = self
+        if engine is not None or workers is not None or address is not None:
+            cluster = replace(
+                job.cluster,
+                engine=engine or job.cluster.engine,
+                workers=workers or job.cluster.workers,
+                address=address or job.cluster.address,
+            )
+            job = replace(job, cluster=cluster)
+            _check_cluster(job, job.path)
         if mode is not None:
             job = replace(job, request=replace(job.request, mode=mode))
         if budget_usd is not None:
@@ -373,17 +405,48 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
     )
     out = _table(doc, "output", path, required=False)
     output = OutputSpec(db=_get(out, "output", "db", str, path) or OutputSpec().db)
-    return Job(
+    clu = _table(doc, "cluster", path, required=False)
+    cluster = ClusterSpec(
+        engine=_choice(clu, "cluster", "engine", ENGINES, path) or "local",
+        address=_get(clu, "cluster", "address", str, path),
+        workers=_positive(clu, "workers", int, path, ClusterSpec().workers, table_name="cluster"),
+    )
+    job = Job(
         name=name,
         input=input_spec,
         request=request_spec,
         limits=limits,
         output=output,
         batch=batch,
+        cluster=cluster,
         path=path,
         text=text,
         pricing=_pricing(doc, path),
     )
+    _check_cluster(job, path)
+    return job
+
+
+def _check_cluster(job: Job, path: str) -> None:
+    """What ``[cluster]`` cannot be combined with, said once, naming the key and the fix."""
+    cluster = job.cluster
+    if cluster.engine != "ray":
+        return
+    if cluster.workers > job.limits.concurrency:
+        raise ConfigError(
+            f"{cluster.workers} workers cannot share limits.concurrency = "
+            f"{job.limits.concurrency} (each needs one request in flight at least); use at most "
+            f"{job.limits.concurrency} workers or raise the concurrency",
+            path=path,
+            key="cluster.workers",
+        )
+    if job.request.fallback is not None:
+        raise ConfigError(
+            "[request.fallback] is not supported on engine 'ray' yet; remove the fallback or "
+            'run with engine = "local"',
+            path=path,
+            key="cluster.engine",
+        )
 
 
 def _pricing(doc: Mapping[str, Any], path: str) -> Price | None:

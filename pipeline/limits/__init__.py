@@ -6,6 +6,8 @@
   slowed by what providers say (rate-limit headers, 429s).
 - ``headers``: providers' rate-limit headers, parsed into ``RateLimitInfo``.
 - ``ByteWindow`` (``_bytes``): the bytes of document content read for requests at once.
+- ``BudgetService`` / ``SharedRateBudget`` / ``ShardBudget`` (``_shared``): one job's budget
+  shared by several workers (Ray), which draw it in blocks.
 """
 
 from __future__ import annotations
@@ -13,5 +15,19 @@ from __future__ import annotations
 from ._budget import Lease, RunBudget
 from ._bytes import ByteWindow
 from ._rate import LocalRateBudget, RateBudget, TokenBucket
+from ._shared import BudgetLink, BudgetService, Grant, Report, ShardBudget, SharedRateBudget
 
-__all__ = ["ByteWindow", "Lease", "LocalRateBudget", "RateBudget", "RunBudget", "TokenBucket"]
+__all__ = [
+    "BudgetLink",
+    "BudgetService",
+    "ByteWindow",
+    "Grant",
+    "Lease",
+    "LocalRateBudget",
+    "RateBudget",
+    "Report",
+    "RunBudget",
+    "ShardBudget",
+    "SharedRateBudget",
+    "TokenBucket",
+]

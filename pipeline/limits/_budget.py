@@ -116,7 +116,7 @@ class RunBudget:
         """A slot, the row's worst case and its first attempt's rate; None when the USD budget
         cannot take the row (then nothing is held)."""
         await self.slots.acquire()
-        if not self.allows(worst_usd):
+        if not self.allows(worst_usd) and not await self.widen(worst_usd):
             self.slots.release()
             return None
         self.in_flight_usd += worst_usd
@@ -127,6 +127,12 @@ class RunBudget:
             lease.release()
             raise
         return lease
+
+    async def widen(self, worst_usd: float) -> bool:
+        """The USD budget cannot take ``worst_usd`` more: try to make room. A run's own budget
+        cannot (False); a worker's share of a job's budget asks the job for more dollars
+        (``ShardBudget``)."""
+        return False
 
     # -- what providers say, passed on to the rate buckets -----------------------------------
 

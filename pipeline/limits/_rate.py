@@ -21,7 +21,8 @@ therefore slows everybody instead of starting a storm.
 
 Executors only see the ``RateBudget`` protocol (through ``RunBudget``), so a job split into
 shards on several workers can share one budget by passing in an implementation backed by a
-shared service.
+shared service: ``SharedRateBudget`` (``_shared``), drawing blocks from a ``BudgetService``
+that holds one ``LocalRateBudget`` for the whole job.
 """
 
 from __future__ import annotations
@@ -163,6 +164,20 @@ class LocalRateBudget:
         """Requests per second currently allowed (None: unlimited)."""
         return self._rps
 
+    @property
+    def token_rate(self) -> float | None:
+        """Tokens per second currently allowed (None: unlimited)."""
+        return None if self._tokens is None else self._tokens.rate
+
+    @property
+    def limited(self) -> bool:
+        """Whether a request or token rate is known (configured, or stated by the provider)."""
+        return self._requests is not None or self._tokens is not None
+
+    def paused_for(self) -> float:
+        """Seconds left of a pause (a 429's ``retry-after``, say); 0 when not paused."""
+        return max(0.0, self._paused_until - self._clock())
+
     def _set_request_rate(self, rps: float) -> None:
         self._rps = rps
         period = max(self._burst_s, 1.0 / rps)
@@ -187,6 +202,19 @@ class LocalRateBudget:
             await self._requests.acquire()
         if self._tokens is not None:
             await self._tokens.acquire(tokens)
+
+    async def acquire_now(self, tokens: int) -> bool:
+        """One request of ``tokens`` if the buckets hold it now; never waits (False: they do
+        not, and nothing was taken). For handing out what is there in one go (``_shared``)."""
+        if self._paused_until > self._clock():
+            return False
+        if self._requests is not None and not self._requests.has_capacity():
+            return False
+        if self._tokens is not None and not self._tokens.try_take(tokens):
+            return False
+        if self._requests is not None:
+            await self._requests.acquire()  # it has the capacity: this does not wait
+        return True
 
     def settle(self, reserved: int, used: int) -> None:
         if self._tokens is not None and reserved != used:

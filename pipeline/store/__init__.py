@@ -62,6 +62,8 @@ source                 VARCHAR      the input file
 line                   BIGINT       the row's 1-based line in it (or Parquet row number)
 output_json            JSON         a schema job's answer, parsed and valid (NULL otherwise)
 fallback_from          VARCHAR      the job's model when ``[request.fallback]`` answered instead
+worker                 VARCHAR      the Ray worker that sent the row (``ray-2@10.0.0.7``); NULL
+                                    when the run's own process sent it (engine ``local``)
 =====================  ===========  ================================================================
 
 ``invalid`` rows are answers of a job with ``[request].schema`` that did not match it (or were

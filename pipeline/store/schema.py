@@ -82,7 +82,9 @@ open.
 Version 1 is the first schema. Version 2 added ``output_json`` and the status ``invalid``;
 DuckDB cannot change a CHECK constraint in place, so the migration rebuilds ``row_results``.
 Version 3 added ``fallback_from`` (the primary model of a row that ``[request.fallback]``
-answered), a plain ``ADD COLUMN``.
+answered), a plain ``ADD COLUMN``. Version 4 added ``worker`` (the Ray worker that sent a
+row of a ``[cluster] engine = "ray"`` run; NULL for rows sent by the run's own process), the same
+way.
 """
 
 from __future__ import annotations
@@ -173,10 +175,11 @@ ROW_RESULTS: Final = (
     _count("line"),
     Column("output_json", "JSON", "VARCHAR"),
     _text("fallback_from"),
+    _text("worker"),
 )
 """The columns of ``row_results``, in table order; one per field of ``RowResult``."""
 
-_V2_COLUMNS: Final = tuple(c for c in ROW_RESULTS if c.name != "fallback_from")
+_V2_COLUMNS: Final = tuple(c for c in ROW_RESULTS if c.name not in ("fallback_from", "worker"))
 """``row_results`` as version 2 left it (migration 2 builds this shape, migration 3 adds on)."""
 
 # No primary key or unique index: index upkeep slows bulk inserts and costs memory.
@@ -297,7 +300,7 @@ RESULTS_VIEW: Final = """
            error_type, error, attempts, input_tokens, output_tokens, cache_read_tokens,
            cache_write_tokens, reasoning_tokens, input_tokens + output_tokens AS total_tokens,
            cost_usd, latency_ms, prompt_hash, request_key, finished_at, source, line,
-           output_json, fallback_from
+           output_json, fallback_from, worker
     FROM row_results
 """
 """The public interface for analysis: ``row_results`` plus ``total_tokens``."""
@@ -457,6 +460,11 @@ MIGRATIONS: Final = (
         3,
         "row_results: the column fallback_from (rows [request.fallback] answered)",
         ("ALTER TABLE row_results ADD COLUMN fallback_from VARCHAR",),
+    ),
+    Migration(
+        4,
+        "row_results: the column worker (the Ray worker that sent the row)",
+        ("ALTER TABLE row_results ADD COLUMN worker VARCHAR",),
     ),
 )
 """Every schema change after version 1, in order (see "Schema versions" above)."""
