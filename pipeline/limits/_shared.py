@@ -127,6 +127,7 @@ class BudgetService:
         self._lost_usd = 0.0
         self.grants = 0
         self.lost_workers: list[str] = []
+        self._turn: anyio.Lock | None = None  # made in the service's own event loop
 
     async def grant(self, worker: str, report: Report, requests: int, tokens: int) -> Grant:
         """Take ``report``, then up to ``requests`` requests' credit (``tokens`` in all): the
@@ -138,20 +139,13 @@ class BudgetService:
         granted = 0
         each = math.ceil(tokens / requests) if requests > 0 else 0
         if self.rate.limited and requests > 0:
-            # Wait for the first (a pause, an empty bucket); then gather more for ``fill_s``
-            # at most, taking only what the buckets hold (nothing is half-taken on a timeout).
-            with anyio.move_on_after(self.grant_wait_s):
-                await self.rate.acquire(each)
-                granted = 1
-            deadline = self._clock() + self.fill_s
-            while granted and granted < requests:
-                if await self.rate.acquire_now(each):
-                    granted += 1
-                    continue
-                left = deadline - self._clock()
-                if left <= 0:
-                    break
-                await anyio.sleep(min(left, 0.005))
+            # One grant gathers at a time, in the order they came (anyio's lock is first come,
+            # first served): gathering side by side, the worker that happened to wake first
+            # after each refill took most of the credit and the other's shard fell behind.
+            if self._turn is None:
+                self._turn = anyio.Lock()
+            async with self._turn:
+                granted = await self._gather(requests, each)
         return Grant(
             requests=granted,
             tokens=granted * each,
@@ -159,6 +153,24 @@ class BudgetService:
             token_rate=self.rate.token_rate,
             pause_s=self.rate.paused_for(),
         )
+
+    async def _gather(self, requests: int, each: int) -> int:
+        # Wait for the first (a pause, an empty bucket); then gather more for ``fill_s`` at most,
+        # taking only what the buckets hold (nothing is half-taken on a timeout).
+        granted = 0
+        with anyio.move_on_after(self.grant_wait_s):
+            await self.rate.acquire(each)
+            granted = 1
+        deadline = self._clock() + self.fill_s
+        while granted and granted < requests:
+            if await self.rate.acquire_now(each):
+                granted += 1
+                continue
+            left = deadline - self._clock()
+            if left <= 0:
+                break
+            await anyio.sleep(min(left, 0.005))
+        return granted
 
     def _take(self, report: Report) -> None:
         give_back = report.give_back_tokens
