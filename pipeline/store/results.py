@@ -49,11 +49,17 @@ _INSERT_MISSING_SQL: Final = (
 )
 
 # What is known of some keys: ok results of any run, and every result of run $run_id ...
-_SEEN_RESULTS_SQL: Final = (
+_SEEN_COLUMNS: Final = (
     "SELECT request_key, CASE WHEN status = 'ok' THEN 'ok' ELSE 'recorded' END, run_id, "
-    "source, line, NULL, NULL FROM row_results "
-    "WHERE (status = 'ok' OR run_id = $run_id) "
-    "AND request_key IN (SELECT unnest($keys::VARCHAR[]))"
+    "source, line, NULL, NULL FROM row_results WHERE (status = 'ok' OR run_id = $run_id) "
+)
+_SEEN_RESULTS_SQL: Final = _SEEN_COLUMNS + "AND request_key IN (SELECT unnest($keys::VARCHAR[]))"
+# The rows of one stretch of one input file: their keys are picked out in Python, which is about
+# three times faster than joining DuckDB's own list of them.
+_SEEN_NEAR_SQL: Final = _SEEN_COLUMNS + "AND source = $source AND line BETWEEN $first AND $last"
+# Whether any batch part can hold rows without an answer (a part table holds a few rows a run).
+_ANY_OPEN_PART_SQL: Final = (
+    "SELECT EXISTS (SELECT 1 FROM batches WHERE collected_at IS NULL OR run_id = $run_id)"
 )
 # ... and the batch parts holding them without an answer: any run's open parts, and this run's
 # own (whose unanswered rows its online pass sends).
@@ -195,18 +201,20 @@ class ResultTable:
         with self._db.cursor("look up what is known of the rows") as cur:
             if near is not None:
                 source, first, last = near
-                params = {"keys": rest, "run_id": run_id, "source": source}
+                wanted = set(keys)
                 rows = cur.execute(
-                    _SEEN_RESULTS_SQL + " AND source = $source AND line BETWEEN $first AND $last",
-                    {**params, "first": first, "last": last},
+                    _SEEN_NEAR_SQL,
+                    {"run_id": run_id, "source": source, "first": first, "last": last},
                 ).fetchall()
-                _add_seen(found, rows)
+                _add_seen(found, [r for r in rows if r[0] in wanted])
                 rest = [k for k in rest if k not in found]
             if rest:
                 rows = cur.execute(_SEEN_RESULTS_SQL, {"keys": rest, "run_id": run_id}).fetchall()
                 _add_seen(found, rows)
-            rows = cur.execute(_SEEN_BATCHED_SQL, {"keys": list(keys), "run_id": run_id}).fetchall()
-            _add_seen(found, rows)
+            open_parts = cur.execute(_ANY_OPEN_PART_SQL, {"run_id": run_id}).fetchone()
+            if open_parts is not None and open_parts[0]:
+                batched = {"keys": list(keys), "run_id": run_id}
+                _add_seen(found, cur.execute(_SEEN_BATCHED_SQL, batched).fetchall())
         return found
 
     def has_results(self, prompt_hash: str) -> bool:
