@@ -25,7 +25,7 @@ from .stats import RunStats
 
 __all__ = ["READ_CHUNK", "feed"]
 
-READ_CHUNK = 4096  # rows read, rendered and looked up at a time
+READ_CHUNK = 1024  # rows read, rendered and looked up at a time (3 chunks are held at once)
 
 
 async def feed(
