@@ -1,6 +1,6 @@
 """Benchmarks: whole jobs against the fake provider on loopback, figures and ratios in one run.
 
-    python bench/run.py                 # every scenario (about 15 minutes on 2 cores)
+    python bench/run.py                 # every scenario (about 35 minutes on 2 cores)
     python bench/run.py --quick         # smaller inputs, for a quick look
     python bench/run.py --only speed    # one of: speed, latency, ratelimit, memory, kill, ray
 
