@@ -330,19 +330,25 @@ def run_seconds(m: Measured) -> float:
     return float(match.group(1)) if match else m.wall_s
 
 
-def rows_ok(db: Path) -> tuple[int, int]:
-    """(ok rows, distinct ok request keys) in the database, read after the process ended."""
+def one_row(db: Path, sql: str) -> tuple[Any, ...]:
+    """The one row ``sql`` answers in the database, read after the process ended."""
     import duckdb
 
     con = duckdb.connect(str(db), read_only=True)
     try:
-        row = con.execute(
-            "SELECT count(*), count(DISTINCT request_key) FROM results WHERE status = 'ok'"
-        ).fetchone()
+        row = con.execute(sql).fetchone()
     finally:
         con.close()
     assert row is not None
-    return int(row[0]), int(row[1])
+    return tuple(row)
+
+
+def rows_ok(db: Path) -> tuple[int, int]:
+    """(ok rows, distinct ok request keys) in the database."""
+    ok, keys = one_row(
+        db, "SELECT count(*), count(DISTINCT request_key) FROM results WHERE status = 'ok'"
+    )
+    return int(ok), int(keys)
 
 
 def fresh_db(tmp: Path, name: str) -> Path:
@@ -556,17 +562,10 @@ def scenario_kill(tmp: Path, rows: int) -> None:
 def sending_rate(db: Path) -> float:
     """Rows per second between the first and the last result: the rate while sending, without
     the process's start (a local Ray's start) and end."""
-    import duckdb
-
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        row = con.execute(
-            "SELECT count(*), epoch(max(finished_at)) - epoch(min(finished_at)) FROM results"
-        ).fetchone()
-    finally:
-        con.close()
-    assert row is not None
-    return float(row[0]) / max(float(row[1]), 1e-9)
+    rows, seconds = one_row(
+        db, "SELECT count(*), epoch(max(finished_at)) - epoch(min(finished_at)) FROM results"
+    )
+    return float(rows) / max(float(seconds), 1e-9)
 
 
 def scenario_ray(tmp: Path, rows: int) -> None:
