@@ -7,8 +7,8 @@
 What is measured is what users run: ``pipeline run JOB`` as a whole process (its output to a
 pipe, as under cron), timed from outside with ``os.wait4`` (wall, user+sys CPU, peak RSS), with
 the fake provider in another process. The speed scenario also runs the same job in-process
-through the library (``Runner``, in a child process of its own), on httpx's default transport,
-and as bare aiohttp POSTs of the same bodies (the HTTP client's floor), for the ratios.
+through the library (``pipeline.arun``, in a child process of its own), on httpx's default
+transport, and as bare aiohttp POSTs of the same bodies (the HTTP client's floor), for the ratios.
 
 Scenarios (targets from the project's issue tracker):
   speed     zero latency, 64 in flight, 20,000 rows: rows/s and CPU per row of the whole
@@ -54,19 +54,16 @@ PIPELINE = str(Path(PY).with_name("pipeline"))
 KEY = "bench-key-not-secret"
 
 
-# -- the in-process child: the library's Runner, measured from inside ---------------------------
+# -- the in-process child: pipeline.arun, measured from inside ----------------------------------
 
 
 def child(args: argparse.Namespace) -> None:
     import anyio
     import httpx
 
-    from pipeline.execution import Runner
+    import pipeline
     from pipeline.job import load_job
-    from pipeline.job.pricing import lookup_price
-    from pipeline.limits import LocalRateBudget
-    from pipeline.providers import OpenAIProvider, make_transport
-    from pipeline.store import Store
+    from pipeline.providers import make_transport
 
     job = load_job(args.job)
     if args.transport == "floor":
@@ -105,28 +102,11 @@ def child(args: argparse.Namespace) -> None:
             )
         elif args.transport == "httpx-aiohttp":
             transport = make_transport(max_connections=job.limits.concurrency)
-        provider = OpenAIProvider(
-            transport,
-            base_url=args.base_url,
-            api_key=KEY,
-            timeout_s=30,
-            max_connections=job.limits.concurrency,
-        )
-        with Store(job.output.db) as store:
-            runner = Runner(
-                job,
-                store=store,
-                provider=provider,
-                budget=LocalRateBudget(requests_per_minute=job.limits.requests_per_minute),
-                price=lookup_price("openai", "gpt-4o-mini"),
-                base_url=args.base_url,
-            )
-            cpu0 = _cpu()
-            t0 = time.perf_counter()
-            outcome = await runner.run()
-            wall = time.perf_counter() - t0
-            cpu = _cpu() - cpu0
-            await provider.aclose()
+        cpu0 = _cpu()
+        t0 = time.perf_counter()
+        outcome = await pipeline.arun(job, base_url=args.base_url, api_key=KEY, transport=transport)
+        wall = time.perf_counter() - t0
+        cpu = _cpu() - cpu0
         s = outcome.stats
         return {"rows_ok": s.rows_ok, "rows_done": s.rows_done, "wall_s": wall, "cpu_s": cpu}
 
@@ -418,8 +398,8 @@ def scenario_speed(tmp: Path, rows: int) -> None:
         "≤ 300 µs",
         check(cli_cpu <= 300),
     )
-    row("library in-process (Runner): rows/s, median of 3", f"{lib_rps:,.0f}")
-    row("library in-process (Runner): CPU per row (run only)", f"{lib_cpu:,.0f} µs")
+    row("library in-process (pipeline.arun): rows/s, median of 3", f"{lib_rps:,.0f}")
+    row("library in-process (pipeline.arun): CPU per row (run only)", f"{lib_cpu:,.0f} µs")
     row("ratio whole process / in-process: rows/s", f"{cli_rps / lib_rps:.2f}×")
     row("library on httpx's default transport: rows/s", f"{slow_rps:,.0f}")
     row("ratio aiohttp / httpx default transport: rows/s", f"{lib_rps / slow_rps:.2f}×")

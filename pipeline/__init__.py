@@ -1,17 +1,21 @@
 """An asynchronous batch pipeline for LLM APIs.
 
-Rows from JSONL or Parquet are rendered into OpenAI or Anthropic requests, sent under a
-concurrency cap and request/token rate limits (or through the providers' batch endpoints), and
-every result lands in DuckDB with its token usage and cost.
+Rows from JSONL or Parquet (or from Python) are rendered into OpenAI, Anthropic or Gemini
+requests, sent under a concurrency cap and request/token rate limits (or through the providers'
+batch endpoints), and every result lands in DuckDB with its token usage and cost.
 
-The names below are the library's public interface; ``pipeline.cli`` is a thin shell over them::
+The names below are the library's public interface; ``pipeline.cli`` is a thin shell over them.
+One call runs a job, as ``pipeline run`` does::
 
-    job = load_job("jobs/review_sentiment.toml")
-    url = job.resolved_base_url()
-    with Store(job.output.db) as store:
-        provider = make_provider(job, api_key=..., base_url=url)
-        session = RunSession(job, store=store, provider=provider, base_url=url)
-        outcome = await session.run()
+    import pipeline
+
+    outcome = pipeline.run("jobs/review_sentiment.toml")           # keys from the environment
+    outcome = pipeline.run({"name": "t", "request": {...}}, rows=rows, fake=True)
+    if outcome.state is not pipeline.RunState.COMPLETED:
+        raise SystemExit(outcome.exit_code)
+    table = outcome.results()                                      # a pyarrow Table
+
+    estimate = pipeline.estimate("jobs/review_sentiment.toml")     # before sending anything
 
 The flow, left to right (a module imports only from its left)::
 
@@ -50,6 +54,7 @@ def _import_structlog_without_rich_tracebacks() -> None:
 _import_structlog_without_rich_tracebacks()
 
 if TYPE_CHECKING:
+    from ._api import aestimate, arun, estimate, failed_rows, job_of_run, run
     from .errors import (
         ConfigError,
         FatalProviderError,
@@ -58,31 +63,33 @@ if TYPE_CHECKING:
         ProviderError,
         RateLimitError,
         RowRejectedError,
+        StoppedError,
         StoreError,
         TransientError,
         UnreachableError,
     )
-    from .estimate import Estimate, estimate_job
-    from .execution import BatchRunner, Runner, RunOutcome, RunSession, RunStats
-    from .job import Job, load_job, parse_job
+    from .estimates import Estimate, estimate_job
+    from .execution import Manifest, RunOutcome, RunStats
+    from .fake import FakeConfig
+    from .job import Job, job_from_mapping, load_job, parse_job
     from .job.pricing import Price, cost_usd, lookup_price, price_for
     from .limits import LocalRateBudget, RateBudget, RunBudget
-    from .plan import Planner, RowFilter
-    from .providers import Provider, make_batch_provider, make_provider
-    from .records import Mode, Reply, Request, Row, RowResult, Status, Usage
+    from .plan import RowFilter
+    from .providers import Provider, api_key_from_env, make_batch_provider, make_provider
+    from .records import Mode, Reply, Request, Row, RowResult, RunState, Status, Usage
     from .store import Store
 
 _WHERE = {
-    "BatchRunner": "execution",
     "ConfigError": "errors",
-    "Estimate": "estimate",
+    "Estimate": "estimates",
     "FatalProviderError": "errors",
     "InputError": "errors",
+    "FakeConfig": "fake",
     "Job": "job",
     "LocalRateBudget": "limits",
+    "Manifest": "execution",
     "Mode": "records",
     "PipelineError": "errors",
-    "Planner": "plan",
     "Price": "job.pricing",
     "Provider": "providers",
     "ProviderError": "errors",
@@ -96,36 +103,44 @@ _WHERE = {
     "RowResult": "records",
     "RunBudget": "limits",
     "RunOutcome": "execution",
-    "RunSession": "execution",
+    "RunState": "records",
     "RunStats": "execution",
-    "Runner": "execution",
     "Status": "records",
+    "StoppedError": "errors",
     "Store": "store",
     "StoreError": "errors",
     "TransientError": "errors",
     "UnreachableError": "errors",
     "Usage": "records",
+    "aestimate": "_api",
+    "api_key_from_env": "providers",
+    "arun": "_api",
     "cost_usd": "job.pricing",
-    "estimate_job": "estimate",
+    "estimate": "_api",
+    "estimate_job": "estimates",
+    "failed_rows": "_api",
+    "job_from_mapping": "job",
+    "job_of_run": "_api",
     "load_job": "job",
     "lookup_price": "job.pricing",
     "make_batch_provider": "providers",
     "make_provider": "providers",
     "parse_job": "job",
     "price_for": "job.pricing",
+    "run": "_api",
 }
 
 __all__ = [
-    "BatchRunner",
     "ConfigError",
     "Estimate",
+    "FakeConfig",
     "FatalProviderError",
     "InputError",
     "Job",
     "LocalRateBudget",
+    "Manifest",
     "Mode",
     "PipelineError",
-    "Planner",
     "Price",
     "Provider",
     "ProviderError",
@@ -139,29 +154,48 @@ __all__ = [
     "RowResult",
     "RunBudget",
     "RunOutcome",
-    "RunSession",
+    "RunState",
     "RunStats",
-    "Runner",
     "Status",
+    "StoppedError",
     "Store",
     "StoreError",
     "TransientError",
     "UnreachableError",
     "Usage",
+    "aestimate",
+    "api_key_from_env",
+    "arun",
     "cost_usd",
+    "estimate",
     "estimate_job",
+    "failed_rows",
+    "job_from_mapping",
+    "job_of_run",
     "load_job",
     "lookup_price",
     "make_batch_provider",
     "make_provider",
     "parse_job",
     "price_for",
+    "run",
 ]
+
+
+# Names of the first interface, gone since one call runs a job: what to use instead.
+_REMOVED = {
+    "Runner": "pipeline.run(job, ...) (or await pipeline.arun(...)) runs a job in one call",
+    "BatchRunner": "pipeline.run(job, mode='batch') runs a job through the batch endpoints",
+    "RunSession": "pipeline.run(job, ...) makes and drives the run's session",
+    "Planner": "pipeline.estimate(job) plans a job's rows without sending them",
+}
 
 
 def __getattr__(name: str) -> Any:
     module = _WHERE.get(name)
     if module is None:
+        if name in _REMOVED:
+            raise AttributeError(f"pipeline.{name} was removed: {_REMOVED[name]}")
         raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
     value = getattr(importlib.import_module(f".{module}", __name__), name)
     globals()[name] = value  # the next look-up is a plain attribute

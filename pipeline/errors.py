@@ -15,7 +15,8 @@ class alone::
     │   │                         a problem of the run, not of the row
     │   ├── RowRejectedError      terminal for the row: other 4xx (the request itself is bad)
     │   └── FatalProviderError    terminal for the run: 401, 403, 404, insufficient_quota
-    └── StoreError                DuckDB could not be read or written
+    ├── StoreError                DuckDB could not be read or written
+    └── StoppedError              a signal stopped a run before it had begun (nothing sent)
 
 ``ProviderError.transient`` and ``ProviderError.fatal`` are the questions an executor asks of a
 row's error; an ``UnreachableError`` pauses the whole run instead of using up the row's attempts,
@@ -32,6 +33,7 @@ __all__ = [
     "ProviderError",
     "RateLimitError",
     "RowRejectedError",
+    "StoppedError",
     "StoreError",
     "TransientError",
     "UnreachableError",
@@ -72,6 +74,10 @@ class InputError(PipelineError):
 
 class StoreError(PipelineError):
     """The result database could not be opened, read or written."""
+
+
+class StoppedError(PipelineError):
+    """A signal stopped the run while it was starting: nothing was sent or recorded."""
 
 
 class ProviderError(PipelineError):

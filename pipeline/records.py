@@ -21,7 +21,6 @@ __all__ = [
     "AnswerSchema",
     "Attachment",
     "BadRow",
-    "Ending",
     "Framing",
     "Mode",
     "RateLimitInfo",
@@ -30,8 +29,10 @@ __all__ = [
     "ResultBuilder",
     "Row",
     "RowResult",
+    "RunState",
     "Status",
     "Usage",
+    "parse_run_state",
     "run_state",
 ]
 
@@ -52,15 +53,33 @@ class Mode(StrEnum):
     BATCH = "batch"
 
 
-Ending = Literal["completed", "stopped", "failed"]
-"""How a run ended; with its reason it makes the state ``runs.state`` records."""
+class RunState(StrEnum):
+    """Where a run stands (``RunOutcome.state``, ``Manifest.state``). A stopped or failed run
+    has a reason too; ``run_state`` makes the text the ``runs`` table and manifests hold."""
+
+    RUNNING = "running"
+    COMPLETED = "completed"  # every row has an outcome (some may have failed)
+    STOPPED = "stopped"  # a signal, the budget, batches left open: ``pipeline resume`` goes on
+    FAILED = "failed"  # a bad key, no quota, an unreachable provider, a refused batch, a crash
 
 
-def run_state(ending: Ending, why: str | None = None) -> str:
-    """``completed``, ``stopped: <why>`` or ``failed: <why>``: a run's state as stored."""
-    if ending == "completed":
-        return "completed"
-    return f"{ending}: {why or 'unknown'}"
+def run_state(state: RunState | str, why: str | None = None) -> str:
+    """``completed``, ``running``, ``stopped: <why>`` or ``failed: <why>``: a run's state as
+    stored."""
+    state = RunState(state)
+    if state in (RunState.COMPLETED, RunState.RUNNING):
+        return state.value
+    return f"{state.value}: {why or 'unknown'}"
+
+
+def parse_run_state(text: str) -> tuple[RunState, str | None]:
+    """The state and reason of a stored state text (``run_state``'s inverse)."""
+    head, sep, why = text.partition(": ")
+    try:
+        state = RunState(head)
+    except ValueError:
+        return RunState.FAILED, text
+    return state, (why if sep else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -13,10 +13,15 @@ those fields. A glob may not mix documents with JSONL or Parquet files.
   (bad JSON, not an object, not UTF-8, no id) becomes a ``BadRow`` and reading goes on; a file that
   cannot be read at all raises ``ConfigError`` (before any of its rows is yielded when possible).
 - ``fingerprint`` records what a file was (size, mtime, content hash) for the run manifest.
+- ``FileRows`` and ``PythonRows`` are the two kinds of ``RowSource`` a run reads: the job's
+  input files, or rows handed to ``pipeline.run(rows=...)`` (dicts, a pyarrow ``Table`` or
+  ``RecordBatchReader``, or anything that exports the Arrow C stream, such as a polars or pandas
+  DataFrame, read through pyarrow without importing either). ``row_source`` picks one.
 
 Row ids are the ``[input] id`` field's value when set, else the first 16 hex characters of the
 SHA-256 of the row's canonical JSON (sorted keys), so identical content gets the same id in every
-run. A ``BadRow``'s id is ``"{file}:{line}"``.
+run. A ``BadRow``'s id is ``"{file}:{line}"``. Rows from Python have the source ``<rows>`` and
+their 1-based position as their line.
 """
 
 from __future__ import annotations
@@ -27,10 +32,11 @@ import hashlib
 import io
 import json
 import os
+import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sized
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, Protocol, TypedDict
 
 import orjson
 
@@ -40,13 +46,18 @@ from .job import InputSpec
 from .records import BadRow, Row
 
 __all__ = [
+    "PYTHON_SOURCE",
     "SUPPORTED_SUFFIXES",
+    "FileRows",
     "Fingerprint",
+    "PythonRows",
+    "RowSource",
     "content_id",
     "count_rows",
     "fingerprint",
     "input_files",
     "iter_row_chunks",
+    "row_source",
 ]
 
 SUPPORTED_SUFFIXES = (".jsonl", ".jsonl.gz", ".ndjson", ".parquet")
@@ -68,6 +79,10 @@ class Fingerprint(TypedDict):
     size: int
     mtime_ns: int
     sha256: str
+
+
+PYTHON_SOURCE = "<rows>"
+"""The ``source`` of rows given from Python (``results.source``)."""
 
 
 def input_files(pattern: str) -> list[Path]:
@@ -121,16 +136,27 @@ def input_files(pattern: str) -> list[Path]:
     return sorted(files)
 
 
-def iter_row_chunks(spec: InputSpec, *, chunk_size: int = 512) -> Iterator[list[Row | BadRow]]:
+def iter_row_chunks(
+    spec: InputSpec,
+    *,
+    chunk_size: int = 512,
+    files: list[Path] | None = None,
+    fingerprints: list[Fingerprint] | None = None,
+) -> Iterator[list[Row | BadRow]]:
     """Every row of every input file, in file order then line order, in lists of ``chunk_size``.
 
     Every chunk holds exactly ``chunk_size`` items except the last one; chunks run across file
     boundaries. Each file is checked to be readable before the first chunk is yielded, so a
     missing, unreadable or corrupt file raises ConfigError before anything is sent.
+
+    ``files``: the files of ``spec.path``, when the caller has them already. ``fingerprints``:
+    a list the fingerprint of each JSONL file read to its end is appended to, hashed from the
+    very bytes the rows were parsed from (one read for both).
     """
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be at least 1, got {chunk_size}")
-    files = input_files(spec.path)
+    if files is None:
+        files = input_files(spec.path)
     if files and _kind(files[0]) == "document":
         yield from _read_documents(files, spec.id, chunk_size)
         return
@@ -138,8 +164,11 @@ def iter_row_chunks(spec: InputSpec, *, chunk_size: int = 512) -> Iterator[list[
         _check_readable(f, spec.id)
     buf: list[Item] = []
     for f in files:
-        reader = _read_parquet if _kind(f) == "parquet" else _read_jsonl
-        for part in reader(f, spec.id, chunk_size):
+        if _kind(f) == "parquet":
+            parts = _read_parquet(f, spec.id, chunk_size)
+        else:
+            parts = _read_jsonl(f, spec.id, chunk_size, fingerprints)
+        for part in parts:
             if not buf and len(part) == chunk_size:
                 yield part
                 continue
@@ -254,20 +283,60 @@ def _check_readable(path: Path, id_field: str | None) -> None:
             )
 
 
-def _open_jsonl(path: Path) -> io.BufferedIOBase:
+class _HashingReader(io.RawIOBase):
+    """A file opened for reading whose every byte read also goes into a SHA-256."""
+
+    def __init__(self, raw: io.FileIO) -> None:
+        self._raw = raw
+        self.digest = hashlib.sha256()
+        self.size = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self._raw.fileno()
+
+    def readinto(self, buffer: Any) -> int:
+        n = self._raw.readinto(buffer)
+        if n:
+            self.digest.update(memoryview(buffer)[:n])
+            self.size += n
+        return n or 0
+
+    def close(self) -> None:
+        self._raw.close()
+        super().close()
+
+
+def _open_jsonl(path: Path, hashing: _HashingReader | None = None) -> io.BufferedIOBase:
+    raw: Any = hashing if hashing is not None else None
     if _kind(path) == "gzip":
-        return gzip.open(path, "rb")
-    return open(path, "rb")
+        if raw is None:
+            return gzip.open(path, "rb")
+        return gzip.GzipFile(fileobj=io.BufferedReader(raw, _HASH_BLOCK), mode="rb")
+    if raw is None:
+        return open(path, "rb")
+    return io.BufferedReader(raw, _HASH_BLOCK)
 
 
-def _read_jsonl(path: Path, id_field: str | None, chunk_size: int) -> Iterator[list[Item]]:
+def _read_jsonl(
+    path: Path,
+    id_field: str | None,
+    chunk_size: int,
+    fingerprints: list[Fingerprint] | None = None,
+) -> Iterator[list[Item]]:
     source = str(path)
     loads = orjson.loads
     decode_error = orjson.JSONDecodeError
     out: list[Item] = []
     lineno = 0
+    hashing: _HashingReader | None = None
     try:
-        fh = _open_jsonl(path)
+        if fingerprints is not None:
+            hashing = _HashingReader(io.FileIO(path, "r"))
+            st = os.fstat(hashing.fileno())
+        fh = _open_jsonl(path, hashing)
     except OSError as exc:
         raise ConfigError(f"{source}: cannot open input file ({exc})") from exc
     with fh:
@@ -305,6 +374,17 @@ def _read_jsonl(path: Path, id_field: str | None, chunk_size: int) -> Iterator[l
                 f"{source}: cannot read past line {lineno} ({exc}); "
                 "the file is truncated or corrupt: re-create it"
             ) from exc
+        if hashing is not None and fingerprints is not None:
+            while hashing.readinto(bytearray(_HASH_BLOCK)):
+                pass  # a gzip member's trailer: the fingerprint covers the whole file
+            fingerprints.append(
+                Fingerprint(
+                    path=source,
+                    size=st.st_size,
+                    mtime_ns=st.st_mtime_ns,
+                    sha256=hashing.digest.hexdigest(),
+                )
+            )
     if out:
         yield out
 
@@ -429,3 +509,222 @@ def _read_parquet(path: Path, id_field: str | None, chunk_size: int) -> Iterator
                 else:
                     append(_row_with_id(obj, id_field, source, lineno))
             yield out
+
+
+# -- what a run reads: files, or rows from Python ----------------------------------------------
+
+
+class RowSource(Protocol):
+    """The rows a run reads, in chunks, in input order.
+
+    ``path``: what the manifest records as the input (the job's ``input.path``, or
+    ``<rows>``). ``reiterable``: whether ``chunks`` may be called more than once (an estimate
+    before the run, ``RunOutcome.results()`` after it). ``count()``: the number of rows when
+    it is known without reading them (``None`` otherwise)."""
+
+    path: str
+    reiterable: bool
+
+    def chunks(
+        self, chunk_size: int, *, fingerprints: list[Fingerprint] | None = None
+    ) -> Iterator[list[Row | BadRow]]: ...
+
+    def count(self) -> int | None: ...
+
+    def fingerprints(self) -> list[Fingerprint]: ...
+
+
+class FileRows:
+    """The job's input files (``[input] path``): JSONL, gzipped JSONL, Parquet or documents.
+    The files are listed (and a missing input refused, ConfigError) when it is made."""
+
+    reiterable = True
+
+    def __init__(self, spec: InputSpec) -> None:
+        if not spec.path:
+            raise ConfigError(
+                "no input: set [input] path in the job file (or give rows to pipeline.run)",
+                key="input.path",
+            )
+        self.spec = spec
+        self.path = spec.path
+        self.files = input_files(spec.path)
+
+    def chunks(
+        self, chunk_size: int, *, fingerprints: list[Fingerprint] | None = None
+    ) -> Iterator[list[Row | BadRow]]:
+        return iter_row_chunks(
+            self.spec, chunk_size=chunk_size, files=self.files, fingerprints=fingerprints
+        )
+
+    def count(self) -> int | None:
+        return count_rows(self.files)
+
+    def fingerprints(self) -> list[Fingerprint]:
+        """Size, modification time and content hash of every file (one read of its bytes)."""
+        return [fingerprint(path) for path in self.files]
+
+    def survey(self) -> tuple[list[Fingerprint], int | None]:
+        """Every file's fingerprint and the number of rows, in one read of each file's bytes
+        (Parquet files count from their metadata)."""
+        prints: list[Fingerprint] = []
+        total: int | None = 0
+        for path in self.files:
+            found, rows = _survey_file(path)
+            prints.append(found)
+            total = None if total is None or rows is None else total + rows
+        return prints, total
+
+
+def _survey_file(path: Path) -> tuple[Fingerprint, int | None]:
+    kind = _kind(path)
+    digest = hashlib.sha256()
+    block = bytearray(_HASH_BLOCK)
+    view = memoryview(block)
+    lines = 0
+    count_lines = kind == "jsonl"
+    try:
+        with open(path, "rb", buffering=0) as fh:
+            st = os.fstat(fh.fileno())
+            while n := fh.readinto(block):
+                chunk = view[:n]
+                digest.update(chunk)
+                if count_lines:
+                    lines += block.count(b"\n", 0, n)
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read input file ({exc})") from exc
+    rows: int | None = lines
+    if kind == "document":
+        rows = 1
+    elif kind != "jsonl":
+        rows = count_rows([path])  # Parquet metadata; a gzip stream is read once more
+    found = Fingerprint(
+        path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest.hexdigest()
+    )
+    return found, rows
+
+
+class PythonRows:
+    """Rows handed to ``pipeline.run(rows=...)``: an iterable of dicts (mappings), a pyarrow
+    ``Table`` or ``RecordBatchReader``, or any object that exports the Arrow C stream
+    (``__arrow_c_stream__``: polars and pandas DataFrames), read through pyarrow without
+    importing pandas or polars.
+
+    A list, tuple, Table or DataFrame can be read again (an estimate before the run, the
+    results after it); a generator, iterator or ``RecordBatchReader`` is read once. Rows
+    have the source ``<rows>`` and their 1-based position as their line; ``id_field`` is the
+    job's ``[input] id``."""
+
+    path = PYTHON_SOURCE
+
+    def __init__(self, rows: Any, *, id_field: str | None = None) -> None:
+        self.id_field = id_field
+        self._rows = rows
+        self._read = False
+        self._arrow = _is_arrow(rows)
+        if not self._arrow and (isinstance(rows, str | bytes | Mapping) or not _iterable(rows)):
+            raise ConfigError(
+                f"rows must be an iterable of dicts, a pyarrow Table or RecordBatchReader, or a "
+                f"DataFrame (anything with __arrow_c_stream__); got {type(rows).__name__}"
+            )
+        one_shot = iter(rows) is rows if not self._arrow else _is_reader(rows)
+        self.reiterable = not one_shot
+
+    def count(self) -> int | None:
+        rows = self._rows
+        if self._arrow:
+            num = getattr(rows, "num_rows", None)
+            if isinstance(num, int):
+                return num
+            height = getattr(rows, "height", None)  # polars
+            return height if isinstance(height, int) else None
+        return len(rows) if isinstance(rows, Sized) else None
+
+    def fingerprints(self) -> list[Fingerprint]:
+        return []
+
+    def chunks(
+        self, chunk_size: int, *, fingerprints: list[Fingerprint] | None = None
+    ) -> Iterator[list[Row | BadRow]]:
+        if self._read and not self.reiterable:
+            raise ConfigError(
+                "these rows were read already (a generator or a RecordBatchReader is read "
+                "once); pass a list, a Table or a DataFrame to read them again"
+            )
+        self._read = True
+        values = self._arrow_dicts() if self._arrow else iter(self._rows)
+        return self._chunks(values, chunk_size)
+
+    def _arrow_dicts(self) -> Iterator[Any]:
+        import pyarrow as pa
+
+        rows = self._rows
+        batches: Iterable[Any]
+        if isinstance(rows, pa.Table):
+            batches = rows.to_batches()
+        elif isinstance(rows, pa.RecordBatch):
+            batches = [rows]
+        elif isinstance(rows, pa.RecordBatchReader):
+            batches = rows
+        else:
+            batches = pa.RecordBatchReader.from_stream(rows)
+        for batch in batches:
+            yield from batch.to_pylist()
+
+    def _chunks(self, values: Iterator[Any], chunk_size: int) -> Iterator[list[Row | BadRow]]:
+        source = PYTHON_SOURCE
+        id_field = self.id_field
+        out: list[Item] = []
+        for line, obj in enumerate(values, 1):
+            item: Item
+            if isinstance(obj, Mapping):
+                fields = obj if type(obj) is dict else dict(obj)
+                if id_field is None:
+                    item = Row(content_id(fields), fields, source, line)
+                else:
+                    item = _row_with_id(fields, id_field, source, line)
+            else:
+                item = BadRow(
+                    f"{source}:{line}",
+                    source,
+                    line,
+                    f"row {line} of the rows given is a {type(obj).__name__}, not a dict; give "
+                    "each row as a dict of fields such as {'id': 1, 'text': '...'}",
+                    "not_an_object",
+                )
+            out.append(item)
+            if len(out) >= chunk_size:
+                yield out
+                out = []
+        if out:
+            yield out
+
+
+def row_source(spec: InputSpec, rows: Any = None) -> RowSource:
+    """What a run of a job reads: ``rows`` from Python when given, else the job's files."""
+    if rows is not None:
+        return PythonRows(rows, id_field=spec.id)
+    return FileRows(spec)
+
+
+def _iterable(value: Any) -> bool:
+    try:
+        iter(value)
+    except TypeError:
+        return False
+    return True
+
+
+def _is_arrow(value: Any) -> bool:
+    if hasattr(value, "__arrow_c_stream__"):
+        return True
+    pyarrow = sys.modules.get("pyarrow")
+    return pyarrow is not None and isinstance(value, pyarrow.RecordBatch)
+
+
+def _is_reader(value: Any) -> bool:
+    """A stream of batches that can be read once (pyarrow's reader, or an exported stream)."""
+    pyarrow = sys.modules.get("pyarrow")
+    if pyarrow is not None and isinstance(value, pyarrow.RecordBatchReader):
+        return True
+    return type(value).__name__ in ("PyCapsule",)

@@ -13,15 +13,13 @@ import orjson
 import pytest
 import structlog
 
+import pipeline
 from pipeline.cli import main
-from pipeline.execution import Runner
 from pipeline.extract import anthropic_cache_minimum
 from pipeline.fake import FakeConfig, running_fake_provider
 from pipeline.job import Job, RequestSpec, parse_job
 from pipeline.job.pricing import cost_usd, lookup_price
-from pipeline.limits import LocalRateBudget
-from pipeline.providers import make_provider
-from pipeline.providers.anthropic import AnthropicProvider, messages_body
+from pipeline.providers.anthropic import messages_body
 from pipeline.providers.openai import chat_body
 from pipeline.records import Row, Usage
 from pipeline.render import Renderer, estimate_tokens
@@ -219,20 +217,10 @@ def _overlaps_with_the_first(tmp_path: Path, system: str) -> int:
         return httpx.Response(200, content=_message())
 
     async def go() -> None:
-        with Store(job.output.db) as store:
-            provider = AnthropicProvider(
-                httpx.MockTransport(handler), base_url="http://mock", api_key="k"
-            )
-            runner = Runner(
-                job,
-                store=store,
-                provider=provider,
-                budget=LocalRateBudget(),
-                price=None,
-                base_url="http://mock",
-            )
-            outcome = await runner.run()
-            assert outcome.stats.rows_ok == 12
+        outcome = await pipeline.arun(
+            job, transport=httpx.MockTransport(handler), base_url="http://mock", api_key="k"
+        )
+        assert outcome.stats.rows_ok == 12
 
     anyio.run(go)
     return state["early"]
@@ -262,22 +250,9 @@ def _uncached_cost(rows: list[dict[str, Any]], model: str, provider: str) -> flo
 async def test_a_long_system_prompt_is_written_once_then_read(tmp_path: Path) -> None:
     job = _job(tmp_path, system_of(1200), rows=30, concurrency=16)
     async with running_fake_provider(FakeConfig()) as fake:
-        with Store(job.output.db) as store:
-            provider = make_provider(job, api_key="k", base_url=fake.anthropic_base_url)
-            try:
-                runner = Runner(
-                    job,
-                    store=store,
-                    provider=provider,
-                    budget=LocalRateBudget(),
-                    price=lookup_price("anthropic", SONNET),
-                    base_url=fake.anthropic_base_url,
-                )
-                outcome = await runner.run()
-            finally:
-                await provider.aclose()
+        outcome = await pipeline.arun(job, fake=fake)
         accounting = fake.accounting()
-    assert outcome.state == "completed" and outcome.stats.rows_ok == 30
+    assert outcome.state is pipeline.RunState.COMPLETED and outcome.stats.rows_ok == 30
     with Store(job.output.db, read_only=True) as store:
         rows = store.query(
             "SELECT row_id, input_tokens, output_tokens, cache_read_tokens, cache_write_tokens, "
@@ -331,20 +306,7 @@ async def test_openai_reports_cached_tokens_for_a_long_stable_prefix(tmp_path: P
     text = job.text.replace('provider = "anthropic"', 'provider = "openai"')
     job = parse_job(text.replace(SONNET, "gpt-4o-mini"))
     async with running_fake_provider(FakeConfig()) as fake:
-        with Store(job.output.db) as store:
-            provider = make_provider(job, api_key="k", base_url=fake.openai_base_url)
-            try:
-                runner = Runner(
-                    job,
-                    store=store,
-                    provider=provider,
-                    budget=LocalRateBudget(),
-                    price=lookup_price("openai", "gpt-4o-mini"),
-                    base_url=fake.openai_base_url,
-                )
-                assert (await runner.run()).stats.rows_ok == 10
-            finally:
-                await provider.aclose()
+        assert (await pipeline.arun(job, fake=fake)).stats.rows_ok == 10
     with Store(job.output.db, read_only=True) as store:
         reads = [
             r["cache_read_tokens"]

@@ -23,7 +23,7 @@ from conftest import ThreadedFakeProvider
 from pipeline import documents
 from pipeline.cli import main
 from pipeline.errors import ConfigError, InputError
-from pipeline.estimate import estimate_job
+from pipeline.estimates import estimate_job
 from pipeline.execution.parts import PartWriter
 from pipeline.fake import _anthropic, _openai
 from pipeline.job import load_job, parse_job

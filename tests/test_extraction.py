@@ -19,9 +19,10 @@ import orjson
 import pytest
 import structlog
 
+import pipeline
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.execution import Runner, RunOutcome
+from pipeline.execution import RunOutcome
 from pipeline.extract import (
     Extractor,
     check_schema,
@@ -32,10 +33,9 @@ from pipeline.extract import (
 )
 from pipeline.job import RequestSpec, parse_job
 from pipeline.job.pricing import cost_usd, lookup_price
-from pipeline.limits import LocalRateBudget
 from pipeline.providers import make_batch_provider
 from pipeline.providers.anthropic import messages_body, parse_message
-from pipeline.providers.openai import OpenAIProvider, chat_body
+from pipeline.providers.openai import chat_body
 from pipeline.records import Request, Row, Usage
 from pipeline.render import Renderer, prompt_hash
 from pipeline.store import Store
@@ -495,7 +495,6 @@ def run_scripted(
 ) -> tuple[RunOutcome, list[dict[str, Any]], list[httpx.Request]]:
     """One run of a schema job whose every answer comes from ``answers(body, n)`` (``n``:
     the request's number, from 0); the results and the requests sent."""
-    import anyio
 
     (tmp_path / "s.json").write_bytes(orjson.dumps(SCHEMA))
     (tmp_path / "in.jsonl").write_bytes(
@@ -518,22 +517,9 @@ max_tokens = 300
         sent.append(request)
         return httpx.Response(200, content=answers(orjson.loads(request.content), len(sent) - 1))
 
-    async def go() -> RunOutcome:
-        with Store(job.output.db) as store:
-            provider = OpenAIProvider(
-                httpx.MockTransport(handler), base_url="http://mock/v1", api_key="k"
-            )
-            runner = Runner(
-                job,
-                store=store,
-                provider=provider,
-                budget=LocalRateBudget(),
-                price=lookup_price("openai", "gpt-4o-mini"),
-                base_url="http://mock/v1",
-            )
-            return await runner.run()
-
-    outcome = anyio.run(go)
+    outcome = pipeline.run(
+        job, transport=httpx.MockTransport(handler), base_url="http://mock/v1", api_key="k"
+    )
     with Store(job.output.db, read_only=True) as store:
         results = store.query("SELECT * EXCLUDE (finished_at) FROM results ORDER BY row_id")
     return outcome, results, sent

@@ -10,16 +10,16 @@ import duckdb
 import pytest
 from test_integration import make_reviews, write_jsonl
 
+import pipeline
 from pipeline.errors import ConfigError
-from pipeline.estimate import estimate_job
-from pipeline.execution import RunSession
+from pipeline.estimates import estimate_job
+from pipeline.execution import RunOutcome
 from pipeline.execution.fallback import Breaker
+from pipeline.execution.manifest import read_manifest
 from pipeline.fake import FakeConfig, FakeProvider, running_fake_provider
 from pipeline.job import Job, parse_job
 from pipeline.job.pricing import lookup_price
-from pipeline.providers import make_provider
 from pipeline.render import Renderer
-from pipeline.store import Store
 from pipeline.store.schema import SCHEMA_VERSION
 
 PRIMARY = "gemini-2.5-flash-lite"
@@ -60,28 +60,8 @@ def make(tmp: Path, rows: int, fallback: str = WITH_FALLBACK, **kw: Any) -> Job:
     return parse_job(job_text(data, tmp / "r.duckdb", fallback=fallback, **kw), path="job.toml")
 
 
-async def run(job: Job, fake: FakeProvider, notice: Any = None) -> RunSession:
-    with Store(job.output.db) as store:
-        provider = make_provider(job, api_key="k", base_url=fake.gemini_base_url)
-        second = None
-        if job.request.fallback is not None:
-            url = fake.base_url(job.request.fallback.provider)
-            second = make_provider(job, api_key="k2", base_url=url, fallback=True)
-        session = RunSession(
-            job,
-            store=store,
-            base_url=fake.gemini_base_url,
-            provider=provider,
-            fallback_provider=second,
-            notice=notice,
-        )
-        try:
-            await session.run()
-        finally:
-            await provider.aclose()
-            if second is not None:
-                await second.aclose()
-    return session
+async def run(job: Job, fake: FakeProvider, notice: Any = None) -> RunOutcome:
+    return await pipeline.arun(job, fake=fake, on_notice=notice)
 
 
 def rows_of(job: Job) -> list[dict[str, Any]]:
@@ -198,9 +178,9 @@ async def test_a_down_primary_ends_with_every_row_ok_on_the_fallback_paid_once(
     assert [s["to"] for s in stats.fallback_switches] == ["fallback"]
     # Most rows never tried the primary: the switch sent them straight over.
     assert sum(r["attempts"] for r in rows) < 2 * 120
-    manifest = session.manifest("completed")
-    assert manifest["fallback"]["rows"] == 120
-    assert manifest["fallback"]["switches"][0]["to"] == "fallback"
+    manifest = read_manifest(session.manifest_path)
+    assert manifest.fallback is not None and manifest.fallback["rows"] == 120
+    assert manifest.fallback["switches"][0]["to"] == "fallback"
     with duckdb.connect(job.output.db, read_only=True) as con:
         by_model = con.execute("SELECT model, rows FROM cost_by_model").fetchall()
         version = con.execute("SELECT max(version) FROM schema_version").fetchone()

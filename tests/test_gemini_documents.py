@@ -24,7 +24,7 @@ from test_documents import INVOICE, SCHEMA, folder, make_pdf, render, results
 from pipeline import documents
 from pipeline.cli import main
 from pipeline.errors import InputError
-from pipeline.estimate import estimate_job
+from pipeline.estimates import estimate_job
 from pipeline.fake import _gemini
 from pipeline.job import load_job
 from pipeline.job.pricing import cost_usd, lookup_price

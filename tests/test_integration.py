@@ -20,15 +20,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.execution import Runner, RunOutcome
+import pipeline
+from pipeline.execution import RunOutcome
 from pipeline.execution import online as online_module
 from pipeline.fake import FakeConfig, FakeProvider, running_fake_provider
 from pipeline.job import Job, parse_job
 from pipeline.job.pricing import cost_usd, lookup_price
-from pipeline.limits import LocalRateBudget
 from pipeline.limits.retry import backoff_s
-from pipeline.providers import make_provider
-from pipeline.records import Usage
+from pipeline.records import RunState, Usage
 from pipeline.store import Store
 
 pytestmark = pytest.mark.anyio
@@ -116,26 +115,10 @@ db = "{db or tmp_path / "results.duckdb"}"
 
 
 async def run_job(job: Job, fake: FakeProvider, *, api_key: str = API_KEY) -> RunOutcome:
-    """One run of ``job`` against ``fake``, wired as the CLI wires it."""
-    provider_name = job.request.provider
-    base_url = fake.openai_base_url if provider_name == "openai" else fake.anthropic_base_url
-    with Store(job.output.db) as store:
-        provider = make_provider(job, api_key=api_key, base_url=base_url)
-        try:
-            runner = Runner(
-                job,
-                store=store,
-                provider=provider,
-                budget=LocalRateBudget(
-                    requests_per_minute=job.limits.requests_per_minute,
-                    tokens_per_minute=job.limits.tokens_per_minute,
-                ),
-                price=lookup_price(provider_name, job.request.model),
-                base_url=base_url,
-            )
-            return await runner.run()
-        finally:
-            await provider.aclose()
+    """One run of ``job`` against ``fake`` as a real provider (its URL, a key), through the
+    library's one call."""
+    base_url = fake.base_url(job.request.provider)
+    return await pipeline.arun(job, base_url=base_url, api_key=api_key)
 
 
 def query(job_or_db: Job | Path, sql: str, params: Any = None) -> list[dict[str, Any]]:
@@ -537,12 +520,12 @@ async def test_a_bad_key_or_no_quota_stops_the_run_at_once_and_leaves_rows_to_re
         outcome = await run_job(job, fake)
         refused = fake.accounting()["requests"]
 
-        assert outcome.state.startswith("failed")
+        assert outcome.state is RunState.FAILED
         assert outcome.message is not None
         if knob == "auth_fail" or provider == "openai":
             assert KEY_ENV[provider] in outcome.message
         assert says in outcome.message
-        for text in (outcome.state, outcome.message):
+        for text in (outcome.status, outcome.message):
             assert API_KEY not in text
             assert API_KEY[-12:] not in text
         # Not one request per row: the run stopped with the first answers.
@@ -550,7 +533,7 @@ async def test_a_bad_key_or_no_quota_stops_the_run_at_once_and_leaves_rows_to_re
         assert outcome.stats.rows_failed == 0
         assert query(job, "SELECT count(*) AS n FROM results") == [{"n": 0}]
         (run,) = query(job, "SELECT state FROM runs")
-        assert run["state"] == outcome.state
+        assert run["state"] == outcome.status
 
         # Fix the account and run again: every row is still there to be sent.
         fake.update_config(**{knob: False})

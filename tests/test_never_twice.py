@@ -18,13 +18,11 @@ import orjson
 import pytest
 from conftest import ThreadedFakeProvider
 
+import pipeline
 from pipeline.cli import main
 from pipeline.errors import FatalProviderError, UnreachableError
-from pipeline.execution import Runner
 from pipeline.execution.online import Reachability
 from pipeline.job import parse_job
-from pipeline.limits import LocalRateBudget
-from pipeline.providers import make_provider
 from pipeline.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -311,13 +309,9 @@ db = "{tmp_path / "r.duckdb"}"
         return httpx.Response(200, json=answer)
 
     url = "http://provider.test/v1"
-    provider = make_provider(job, api_key="k", base_url=url, transport=httpx.MockTransport(handler))
-    with Store(job.output.db) as store:
-        runner = Runner(
-            job, store=store, provider=provider, budget=LocalRateBudget(), price=None, base_url=url
-        )
-        outcome = await runner.run()
-    await provider.aclose()
+    outcome = await pipeline.arun(
+        job, transport=httpx.MockTransport(handler), base_url=url, api_key="k"
+    )
     assert outcome.state == "completed"
     assert outcome.stats.rows_ok == 40 and outcome.stats.requests_sent == 40
     assert calls["n"] == 45

@@ -23,14 +23,13 @@ import pytest
 from conftest import RAY_WORKER_KEY, LocalRay, ThreadedFakeProvider
 from test_integration import make_job, make_reviews, query, write_jsonl
 
+import pipeline
 from pipeline.cli import main
 from pipeline.errors import ConfigError
-from pipeline.execution import RunOutcome, RunSession
-from pipeline.execution.cluster import NAMESPACE, RayEngine
+from pipeline.execution import RunOutcome
+from pipeline.execution.cluster import NAMESPACE
 from pipeline.fake import FakeConfig, FakeProvider, running_fake_provider
 from pipeline.job import ClusterSpec, Job, parse_job
-from pipeline.providers import make_provider
-from pipeline.store import Store
 
 PROJECT = Path(__file__).resolve().parents[1]
 
@@ -42,21 +41,10 @@ def on_ray(job: Job, workers: int = 2) -> Job:
 async def run_on_ray(job: Job, fake: FakeProvider, *, run_id: str | None = None) -> RunOutcome:
     """One run of ``job`` on the session's Ray, wired as ``pipeline run --engine ray`` wires
     it; the workers read the key from their own environment."""
-    base_url = fake.openai_base_url
-    with Store(job.output.db) as store:
-        provider = make_provider(job, api_key=RAY_WORKER_KEY, base_url=base_url)
-        try:
-            session = RunSession(
-                job,
-                store=store,
-                base_url=base_url,
-                provider=provider,
-                run_id=run_id,
-                engine=RayEngine(job.cluster),
-            )
-            return await session.run()
-        finally:
-            await provider.aclose()
+    # force: a job with a budget runs until the budget is spent (the workers must keep it).
+    return await pipeline.arun(
+        job, base_url=fake.openai_base_url, api_key=RAY_WORKER_KEY, run_id=run_id, force=True
+    )
 
 
 def files_holding(root: Path, secret: str) -> list[str]:
@@ -132,7 +120,7 @@ async def test_a_budget_is_kept_across_workers(tmp_path: Path, local_ray: LocalR
     async with running_fake_provider(FakeConfig(latency_ms=5)) as fake:
         outcome = await run_on_ray(job, fake)
     spent = query(job, "SELECT sum(cost_usd) AS usd, count(*) AS n FROM results")[0]
-    assert outcome.state == "stopped: budget"
+    assert outcome.status == "stopped: budget"
     assert 0 < spent["n"] < 400
     assert spent["usd"] <= 0.002
 

@@ -1,9 +1,10 @@
 """The ``pipeline`` command: a thin shell over the library.
 
 Library errors become one clear line on stderr and an exit code; nothing here decides anything
-the library could decide. ``_run`` drives a ``RunSession`` (run, resume, rerun); ``_look`` holds
-the commands that read what runs left (status, runs, batches, report, estimate, export) and
-cancel and fake-provider.
+the library could decide. ``_run`` calls ``pipeline.run`` (run, resume, rerun) and prints how it
+ended; ``_look`` holds the commands that read what runs left (status, runs, batches, report,
+estimate, export) and cancel and fake-provider. ``--json`` on run, resume, rerun, status, runs
+and estimate prints one JSON object on stdout instead (for orchestrators); exit codes stay.
 
 Exit codes: 0 the run completed (rows may still have failed: see the summary), 1 the run failed
 (bad key, no quota, a provider that cannot be reached, a refused batch, a crash), 2 the job file
@@ -19,7 +20,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from ..errors import ConfigError, PipelineError
+from ..errors import ConfigError, PipelineError, StoppedError
 
 __all__ = ["COMMANDS", "build_parser", "main"]
 
@@ -38,6 +39,7 @@ COMMANDS = {
 }
 
 DEFAULT_DB = "data/results.duckdb"
+JSON_HELP = "print one JSON object on stdout (state, counts, cost, run id, ...) instead of text"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -59,6 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         )
         p.add_argument("--budget-usd", type=float, help="override [limits].budget_usd")
         p.add_argument("--quiet", action="store_true", help="no progress bar and no report")
+        p.add_argument("--json", action="store_true", help=JSON_HELP)
         p.add_argument(
             "--engine", choices=["local", "ray"], help="override [cluster].engine (ray: workers)"
         )
@@ -102,10 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
     status = command("status")
     status.add_argument("run", nargs="?", help="run id or manifest path (default: the latest)")
     status.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
+    status.add_argument("--json", action="store_true", help=JSON_HELP)
 
     runs = command("runs")
     runs.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
     runs.add_argument("--limit", type=int, default=20, help="how many (default 20)")
+    runs.add_argument("--json", action="store_true", help=JSON_HELP)
 
     batches = command("batches")
     batches.add_argument("--db", default=DEFAULT_DB, help=f"results database ({DEFAULT_DB})")
@@ -172,6 +177,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         _error(str(exc))
         return 2
+    except StoppedError as exc:
+        _error(str(exc))
+        return 3
     except PipelineError as exc:
         _error(str(exc))
         return 1

@@ -11,22 +11,24 @@ from pathlib import Path
 
 import anyio
 
+from .. import _api
 from ..errors import ConfigError, StoreError
-from ..estimate import estimate_job, render_estimate
+from ..estimates import render_estimate
 from ..execution.manifest import (
+    Manifest,
     find_manifest,
     latest_manifest,
+    process_alive,
     read_manifest,
     resume_command,
     runs_dir,
 )
-from ..job import load_job
 from ..logs import register_secret
 from ..providers import api_key_from_env, make_batch_provider
+from ..records import RunState
 from ..reporting.text import format_usd, render_report
 from ..store import Store
-from ._out import age, alive, stdout
-from ._run import job_from_manifest
+from ._out import age, stdout
 
 __all__ = [
     "batches",
@@ -49,15 +51,18 @@ def status(args: argparse.Namespace) -> int:
             raise ConfigError(f"no runs next to {args.db} yet; start one with 'pipeline run'")
         path = found
     m = read_manifest(path)
+    gone = m.state is RunState.RUNNING and not process_alive(m.pid)
+    if args.json:
+        _print_json({**_status_doc(m), "process_gone": gone})
+        return 0
     out = stdout()
-    state = m["state"]
-    if state == "running" and not alive(m.get("pid")):
-        state = f"running, but process {m.get('pid')} is gone (killed or crashed)"
-    counts = m.get("counts", {})
-    elapsed = max(m["updated_at"] - m["started_at"], 1e-9)
-    done = sum(counts.get(k, 0) for k in ("ok", "failed", "input_error", "invalid"))
+    state = m.status
+    if gone:
+        state = f"running, but process {m.pid} is gone (killed or crashed)"
+    counts = m.counts
+    elapsed = max(m.updated_at - m.started_at, 1e-9)
     out.print(
-        f"run {m['run_id']} · job {m['job']['name']} · {m['provider']} {m['model']}",
+        f"run {m.run_id} · job {m.job.name} · {m.provider} {m.model}",
         highlight=False,
         markup=False,
     )
@@ -65,19 +70,54 @@ def status(args: argparse.Namespace) -> int:
     out.print(
         f"rows: {counts.get('ok', 0):,} ok, {counts.get('failed', 0):,} failed, "
         f"{counts.get('input_error', 0):,} bad input, {counts.get('skipped', 0):,} already done "
-        f"· {done / elapsed:,.0f} rows/s · {counts.get('rate_limited', 0):,} × 429",
+        f"· {m.rows_done() / elapsed:,.0f} rows/s · {counts.get('rate_limited', 0):,} × 429",
         highlight=False,
     )
-    budget = m.get("budget_usd")
+    budget = m.budget_usd
     out.print(
-        f"cost so far: {format_usd(m.get('cost_usd'))}"
+        f"cost so far: {format_usd(m.cost_usd)}"
         + (f" of budget {format_usd(budget)}" if budget else "")
-        + f" · updated {time.time() - m['updated_at']:,.0f}s ago",
+        + f" · updated {time.time() - m.updated_at:,.0f}s ago",
         highlight=False,
     )
-    if m["state"] != "completed":
-        out.print(f"to finish it: {m['resume_command']}", highlight=False, markup=False)
+    if m.state is not RunState.COMPLETED:
+        out.print(f"to finish it: {m.resume_command}", highlight=False, markup=False)
     return 0
+
+
+def _status_doc(m: Manifest) -> dict[str, object]:
+    """A run's manifest, as ``status --json`` and ``runs --json`` print it."""
+    return {
+        "run_id": m.run_id,
+        "job": m.job.name,
+        "provider": m.provider,
+        "model": m.model,
+        "mode": m.mode,
+        "state": m.state.value,
+        "reason": m.reason,
+        "status": m.status,
+        "pid": m.pid,
+        "started_at": m.started_at,
+        "updated_at": m.updated_at,
+        "rows": dict(m.counts),
+        "tokens": dict(m.tokens),
+        "cost_usd": m.cost_usd,
+        "budget_usd": m.budget_usd,
+        "db": m.db,
+        "manifest": str(manifest_file(m)),
+        "resume_command": None if m.state is RunState.COMPLETED else m.resume_command,
+    }
+
+
+def manifest_file(m: Manifest) -> Path:
+    return runs_dir(m.db) / f"{m.run_id}.manifest.json"
+
+
+def _print_json(doc: object) -> None:
+    import orjson
+
+    sys.stdout.write(orjson.dumps(doc).decode() + "\n")
+    sys.stdout.flush()
 
 
 def runs(args: argparse.Namespace) -> int:
@@ -91,19 +131,22 @@ def runs(args: argparse.Namespace) -> int:
         rows = []
         for path in sorted(runs_dir(args.db).glob("*.manifest.json"), reverse=True)[: args.limit]:
             m = read_manifest(path)
-            c = m.get("counts", {})
+            c = m.counts
             rows.append(
                 {
-                    "run_id": m["run_id"],
-                    "job": m["job"]["name"],
-                    "model": m["model"],
-                    "state": m["state"],
-                    "started_at": m["started_at"],
+                    "run_id": m.run_id,
+                    "job": m.job.name,
+                    "model": m.model,
+                    "state": m.status,
+                    "started_at": m.started_at,
                     "rows_ok": c.get("ok", 0),
                     "rows_failed": c.get("failed", 0) + c.get("input_error", 0),
-                    "cost_usd": m.get("cost_usd"),
+                    "cost_usd": m.cost_usd,
                 }
             )
+    if args.json:
+        _print_json({"runs": [_run_doc(r) for r in rows]})
+        return 0
     if not rows:
         out.print("no runs yet")
         return 0
@@ -126,6 +169,12 @@ def runs(args: argparse.Namespace) -> int:
         )
     out.print(table)
     return 0
+
+
+def _run_doc(row: dict[str, object]) -> dict[str, object]:
+    """One row of ``pipeline runs`` as plain JSON data."""
+    keys = ("run_id", "job", "model", "state", "started_at", "rows_ok", "rows_failed", "cost_usd")
+    return {k: row.get(k) for k in keys}
 
 
 def batches(args: argparse.Namespace) -> int:
@@ -177,25 +226,25 @@ def batches(args: argparse.Namespace) -> int:
 
 def cancel(args: argparse.Namespace) -> int:
     manifest = read_manifest(find_manifest(args.run, args.db))
-    if manifest.get("fake") and not args.base_url:
+    if manifest.fake and not args.base_url:
         raise ConfigError(
-            f"run {manifest['run_id']} used the in-process fake provider, which stopped with "
+            f"run {manifest.run_id} used the in-process fake provider, which stopped with "
             "it; there is nothing to cancel"
         )
-    job = job_from_manifest(manifest, base_url=args.base_url)
+    job = _api.job_of_run(args.run, db=args.db, base_url=args.base_url)
     api_key = api_key_from_env(job.request.provider)
     register_secret(api_key)
-    base_url = args.base_url or manifest.get("base_url") or job.resolved_base_url()
+    base_url = args.base_url or manifest.base_url or job.resolved_base_url()
 
     async def go() -> list[tuple[str, str]]:
         provider = make_batch_provider(job, api_key=api_key, base_url=base_url)
         done = []
         try:
             with Store(job.output.db) as store:
-                for part in store.batches.parts(manifest["run_id"]):
+                for part in store.batches.parts(manifest.run_id):
                     if part["batch_id"] and not part["collected"]:
                         state = await provider.cancel(part["batch_id"])
-                        store.batches.update(manifest["run_id"], part["part"], status=state.status)
+                        store.batches.update(manifest.run_id, part["part"], status=state.status)
                         done.append((part["batch_id"], state.status))
         finally:
             await provider.aclose()
@@ -205,9 +254,9 @@ def cancel(args: argparse.Namespace) -> int:
     for batch_id, status in cancelled:
         print(f"{batch_id}: {status}")
     if not cancelled:
-        print(f"run {manifest['run_id']} has no open batches")
+        print(f"run {manifest.run_id} has no open batches")
     else:
-        print(f"collect what finished with: {resume_command(manifest['run_id'], manifest['db'])}")
+        print(f"collect what finished with: {resume_command(manifest.run_id, manifest.db)}")
     return 0
 
 
@@ -231,10 +280,11 @@ def report(args: argparse.Namespace) -> int:
 
 
 def estimate(args: argparse.Namespace) -> int:
-    job = load_job(args.job).with_overrides(input_path=args.input, db=args.db, mode=args.mode)
-    if args.latency_s is not None and args.latency_s <= 0:
+    if args.latency_s is not None and not args.latency_s > 0:
         raise ConfigError(f"--latency-s must be greater than 0, got {args.latency_s}")
-    est = estimate_job(job, latency_s=args.latency_s)
+    est = _api.estimate(
+        args.job, input=args.input, db=args.db, mode=args.mode, latency_s=args.latency_s
+    )
     if args.json:
         import orjson
 

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 from rich.console import Console
 
-__all__ = ["age", "alive", "stdout"]
+__all__ = ["age", "stdout"]
 
 
 def stdout() -> Console:
@@ -15,19 +13,6 @@ def stdout() -> Console:
     if not console.is_terminal:
         console = Console(width=160)
     return console
-
-
-def alive(pid: object) -> bool:
-    """Whether process ``pid`` (another one than this) is still there."""
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return pid != os.getpid()
 
 
 def age(seconds: float) -> str:

@@ -16,10 +16,9 @@ import anyio
 from anyio.abc import ObjectSendStream
 from anyio.streams.memory import MemoryObjectSendStream
 
-from ..job import InputSpec
-from ..plan import Planner, Record, Send, Skip, WorkItem
+from ..plan import Planner, Record, Send, Skip, Unrendered, WorkItem
 from ..records import BadRow, Request, Row
-from ..sources import iter_row_chunks
+from ..sources import RowSource
 from .sink import ResultSink
 from .stats import RunStats
 
@@ -30,23 +29,26 @@ READ_CHUNK = 1024  # rows read, rendered and looked up at a time (3 chunks are h
 
 async def feed(
     planner: Planner,
-    spec: InputSpec,
+    source: RowSource,
     out: MemoryObjectSendStream[Request],
     *,
     sink: ResultSink,
     stats: RunStats,
     stopping: Callable[[], bool] = lambda: False,
     chunk_size: int = READ_CHUNK,
+    keys: list[tuple[str, str, int]] | None = None,
 ) -> None:
     """Send the request of every row to send into ``out``, in input order, then close it;
-    stops early once ``stopping()``."""
+    stops early once ``stopping()``. ``keys`` gets every row's (request key, source, line)."""
     send_chunks, receive_chunks = anyio.create_memory_object_stream[Sequence[Row | BadRow]](1)
     async with out, anyio.create_task_group() as tg:
-        tg.start_soon(_read, spec, chunk_size, send_chunks, stopping)
+        tg.start_soon(_read, source, chunk_size, send_chunks, stopping)
         async with receive_chunks:
             async for chunk in receive_chunks:
                 stats.rows_read += len(chunk)
                 items: list[WorkItem] = await anyio.to_thread.run_sync(planner.plan, chunk)
+                if keys is not None:
+                    keys.extend(_where(item) for item in items)
                 for item in items:
                     if stopping():
                         break
@@ -77,13 +79,25 @@ async def _put(out: MemoryObjectSendStream[Request], request: Request) -> bool:
     return True
 
 
+def _where(item: WorkItem) -> tuple[str, str, int]:
+    if isinstance(item, Send):
+        r = item.request
+        return r.request_key, r.source, r.line
+    if isinstance(item, Record):
+        result = item.result
+        return result.request_key, result.source, result.line
+    if isinstance(item, Unrendered):
+        return item.key, item.row.source, item.row.line
+    return item.key, item.source, item.line
+
+
 async def _read(
-    spec: InputSpec,
+    source: RowSource,
     chunk_size: int,
     out: ObjectSendStream[Sequence[Row | BadRow]],
     stopping: Callable[[], bool],
 ) -> None:
-    chunks: Iterator[list[Row | BadRow]] = iter_row_chunks(spec, chunk_size=chunk_size)
+    chunks: Iterator[list[Row | BadRow]] = source.chunks(chunk_size)
     async with out:
         while not stopping():
             chunk = await anyio.to_thread.run_sync(next, chunks, None)

@@ -1,4 +1,4 @@
-"""A run's live counters and its outcome."""
+"""A run's live counters, and new run ids."""
 
 from __future__ import annotations
 
@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from ..records import Ending, RowResult, Status, run_state
+from ..records import RowResult, Status
 
-__all__ = ["RunOutcome", "RunStats", "new_run_id"]
+__all__ = ["RunStats", "new_run_id"]
 
 
 def new_run_id() -> str:
@@ -43,6 +43,7 @@ class RunStats:
     rows_fallback: int = 0  # rows [request.fallback] answered (or failed) instead of the model
     fallback_switches: list[dict[str, Any]] = field(default_factory=list)  # Switch.as_dict()
     started: float = field(default_factory=time.monotonic)
+    ended: float | None = None  # set when the run ends: elapsed_s stops there
 
     def count(self, result: RowResult) -> None:
         """One more row with an outcome."""
@@ -82,26 +83,9 @@ class RunStats:
 
     @property
     def elapsed_s(self) -> float:
-        return time.monotonic() - self.started
+        return (self.ended if self.ended is not None else time.monotonic()) - self.started
 
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    """How a run ended: ``state`` is ``completed``, ``stopped: <why>`` or ``failed: <why>``."""
-
-    run_id: str
-    state: str
-    stats: RunStats
-    message: str | None = None
-
-    @classmethod
-    def of(
-        cls, run_id: str, ending: Ending, why: str | None, stats: RunStats, message: str | None
-    ) -> RunOutcome:
-        return cls(run_id, run_state(ending, why), stats, message)
-
-    @property
-    def ending(self) -> Ending:
-        if self.state == "completed":
-            return "completed"
-        return "stopped" if self.state.startswith("stopped") else "failed"
+    def end(self) -> None:
+        """The run is over: the clock of ``elapsed_s`` stops."""
+        if self.ended is None:
+            self.ended = time.monotonic()

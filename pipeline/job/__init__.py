@@ -18,6 +18,7 @@ from .config import (
     LimitsSpec,
     OutputSpec,
     RequestSpec,
+    job_from_mapping,
     load_job,
     parse_job,
 )
@@ -34,6 +35,7 @@ __all__ = [
     "LimitsSpec",
     "OutputSpec",
     "RequestSpec",
+    "job_from_mapping",
     "load_job",
     "parse_job",
 ]

@@ -35,6 +35,7 @@ __all__ = [
     "OutputSpec",
     "RequestSpec",
     "default_base_url",
+    "job_from_mapping",
     "load_job",
     "parse_job",
 ]
@@ -69,7 +70,8 @@ DEFAULT_FALLBACK_WHEN = ("overloaded", "timeout", "server_error")
 JOB_KEYS: dict[str, dict[str, str]] = {
     "": {"name": "job name; results are grouped under it"},
     "input": {
-        "path": "a .jsonl, .jsonl.gz or .parquet file, or a glob of them (relative to the cwd)",
+        "path": "a .jsonl, .jsonl.gz or .parquet file, or a glob of them (relative to the cwd); "
+        "not needed when the rows come from Python",
         "id": "column holding a stable row id; without it a hash of the row's content is used",
     },
     "request": {
@@ -140,7 +142,7 @@ JOB_KEYS: dict[str, dict[str, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class InputSpec:
-    path: str
+    path: str = ""  # empty: the rows come from Python
     id: str | None = None
 
 
@@ -244,6 +246,8 @@ class Job:
     text: str = ""
     pricing: Price | None = None
     """The job's ``[pricing]`` table; ``None``: the price comes from genai-prices."""
+    text_format: str = "toml"
+    """What ``text`` is: a job file's TOML, or (``json``) a job given as a dict."""
 
     @property
     def job_hash(self) -> str:
@@ -329,23 +333,64 @@ def load_job(path: str | os.PathLike[str]) -> Job:
     return parse_job(text, path=str(p))
 
 
-def parse_job(text: str, *, path: str = "<inline>") -> Job:
-    """Check the text of a job file and build a Job from it."""
+def parse_job(text: str, *, path: str = "<inline>", text_format: str = "toml") -> Job:
+    """Check the text of a job file and build a Job from it (``text_format`` ``json``: the
+    text of a job that was given as a dict, as a run's manifest records it)."""
+    if text_format == "json":
+        try:
+            doc = orjson.loads(text)
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"not valid JSON ({exc})", path=path) from exc
+        if not isinstance(doc, dict):
+            raise ConfigError("a job must be a table of keys", path=path)
+        return _build(doc, path=path, text=text, text_format="json")
     try:
         doc = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(
             f"not valid TOML ({exc}); fix the syntax at that line", path=path
         ) from exc
+    return _build(doc, path=path, text=text)
 
+
+def job_from_mapping(doc: Mapping[str, Any], *, path: str = "<dict>") -> Job:
+    """A Job from a dict with the job file's keys and tables (``{"name": ..., "request":
+    {...}}``), with the same checks and the same one-line errors as a file. A ``None`` value
+    is a key left out; paths may be ``os.PathLike``."""
+    if not isinstance(doc, Mapping):
+        raise ConfigError(
+            f"a job is a path, a Job or a dict of the job file's keys, not {type(doc).__name__}"
+        )
+    plain = _plain(doc)
+    try:
+        text = orjson.dumps(plain, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError as exc:
+        raise ConfigError(f"holds a value a job file cannot ({exc})", path=path) from exc
+    return _build(plain, path=path, text=text, text_format="json")
+
+
+def _plain(value: Any) -> Any:
+    """A dict job's values as a job file would hold them: no None, paths as strings."""
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return value
+
+
+def _build(doc: Mapping[str, Any], *, path: str, text: str, text_format: str = "toml") -> Job:
     _no_unknown_keys(doc, path)
     name = _get(doc, "", "name", str, path, required=True)
     if not name.strip():
         raise ConfigError("must not be empty; give the job a name", path=path, key="name")
 
-    inp = _table(doc, "input", path)
+    # Without [input] path, the rows come from Python (pipeline.run(job, rows=...)); a run
+    # from the command line says what is missing when it starts.
+    inp = _table(doc, "input", path, required=False)
     input_spec = InputSpec(
-        path=_get(inp, "input", "path", str, path, required=True),
+        path=_get(inp, "input", "path", str, path) or "",
         id=_get(inp, "input", "id", str, path),
     )
 
@@ -422,6 +467,7 @@ def parse_job(text: str, *, path: str = "<inline>") -> Job:
         path=path,
         text=text,
         pricing=_pricing(doc, path),
+        text_format=text_format,
     )
     _check_cluster(job, path)
     return job

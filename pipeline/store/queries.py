@@ -178,21 +178,27 @@ def _literal(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-def _extract_select(columns: Sequence[tuple[str, str]]) -> list[str]:
-    """The typed select list of an extract view: one expression per (property, type), named
-    after the property (made unique: DuckDB names ignore case)."""
-    taken = {"row_id", "run_id"}
-    out = ["row_id", "run_id"]
+def _extract_select(
+    columns: Sequence[tuple[str, str]],
+    *,
+    head: Sequence[str] = ("row_id", "run_id"),
+    json: str = "output_json",
+) -> list[str]:
+    """The typed select list of an extract view: ``head``, then one expression per (property,
+    type) over the ``json`` column, named after the property (made unique against ``head`` and
+    each other: DuckDB names ignore case)."""
+    taken = {name.rsplit(".", 1)[-1].lower() for name in head}
+    out = list(head)
     for prop, sql_type in columns:
         if sql_type not in _EXTRACT_TYPES:
             raise ValueError(f"extract column {prop!r}: unknown type {sql_type!r}")
         path = _literal("$." + orjson.dumps(prop).decode())
         if sql_type == "JSON":
-            expr = f"output_json -> {path}"
+            expr = f"{json} -> {path}"
         elif sql_type == "VARCHAR":
-            expr = f"output_json ->> {path}"
+            expr = f"{json} ->> {path}"
         else:
-            expr = f"TRY_CAST(output_json ->> {path} AS {sql_type})"
+            expr = f"TRY_CAST({json} ->> {path} AS {sql_type})"
         name, n = prop, 1
         while name.lower() in taken:
             n += 1
@@ -394,6 +400,53 @@ class Queries:
         with self._db.transaction(f"create view {name}") as cur:
             cur.execute(sql)
         return name
+
+    def run_results(
+        self,
+        run_id: str,
+        rows: Sequence[tuple[str, str, int]],
+        *,
+        columns: Sequence[tuple[str, str]] = (),
+    ) -> Any:
+        """The result of each of ``rows`` (request key, source, line: a run's input, in order),
+        as a pyarrow Table in that order: the result run ``run_id`` recorded for the row, else
+        the latest ``ok`` result of its key (a row the run found done already). Rows without
+        either are left out. ``columns``: a schema job's (property, type) pairs, read from
+        ``output_json`` into typed columns after ``output_text``."""
+        import pyarrow as pa
+
+        keys = pa.table(
+            {
+                "ord": pa.array(range(len(rows)), pa.int64()),
+                "request_key": pa.array([r[0] for r in rows], pa.string()),
+                "source": pa.array([r[1] for r in rows], pa.string()),
+                "line": pa.array([r[2] for r in rows], pa.int64()),
+            }
+        )
+        head = ["r.row_id", "r.status", "r.output_text"]
+        fields = _extract_select(columns, head=head, json="r.output_json")
+        tail = (
+            "r.error_type, r.error, r.attempts, r.input_tokens, r.output_tokens, "
+            "r.cache_read_tokens, r.cache_write_tokens, r.reasoning_tokens, r.cost_usd, "
+            "r.latency_ms, r.provider, r.model, r.mode, r.fallback_from, r.run_id, r.source, "
+            "r.line, r.request_key, epoch(r.finished_at) AS finished_at"
+        )
+        sql = f"""
+            SELECT {", ".join(fields)}, {tail}
+            FROM input_keys k JOIN row_results r ON r.request_key = k.request_key
+            WHERE r.run_id = $run_id OR r.status = 'ok'
+            QUALIFY row_number() OVER (
+                PARTITION BY k.ord
+                ORDER BY (r.run_id = $run_id AND r.source = k.source AND r.line = k.line) DESC,
+                         (r.run_id = $run_id) DESC, r.finished_at DESC, r.run_id DESC) = 1
+            ORDER BY k.ord
+        """
+        with self._db.cursor(f"read the results of run {run_id!r}") as cur:
+            cur.register("input_keys", keys)
+            try:
+                return cur.sql(sql, params={"run_id": run_id}).to_arrow_table()
+            finally:
+                cur.unregister("input_keys")
 
     def export_parquet(self, run_id: str, path: str | Path) -> int:
         """Write every column of the run's rows of ``results`` to a Parquet file at ``path``

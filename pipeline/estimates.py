@@ -4,6 +4,11 @@
 here talks to a provider; the input is read once, streaming, and the results database (if the
 job's ``[output] db`` exists) is opened read-only.
 
+:func:`survey` is what a run needs to know of its input before it sends anything, in one read:
+the fingerprint of every file (for the manifest, so that ``resume`` notices a changed input),
+the number of rows (for the progress bar) and, when the run has a budget to check, the
+estimate.
+
 Method
 ======
 
@@ -52,7 +57,6 @@ Time
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -69,7 +73,7 @@ from .render import (
     cached_prefix_tokens,
     estimate_tokens,
 )
-from .sources import count_rows, input_files, iter_row_chunks
+from .sources import FileRows, Fingerprint, RowSource, fingerprint, row_source
 from .store import Store
 
 if TYPE_CHECKING:
@@ -79,8 +83,10 @@ __all__ = [
     "DEFAULT_LATENCY_S",
     "SAMPLE_LIMIT",
     "Estimate",
+    "Survey",
     "estimate_job",
     "render_estimate",
+    "survey",
     "throughput",
 ]
 
@@ -177,30 +183,81 @@ def throughput(limits: LimitsSpec, *, tokens_per_row: float, latency_s: float) -
     return min(candidates)
 
 
+@dataclass(frozen=True, slots=True)
+class Survey:
+    """What a run knows of its input before sending, from one read of it (``survey``).
+
+    ``rows``: how many (None when unknown: a generator of rows). ``fingerprints``: every input
+    file's, for the manifest. ``estimate``: when one was asked for."""
+
+    rows: int | None
+    fingerprints: tuple[Fingerprint, ...]
+    estimate: Estimate | None = None
+
+
+def survey(
+    job: Job,
+    source: RowSource | None = None,
+    *,
+    estimate: bool = False,
+    latency_s: float | None = None,
+    sample_limit: int = SAMPLE_LIMIT,
+    store: Store | None = None,
+) -> Survey:
+    """Read the input once for what a run must know before it sends anything: the files'
+    fingerprints and the number of rows and, with ``estimate``, the estimate (rows are then
+    planned as they are read, and the JSONL files hashed from the same bytes). Without an
+    estimate, only the files' bytes are read (hashed, their lines counted), not parsed.
+    ``source``: rows from Python (else the job's files). A source that can be read only once
+    (a generator) gets no estimate: it is read by the run itself."""
+    source = source or row_source(job.input)
+    if not estimate or not source.reiterable:
+        if isinstance(source, FileRows):
+            prints, rows = source.survey()
+            return Survey(rows, tuple(prints))
+        return Survey(source.count(), ())
+    prints = []
+    est = estimate_job(
+        job,
+        latency_s=latency_s,
+        sample_limit=sample_limit,
+        store=store,
+        source=source,
+        fingerprints=prints,
+    )
+    if isinstance(source, FileRows):
+        hashed = {p["path"] for p in prints}
+        prints += [fingerprint(f) for f in source.files if str(f) not in hashed]
+        order = {str(f): i for i, f in enumerate(source.files)}
+        prints.sort(key=lambda p: order.get(p["path"], 0))
+    return Survey(est.rows_total, tuple(prints), est)
+
+
 def estimate_job(
     job: Job,
     *,
     latency_s: float | None = None,
     sample_limit: int = SAMPLE_LIMIT,
     store: Store | None = None,
+    source: RowSource | None = None,
+    fingerprints: list[Fingerprint] | None = None,
 ) -> Estimate:
     """Estimate ``job``: rows, tokens, cost online and batch, and time (see the module docstring).
 
     ``store``: the job's database, already open (a run checking its budget); else it is opened
-    read-only when it exists. Raises ConfigError when the input cannot be read. A results
-    database that cannot be opened (another process is writing it) is noted, and no row counts
-    as done.
+    read-only when it exists. ``source``: rows from Python (else the job's files);
+    ``fingerprints`` gets the fingerprint of each JSONL file, hashed while it is read. Raises
+    ConfigError when the input cannot be read. A results database that cannot be opened
+    (another process is writing it) is noted, and no row counts as done.
     """
-    files = input_files(job.input.path)
+    source = source or row_source(job.input)
     renderer = Renderer(job.request)
     notes: list[str] = []
     own = store is None
     if store is None:
         store = _open_store(job, notes)
     try:
-        total_hint = count_rows(files) or 0
-        stride = max(1, math.ceil(total_hint / sample_limit)) if sample_limit > 0 else 1
-        counts = _read_rows(job, renderer, store, stride)
+        counts = _read_rows(job, renderer, store, source, sample_limit, fingerprints)
         history: dict[str, Any] = {"rows": 0}
         basis_scope = ""
         if store is not None:
@@ -283,7 +340,7 @@ def estimate_job(
         rows_input_error=counts.total - counts.done - counts.in_batches - to_send,
         rows_to_send=to_send,
         rows_rendered=counts.rendered,
-        sampled=stride > 1,
+        sampled=counts.stride > 1,
         input_tokens=input_tokens,
         input_tokens_per_row=in_per_row,
         output_tokens_expected=out_expected,
@@ -317,6 +374,7 @@ class _Counts:
     rendered_ok: int = 0
     rendered_bad: int = 0  # missing field, bad value, longer than the context
     tokens: int = 0  # estimated input tokens of the rendered_ok rows
+    stride: int = 1  # one row to send in this many was rendered
 
     @property
     def rendered(self) -> int:
@@ -342,9 +400,17 @@ def _open_store(job: Job, notes: list[str]) -> Store | None:
         return None
 
 
-def _read_rows(job: Job, renderer: Renderer, store: Store | None, stride: int) -> _Counts:
-    """Plan every row as a run would; render the rows to send (about one in ``stride``, by
-    request key, and always the first)."""
+def _read_rows(
+    job: Job,
+    renderer: Renderer,
+    store: Store | None,
+    source: RowSource,
+    sample_limit: int,
+    fingerprints: list[Fingerprint] | None,
+) -> _Counts:
+    """Plan every row as a run would, in one read; render the rows to send whose request key
+    falls in the sample (and always the first), the sample thinned by doubling its stride
+    whenever it grows past twice ``sample_limit``."""
     ph = renderer.prompt_hash
     results = ResultBuilder(
         job=job.name,
@@ -362,17 +428,28 @@ def _read_rows(job: Job, renderer: Renderer, store: Store | None, stride: int) -
         track_duplicates=False,
     )
     counts = _Counts()
-
-    picked = 0
+    limit = max(sample_limit, 1)
+    # The sampled rows: (key hash, estimated tokens, or None for a row that failed to render).
+    sample: list[tuple[int, int | None]] = []
+    first: tuple[int, int | None] | None = None
 
     def sampled(key: str) -> bool:
-        nonlocal picked
-        if stride == 1 or int(key[:8], 16) % stride == 0 or not picked:
-            picked += 1
-            return True
-        return False
+        return first is None or int(key[:8], 16) % counts.stride == 0
 
-    for chunk in iter_row_chunks(job.input, chunk_size=_CHUNK):
+    def keep(key: str, tokens: int | None) -> None:
+        nonlocal first, sample
+        entry = (int(key[:8], 16), tokens)
+        if first is None:
+            first = entry
+            return
+        if entry[0] % counts.stride:
+            return  # rendered before the stride last doubled, in the same chunk
+        sample.append(entry)
+        if len(sample) > 2 * limit:
+            counts.stride *= 2
+            sample = [e for e in sample if e[0] % counts.stride == 0]
+
+    for chunk in source.chunks(_CHUNK, fingerprints=fingerprints):
         counts.total += len(chunk)
         for item in planner.plan(chunk, render=sampled):
             if isinstance(item, Skip):
@@ -384,13 +461,18 @@ def _read_rows(job: Job, renderer: Renderer, store: Store | None, stride: int) -
                 counts.pending += 1
             elif isinstance(item, Send):
                 counts.pending += 1
-                counts.rendered_ok += 1
-                counts.tokens += item.request.est_input_tokens
+                keep(item.request.request_key, item.request.est_input_tokens)
             elif item.rendered:
                 counts.pending += 1
-                counts.rendered_bad += 1
+                keep(item.result.request_key, None)
             else:
                 counts.bad += 1
+    for _, tokens in (*([first] if first is not None else []), *sample):
+        if tokens is None:
+            counts.rendered_bad += 1
+        else:
+            counts.rendered_ok += 1
+            counts.tokens += tokens
     return counts
 
 
