@@ -39,11 +39,12 @@ demo: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
 
-## check: formatting, lint and strict typing
+## check: formatting, lint, strict typing, and the layers of pipeline/ (pyproject.toml)
 check: $(STAMP)
 	$(BIN)/ruff format --check pipeline tests bench data
 	$(BIN)/ruff check pipeline tests bench data
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 ## bench: throughput, CPU per row, rate-limit accuracy and memory; prints figures and ratios
 bench: $(STAMP)
