@@ -13,11 +13,14 @@ UV     := uv==0.13.9
 
 .PHONY: demo test check bench chaos fmt clean lock upgrade
 
-# The venv's own pip installs the lock (hash-checked), then the package itself, editable, built
-# by the locked setuptools; the last step resolves nothing from an index: it fails if the lock
-# no longer satisfies pyproject.toml.
+# pip first, at the lock's version and hash-checked (the venv's own may be years older, and is
+# slower), then it installs the rest of the lock, then the package itself, editable, built by
+# the locked setuptools; that last step looks at no index, so it fails when pyproject.toml asks
+# for something the lock lacks.
 $(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@awk '/^pip==/ {p = 1; print; next} /^[^ ]/ {p = 0} p && !/#/' $(LOCK) > $(VENV)/pip.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(VENV)/pip.lock
 	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
 	@$(BIN)/python -m pip install --quiet --no-index --no-build-isolation -e '.[dev]' || \
 		{ echo "$(LOCK) does not satisfy pyproject.toml: run make lock"; exit 1; }
