@@ -1,16 +1,29 @@
-# Every target installs what it needs into .venv first, so each works on a fresh machine.
+# Every target installs what it needs into .venv first, so each works on a fresh machine, and
+# from requirements.lock: every package of the dev extra, transitive ones too, pinned with its
+# hashes, so a machine next year installs what passed CI. `make lock` remakes it from
+# pyproject.toml; `make upgrade` takes the newest releases pyproject.toml allows and tests them.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 CHROMIUM := $(VENV)/.chromium
+LOCK   := requirements.lock
+# What resolves the lock (`make lock`, `make upgrade`); installing from it needs only pip.
+UV     := uv==0.13.9
 
-.PHONY: demo test check bench chaos fmt clean
+.PHONY: demo test check bench chaos fmt clean lock upgrade
 
-$(STAMP): pyproject.toml
+# pip first, at the lock's version and hash-checked (the venv's own may be years older, and is
+# slower), then it installs the rest of the lock, then the package itself, editable, built by
+# the locked setuptools; that last step looks at no index, so it fails when pyproject.toml asks
+# for something the lock lacks.
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@awk '/^pip==/ {p = 1; print; next} /^[^ ]/ {p = 0} p && !/#/' $(LOCK) > $(VENV)/pip.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(VENV)/pip.lock
+	$(BIN)/python -m pip install --quiet --require-hashes -r $(LOCK)
+	@$(BIN)/python -m pip install --quiet --no-index --no-build-isolation -e '.[dev]' || \
+		{ echo "$(LOCK) does not satisfy pyproject.toml: run make lock"; exit 1; }
 	@touch $(STAMP)
 
 # The headless browser the HTML report's tests draw it in (Debian's package). Installed where
@@ -39,11 +52,12 @@ demo: $(STAMP)
 test: $(STAMP) $(CHROMIUM)
 	$(BIN)/pytest -q
 
-## check: formatting, lint and strict typing
+## check: formatting, lint, strict typing, and the layers of pipeline/ (pyproject.toml)
 check: $(STAMP)
 	$(BIN)/ruff format --check pipeline tests bench data
 	$(BIN)/ruff check pipeline tests bench data
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache --no-logo
 
 ## bench: throughput, CPU per row, rate-limit accuracy and memory; prints figures and ratios
 bench: $(STAMP)
@@ -53,6 +67,22 @@ bench: $(STAMP)
 ## chaos: the fault matrix: 20 seeds of faults, kills and resumes; one table row per seed
 chaos: $(STAMP)
 	$(BIN)/python tests/chaos.py --seeds 20
+
+## lock: resolve requirements.lock again from pyproject.toml, keeping each pin that still fits
+# (for Python 3.11+ on any platform: Linux x86_64 and aarch64 alike). LOCK_FLAGS passes uv more,
+# e.g. make lock LOCK_FLAGS="--upgrade-package duckdb" moves that one package to its newest.
+lock:
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet '$(UV)'
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra dev --group build --universal \
+		--python-version 3.11 --generate-hashes --custom-compile-command 'make lock' \
+		--output-file $(LOCK) $(LOCK_FLAGS)
+
+## upgrade: re-lock at the newest releases pyproject.toml allows, print what moved, check and test
+upgrade:
+	$(MAKE) lock LOCK_FLAGS=--upgrade
+	@git diff --unified=0 -- $(LOCK) | grep '^[-+][a-z]' || echo "no pin changed since the last commit"
+	$(MAKE) check test
 
 fmt: $(STAMP)
 	$(BIN)/ruff format pipeline tests bench data

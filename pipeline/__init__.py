@@ -17,10 +17,13 @@ One call runs a job, as ``pipeline run`` does::
 
     estimate = pipeline.estimate("jobs/review_sentiment.toml")     # before sending anything
 
-The flow, left to right (a module imports only from its left)::
+The layers, left to right: a module imports only from its left (``make check`` holds it to
+this: the import-linter contract in pyproject.toml lists the same layers)::
 
-    job (file, prices) → sources (rows) → render → plan → limits → providers → execution → store
-                                                                                  ↘ reporting, cli
+    errors, records, redact, logs → extract → job → documents → sources → render → plan → limits
+        → providers → store → estimates → execution → reporting → _api → cli → __main__
+
+The first four may import one another; ``pipeline.fake`` imports nothing of the rest.
 
 Names are imported when first used, so ``import pipeline.fake`` (or any one part) does not load
 DuckDB, Arrow or the runner.
