@@ -35,9 +35,11 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .errors import InputError
+from .errors import ConfigError, InputError
+from .job import Job
 from .records import BadRow, Request, ResultBuilder, Row, RowResult
-from .render import Renderer
+from .render import Renderer, template_fields
+from .sources import field_names, input_files
 
 __all__ = [
     "KeyLookup",
@@ -50,6 +52,7 @@ __all__ = [
     "SkipReason",
     "Unrendered",
     "WorkItem",
+    "check_fields",
 ]
 
 SkipReason = Literal["done", "submitted", "pending", "filtered"]
@@ -331,3 +334,33 @@ class Planner:
 def _near(chunk: Sequence[Row | BadRow]) -> tuple[str, int, int] | None:
     first, last = chunk[0], chunk[-1]
     return (first.source, first.line, last.line) if first.source == last.source else None
+
+
+def check_fields(job: Job, *, rows: int = 10_000) -> None:
+    """Raise ConfigError (one line, naming the field and the file) when the prompt or an
+    attachment template uses a field that no row of an input file has: every row of that file
+    would fail. Parquet files answer from their schema; JSONL files from their first ``rows``
+    readable rows; documents have their fixed fields. Called before anything is sent (the
+    start of a run, ``pipeline estimate``)."""
+    used: dict[str, str] = {}
+    for template in job.request.attachments:
+        for name in template_fields(template):
+            used.setdefault(name, "[request].attachments")
+    for name in template_fields(job.request.prompt):
+        used[name] = "[request].prompt"
+    if not used:
+        return
+    for path in input_files(job.input.path):
+        names = field_names(path, used, rows=rows)
+        if names is None:
+            continue  # no readable row: each is recorded for what it is
+        for name, where in used.items():
+            if name not in names:
+                have = sorted(names)
+                listed = ", ".join(have[:12]) + (", ..." if len(have) > 12 else "")
+                raise ConfigError(
+                    f"{where} uses {{{name}}}, a field the rows of {path} do not have (they have: "
+                    f"{listed or 'no fields'}); fix the template or the input",
+                    path=job.path,
+                    key="request.attachments" if "attach" in where else "request.prompt",
+                )

@@ -41,7 +41,7 @@ from ..extract import Extractor
 from ..job import Job
 from ..job.pricing import Price, fallback_price_for, price_for
 from ..limits import LocalRateBudget, RateBudget, RunBudget
-from ..plan import Planner, RowFilter
+from ..plan import Planner, RowFilter, check_fields
 from ..providers import BatchProvider, Provider
 from ..records import Mode, Request, ResultBuilder, RowResult, run_state
 from ..render import Renderer
@@ -190,6 +190,7 @@ class RunSession:
         """Run the job; the outcome says how it ended. A ``PipelineError`` (the database
         refused a write, say) ends the run ``failed`` and is raised."""
         files = input_files(self.job.input.path)  # a missing input fails before anything else
+        check_fields(self.job)  # a template field no row has: a job error, nothing recorded
         await anyio.to_thread.run_sync(self._open_run, files)
         ending: Literal["completed", "stopped", "failed"] = "completed"
         why: str | None = None
