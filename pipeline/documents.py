@@ -49,6 +49,7 @@ __all__ = [
     "IMAGE_TYPES",
     "LIMITS",
     "MAX_ATTACHMENT_BYTES",
+    "MAX_IMAGE_BYTES",
     "MAX_IMAGE_PIXELS",
     "PDF_PAGE_TEXT_TOKENS",
     "FileFacts",
@@ -141,6 +142,9 @@ _cache_lock = threading.Lock()
 MAX_ATTACHMENT_BYTES: Final = 50 * MB
 """No provider takes a larger file in one request (Gemini's 50 MB a PDF is the largest figure
 of ``LIMITS``): a larger one is refused by its size, before a byte of it is read."""
+MAX_IMAGE_BYTES: Final = 20 * MB
+"""No provider takes a larger image (OpenAI's 20 MB a file is the largest figure): refused by
+its size, before its header is read."""
 MAX_IMAGE_PIXELS: Final = 64_000_000
 """An image whose header claims more pixels is refused before anything decodes it (Anthropic
 refuses more than 8000 x 8000; OpenAI and Gemini scale images down to 2,048 and 3,072 px). It
@@ -235,12 +239,7 @@ def _unreadable(path: str, exc: OSError) -> InputError:
 
 def _inspect(path: str, size: int) -> FileFacts:
     if size > MAX_ATTACHMENT_BYTES:
-        raise InputError(
-            f"{_shown(path)}: {size:,} bytes; no provider takes a file over "
-            f"{MAX_ATTACHMENT_BYTES:,} bytes in a request, so it is not read; compress or split "
-            "it",
-            error_type="attachment_too_large",
-        )
+        raise _oversized(path, size, MAX_ATTACHMENT_BYTES, "a file")
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
@@ -254,6 +253,8 @@ def _inspect(path: str, size: int) -> FileFacts:
             if media_type == PDF:
                 fh.close()
                 return _pdf_facts(path, size)
+            if size > MAX_IMAGE_BYTES:
+                raise _oversized(path, size, MAX_IMAGE_BYTES, "an image")
             width, height = _image_size(media_type, fh)
             _check_pixels(path, media_type, width, height)
             fh.seek(0)
@@ -263,6 +264,14 @@ def _inspect(path: str, size: int) -> FileFacts:
     except OSError as exc:
         raise _unreadable(path, exc) from exc
     return _image_facts(path, media_type, size, digest.hexdigest())
+
+
+def _oversized(path: str, size: int, limit: int, what: str) -> InputError:
+    return InputError(
+        f"{_shown(path)}: {size:,} bytes; no provider takes {what} over {limit:,} bytes in a "
+        "request, so it is not read; compress, scale down or split it",
+        error_type="attachment_too_large",
+    )
 
 
 def _check_pixels(path: str, media_type: str, width: int, height: int) -> None:
@@ -334,12 +343,15 @@ def _gif_size(data: bytes, fh: BinaryIO) -> tuple[int, int]:
     width, height = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
     flags = data[10]
     offset = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
-    for _ in range(_MAX_BLOCKS):
+    left = _MAX_BLOCKS  # blocks and sub-blocks looked at, in all
+    while left > 0:
+        left -= 1
         fh.seek(offset)
         kind = fh.read(1)
         if kind == b"\x21":  # an extension: its label, then sub-blocks up to an empty one
             offset += 2
-            for _ in range(_MAX_BLOCKS):
+            while left > 0:
+                left -= 1
                 fh.seek(offset)
                 length = fh.read(1)
                 if not length:

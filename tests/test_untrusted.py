@@ -289,6 +289,9 @@ def test_a_decompression_bomb_and_a_huge_pdf_in_a_documents_folder_do_not_stop_t
     with open(docs / "sparse.pdf", "wb") as fh:  # 200 MB on paper, a few KB on disk
         fh.write(b"%PDF-1.4\n")
         fh.truncate(200 << 20)
+    with open(docs / "huge.png", "wb") as fh:  # a 30 MB image: more than any provider takes
+        fh.write(png_header(4000, 4000))
+        fh.truncate(30 << 20)
     make_png(docs / "ok.png", (40, 40))
     job = job_file("docs/*")
 
@@ -301,6 +304,7 @@ def test_a_decompression_bomb_and_a_huge_pdf_in_a_documents_folder_do_not_stop_t
     assert got["docs/bomb.png"]["error_type"] == "attachment_too_large"
     assert "20,000 x 20,000" in got["docs/bomb.png"]["error"]
     assert got["docs/sparse.pdf"]["error_type"] == "attachment_too_large"
+    assert got["docs/huge.png"]["error_type"] == "attachment_too_large"
     assert got["docs/ok.png"]["status"] == "ok"
 
 
