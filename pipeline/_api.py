@@ -624,6 +624,7 @@ def _survey(job: Job, source: RowSource, *, check: bool) -> Any:
     ``budget_usd`` is refused (ConfigError) before anything is opened."""
     from .estimates import survey
     from .job.pricing import format_usd, price_for
+    from .plan import check_fields
 
     budget = job.limits.budget_usd
     if budget is not None and price_for(job, batch=job.request.mode == "batch") is None:
@@ -634,6 +635,7 @@ def _survey(job: Job, source: RowSource, *, check: bool) -> Any:
             path=job.path,
             key="limits.budget_usd",
         )
+    check_fields(job, source)  # a template field no row has: a job error, nothing recorded
     found = survey(job, source, estimate=check)
     worst = found.estimate.cost_worst if found.estimate is not None else None
     if budget is not None and worst is not None and worst > budget:

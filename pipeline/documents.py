@@ -22,17 +22,24 @@ loads them.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import hashlib
 import math
 import os
-import re
+import select
+import stat
+import subprocess
+import sys
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import Any, BinaryIO, Final, Literal
+
+import orjson
 
 from .errors import InputError
 from .records import Attachment
@@ -41,11 +48,16 @@ __all__ = [
     "DOCUMENT_SUFFIXES",
     "IMAGE_TYPES",
     "LIMITS",
+    "MAX_ATTACHMENT_BYTES",
+    "MAX_IMAGE_BYTES",
+    "MAX_IMAGE_PIXELS",
     "PDF_PAGE_TEXT_TOKENS",
     "FileFacts",
+    "PdfReader",
     "ProviderLimits",
     "attachment",
     "check",
+    "confine",
     "document_fields",
     "facts_tokens",
     "image_tokens",
@@ -71,10 +83,6 @@ _BY_SUFFIX: Final = {
 # Text of a PDF page whose content stream cannot be read (a dense page of prose is about 2,000
 # characters, ~500 tokens). The rate limiter settles every reservation with the real usage.
 PDF_PAGE_TEXT_TOKENS: Final = 500
-# The strings a content stream's text operators draw: literal (...) and hexadecimal <...>
-# strings (two bytes a glyph for the CID fonts hexadecimal strings are used with).
-_LITERAL = re.compile(rb"\((?:[^()\\]|\\.)*\)", re.S)
-_HEX = re.compile(rb"<([0-9A-Fa-f\s]*)>")
 # Pages are rendered to images by the providers; neither publishes the resolution. Anthropic's
 # page images come out at its largest image size (~1,600 tokens for a Letter or A4 page), which
 # rendering at 150 dpi reproduces; OpenAI sends them at low detail.
@@ -83,6 +91,7 @@ _OPENAI_PAGE_DPI: Final = 72
 
 _HASH_BLOCK: Final = 1 << 20
 _CACHE_SIZE: Final = 16_384
+MB: Final = 1_000_000
 
 
 def sniff(head: bytes) -> str | None:
@@ -127,132 +136,457 @@ class FileFacts:
         return len(self.page_sizes)
 
 
-_cache: OrderedDict[tuple[str, int, int, int], FileFacts] = OrderedDict()
+_cache: OrderedDict[tuple[str, int, int, int], FileFacts | tuple[str, str]] = OrderedDict()
 _cache_lock = threading.Lock()
+
+MAX_ATTACHMENT_BYTES: Final = 50 * MB
+"""No provider takes a larger file in one request (Gemini's 50 MB a PDF is the largest figure
+of ``LIMITS``): a larger one is refused by its size, before a byte of it is read."""
+MAX_IMAGE_BYTES: Final = 20 * MB
+"""No provider takes a larger image (OpenAI's 20 MB a file is the largest figure): refused by
+its size, before its header is read."""
+MAX_IMAGE_PIXELS: Final = 64_000_000
+"""An image whose header claims more pixels is refused before anything decodes it (Anthropic
+refuses more than 8000 x 8000; OpenAI and Gemini scale images down to 2,048 and 3,072 px). It
+is below Pillow's own decompression-bomb threshold, which therefore never fires."""
+PDF_READ_TIMEOUT_S: Final = 20.0
+"""Seconds one PDF may take to read (hash, pages, text) before it is given up as corrupt."""
+PDF_READ_MEMORY_BYTES: Final = 1 << 30
+"""Address space of the process that reads PDFs (``pipeline._pdfchild``)."""
+
+
+def confine(path: str, root: str) -> str:
+    """The real path of ``path`` (relative to the working directory, symlinks resolved) when
+    it is inside the folder ``root`` (a real path); else InputError ``attachment_outside_root``.
+    Nothing is opened: only the names on the way are looked up."""
+    try:
+        real = os.path.realpath(path)
+    except (OSError, ValueError):
+        raise InputError(
+            f"{_shown(path)}: not a usable file path; fix the path or the attachments template",
+            error_type="attachment_missing",
+        ) from None
+    if real == root or real.startswith(root.rstrip(os.sep) + os.sep):
+        return real
+    raise InputError(
+        f"{_shown(path)}: outside the attachments folder {root} (absolute, '..' or a symlink "
+        "leading out of it), so it is not read; move the file into the folder, or set "
+        "[input] attachments_root (or allow_any_path = true) in the job file",
+        error_type="attachment_outside_root",
+    )
+
+
+def _shown(path: str) -> str:
+    """A path as an error message names it: as given, cut to one short line."""
+    text = path if path.isprintable() else repr(path)
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def inspect_file(path: str) -> FileFacts:
-    """The facts of one file, from its headers (cached by path, size, mtime and inode).
+    """The facts of one file, from its headers (cached by path, size, mtime and inode; so is
+    the reason a file was refused, which is given again without reading it again).
 
-    Raises InputError (naming the file) when it is missing, unreadable, of another type, or
-    corrupt where its headers are.
+    Raises InputError (naming the file) when it is missing, unreadable, of another type, too
+    large, or corrupt where its headers are. No message quotes the file's content.
     """
     try:
         st = os.stat(path)
     except FileNotFoundError:
         raise InputError(
-            f"{path}: no such file (relative paths are relative to the directory pipeline "
-            "runs in); fix the path or the attachments template",
+            f"{_shown(path)}: no such file (relative paths are relative to the directory "
+            "pipeline runs in); fix the path or the attachments template",
+            error_type="attachment_missing",
+        ) from None
+    except ValueError:  # a NUL in the name
+        raise InputError(
+            f"{_shown(path)}: not a usable file path; fix the path or the attachments template",
             error_type="attachment_missing",
         ) from None
     except OSError as exc:
         raise _unreadable(path, exc) from exc
-    if not os.path.isfile(path):
-        raise InputError(f"{path}: not a file", error_type="attachment_missing")
+    if not stat.S_ISREG(st.st_mode):
+        raise InputError(f"{_shown(path)}: not a file", error_type="attachment_missing")
     key = (path, st.st_size, st.st_mtime_ns, st.st_ino)
     with _cache_lock:
         found = _cache.get(key)
         if found is not None:
             _cache.move_to_end(key)
-            return found
-    facts = _inspect(path, st.st_size)
+    if isinstance(found, FileFacts):
+        return found
+    if found is not None:
+        message, error_type = found
+        raise InputError(message, error_type=error_type)
+    try:
+        facts: FileFacts | tuple[str, str] = _inspect(path, st.st_size)
+    except InputError as exc:
+        facts = (str(exc), exc.error_type)
     with _cache_lock:
         _cache[key] = facts
         if len(_cache) > _CACHE_SIZE:
             _cache.popitem(last=False)
+    if isinstance(facts, tuple):
+        raise InputError(facts[0], error_type=facts[1])
     return facts
 
 
 def _unreadable(path: str, exc: OSError) -> InputError:
     return InputError(
-        f"{path}: cannot read the file ({exc.strerror or exc}); check its permissions",
+        f"{_shown(path)}: cannot read the file ({exc.strerror or type(exc).__name__}); check "
+        "its permissions",
         error_type="attachment_unreadable",
     )
 
 
 def _inspect(path: str, size: int) -> FileFacts:
-    digest = hashlib.sha256()
+    if size > MAX_ATTACHMENT_BYTES:
+        raise _oversized(path, size, MAX_ATTACHMENT_BYTES, "a file")
     try:
         with open(path, "rb") as fh:
             head = fh.read(16)
-            digest.update(head)
+            media_type = sniff(head)
+            if media_type is None:
+                raise InputError(
+                    f"{_shown(path)}: not a PDF, PNG, JPEG, GIF or WebP file (its first bytes "
+                    "are none of theirs); convert it, or leave it out of the input",
+                    error_type="attachment_unsupported",
+                )
+            if media_type == PDF:
+                fh.close()
+                return _pdf_facts(path, size)
+            if size > MAX_IMAGE_BYTES:
+                raise _oversized(path, size, MAX_IMAGE_BYTES, "an image")
+            width, height = _image_size(media_type, fh)
+            _check_pixels(path, media_type, width, height)
+            fh.seek(0)
+            digest = hashlib.sha256()
             while block := fh.read(_HASH_BLOCK):
                 digest.update(block)
     except OSError as exc:
         raise _unreadable(path, exc) from exc
-    media_type = sniff(head)
-    if media_type is None:
+    return _image_facts(path, media_type, size, digest.hexdigest())
+
+
+def _oversized(path: str, size: int, limit: int, what: str) -> InputError:
+    return InputError(
+        f"{_shown(path)}: {size:,} bytes; no provider takes {what} over {limit:,} bytes in a "
+        "request, so it is not read; compress, scale down or split it",
+        error_type="attachment_too_large",
+    )
+
+
+def _check_pixels(path: str, media_type: str, width: int, height: int) -> None:
+    if width * height > MAX_IMAGE_PIXELS:
         raise InputError(
-            f"{path}: not a PDF, PNG, JPEG, GIF or WebP file (it starts with {head[:8]!r}); "
-            "convert it, or leave it out of the input",
-            error_type="attachment_unsupported",
+            f"{_shown(path)}: its {_TYPE_NAMES.get(media_type, media_type)} header says "
+            f"{width:,} x {height:,} pixels, more than {MAX_IMAGE_PIXELS:,}, so it is not "
+            "decoded; scale it down",
+            error_type="attachment_too_large",
         )
-    sha = digest.hexdigest()
-    if media_type == PDF:
-        return _pdf_facts(path, size, sha)
-    return _image_facts(path, media_type, size, sha)
 
 
 def _image_facts(path: str, media_type: str, size: int, sha: str) -> FileFacts:
+    _quiet_libraries()
     from PIL import Image, UnidentifiedImageError
 
+    name = _TYPE_NAMES.get(media_type, media_type)
     try:
-        with Image.open(path) as image:  # reads the header only: nothing is decoded
+        with Image.open(path, formats=[_PIL_FORMATS[media_type]]) as image:
+            # Only the header is read: nothing is decoded.
             width, height = image.size
+            _check_pixels(path, media_type, width, height)
             animated = bool(getattr(image, "is_animated", False))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    except Image.DecompressionBombError:
         raise InputError(
-            f"{path}: a {media_type} file whose header cannot be read ({exc}); re-save it",
+            f"{_shown(path)}: a {name} image of more than {MAX_IMAGE_PIXELS:,} pixels, so it is "
+            "not decoded; scale it down",
+            error_type="attachment_too_large",
+        ) from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as exc:
+        raise InputError(
+            f"{_shown(path)}: a {name} file whose header cannot be read "
+            f"({type(exc).__name__}); re-save it",
             error_type="attachment_corrupt",
         ) from exc
     return FileFacts(path, media_type, size, sha, width, height, animated)
 
 
-def _pdf_facts(path: str, size: int, sha: str) -> FileFacts:
-    from pypdf import PdfReader
-    from pypdf.errors import PyPdfError
+_PIL_FORMATS: Final = {
+    "image/png": "PNG",
+    "image/jpeg": "JPEG",
+    "image/gif": "GIF",
+    "image/webp": "WEBP",
+}
 
-    try:
-        with open(path, "rb") as fh:
-            reader = PdfReader(fh)  # the cross-reference table and page tree, not the content
-            if reader.is_encrypted:
-                return FileFacts(path, PDF, size, sha, encrypted=True)
-            pages = list(reader.pages)
-            sizes = tuple((float(p.mediabox.width), float(p.mediabox.height)) for p in pages)
-            chars = sum(_text_chars(page) for page in pages)
-    except (PyPdfError, OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+
+def _image_size(media_type: str, fh: BinaryIO) -> tuple[int, int]:
+    """Width and height as the image's header states them, read without Pillow (so that a
+    header claiming billions of pixels is refused before any library looks at it); (0, 0)
+    when this reader does not find them (Pillow then reads the header, and its size is
+    checked all the same)."""
+    fh.seek(0)
+    data = fh.read(64)
+    if media_type == "image/png":
+        if len(data) >= 24 and data[12:16] == b"IHDR":
+            return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+        return 0, 0
+    if media_type == "image/gif":
+        return _gif_size(data, fh)
+    if media_type == "image/webp":
+        return _webp_size(data)
+    return _jpeg_size(fh)
+
+
+def _gif_size(data: bytes, fh: BinaryIO) -> tuple[int, int]:
+    """The logical screen of a GIF, grown to its first frame (as Pillow does)."""
+    if len(data) < 13:
+        return 0, 0
+    width, height = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    flags = data[10]
+    offset = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)
+    left = _MAX_BLOCKS  # blocks and sub-blocks looked at, in all
+    while left > 0:
+        left -= 1
+        fh.seek(offset)
+        kind = fh.read(1)
+        if kind == b"\x21":  # an extension: its label, then sub-blocks up to an empty one
+            offset += 2
+            while left > 0:
+                left -= 1
+                fh.seek(offset)
+                length = fh.read(1)
+                if not length:
+                    return width, height
+                offset += 1 + length[0]
+                if length[0] == 0:
+                    break
+            continue
+        if kind == b"\x2c":  # the first image descriptor
+            frame = fh.read(8)
+            if len(frame) == 8:
+                left, top, w, h = (int.from_bytes(frame[i : i + 2], "little") for i in (0, 2, 4, 6))
+                width, height = max(width, left + w), max(height, top + h)
+        return width, height
+    return width, height
+
+
+def _webp_size(data: bytes) -> tuple[int, int]:
+    chunk = data[12:16]
+    if chunk == b"VP8X" and len(data) >= 30:
+        return int.from_bytes(data[24:27], "little") + 1, int.from_bytes(data[27:30], "little") + 1
+    if chunk == b"VP8L" and len(data) >= 25:
+        bits = int.from_bytes(data[21:25], "little")
+        return (bits & 0x3FFF) + 1, ((bits >> 14) & 0x3FFF) + 1
+    if chunk == b"VP8 " and len(data) >= 30:
+        width = int.from_bytes(data[26:28], "little") & 0x3FFF
+        return width, int.from_bytes(data[28:30], "little") & 0x3FFF
+    return 0, 0
+
+
+# JPEG start-of-frame markers (baseline, progressive, lossless, arithmetic): not DHT (C4), JPG
+# (C8) or DAC (CC).
+_SOF: Final = frozenset(
+    {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+)
+_MAX_BLOCKS: Final = 4096  # segments or blocks looked at before the size is left to Pillow
+
+
+def _jpeg_size(fh: BinaryIO) -> tuple[int, int]:
+    """The size in a JPEG's first start-of-frame segment, found by walking the segments."""
+    offset = 2
+    for _ in range(_MAX_BLOCKS):
+        fh.seek(offset)
+        marker = fh.read(2)
+        if len(marker) < 2 or marker[0] != 0xFF:
+            return 0, 0
+        kind = marker[1]
+        if kind == 0xFF:  # fill byte
+            offset += 1
+            continue
+        if kind == 0x01 or 0xD0 <= kind <= 0xD8:  # markers without a length
+            offset += 2
+            continue
+        if kind in (0xD9, 0xDA):  # end of image, start of scan: no frame header before it
+            return 0, 0
+        segment = fh.read(7)
+        if len(segment) < 7:
+            return 0, 0
+        if kind in _SOF:
+            return int.from_bytes(segment[5:7], "big"), int.from_bytes(segment[3:5], "big")
+        offset += 2 + int.from_bytes(segment[0:2], "big")
+    return 0, 0
+
+
+def _pdf_facts(path: str, size: int) -> FileFacts:
+    reply = _PDF_READER.read(path)
+    messages = reply.get("messages")
+    if isinstance(messages, list) and messages:
+        from .logs import library_messages
+
+        library_messages("pypdf", [str(m) for m in messages], file=path)
+    error = reply.get("error")
+    if error is None and isinstance(reply.get("sha256"), str):
+        sha = reply["sha256"]
+        if reply.get("encrypted"):
+            return FileFacts(path, PDF, size, sha, encrypted=True)
+        sizes = tuple((float(w), float(h)) for w, h in reply.get("page_sizes", ()))
+        chars = int(reply.get("text_chars", -1))
+        return FileFacts(path, PDF, size, sha, page_sizes=sizes, text_chars=chars)
+    if error == "too_many_pages":
         raise InputError(
-            f"{path}: a PDF that cannot be read ({type(exc).__name__}: {exc}); re-export it",
+            f"{_shown(path)}: a PDF of {int(reply.get('pages', 0)):,} pages; no provider takes "
+            "more than 1,000 pages in a request; split the document",
+            error_type="too_many_pages",
+        )
+    if error == "memory":
+        raise InputError(
+            f"{_shown(path)}: a PDF that needs more than {PDF_READ_MEMORY_BYTES >> 20:,} MB to "
+            "read, so it was given up; re-export it",
+            error_type="attachment_too_large",
+        )
+    if error == "timeout":
+        raise InputError(
+            f"{_shown(path)}: a PDF that takes more than {_PDF_READER.timeout_s:g} s to read, "
+            "so it was given up; re-export it",
             error_type="attachment_corrupt",
-        ) from exc
-    return FileFacts(path, PDF, size, sha, page_sizes=sizes, text_chars=chars)
+        )
+    if error == "unreadable":
+        raise InputError(
+            f"{_shown(path)}: cannot read the file ({reply.get('what', 'error')}); check its "
+            "permissions",
+            error_type="attachment_unreadable",
+        )
+    raise InputError(
+        f"{_shown(path)}: a PDF that cannot be read ({reply.get('what', 'unreadable')}); "
+        "re-export it",
+        error_type="attachment_corrupt",
+    )
 
 
-def _text_chars(page: object) -> int:
-    """Characters a page's text operators draw, counted in its (inflated) content stream: no
-    fonts, no layout, no images. A page whose stream cannot be read counts as a full page."""
-    try:
-        contents = page.get_contents()  # type: ignore[attr-defined]
-        data: bytes = b"" if contents is None else contents.get_data()
-    except Exception:  # a damaged stream: the estimate falls back to a dense page
-        return PDF_PAGE_TEXT_TOKENS * 4
-    literal = sum(len(m) - 2 for m in _LITERAL.findall(data))
-    return literal + sum(len(m.replace(b" ", b"")) // 4 for m in _HEX.findall(data))
+class PdfReader:
+    """The child process that reads PDFs (``pipeline._pdfchild``), started on first use and
+    again after it was killed: one file at a time, each within ``timeout_s`` and the child's
+    ``memory_bytes`` of address space. ``argv`` replaces the command (tests)."""
+
+    def __init__(
+        self,
+        *,
+        timeout_s: float = PDF_READ_TIMEOUT_S,
+        memory_bytes: int = PDF_READ_MEMORY_BYTES,
+        argv: Sequence[str] | None = None,
+    ) -> None:
+        self.timeout_s = timeout_s
+        self.memory_bytes = memory_bytes
+        self._argv = argv
+        self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.Lock()
+
+    def read(self, path: str) -> dict[str, Any]:
+        """The child's answer for one file: its facts, or ``{"error": kind}``."""
+        with self._lock:
+            for _attempt in range(2):
+                try:
+                    process = self._started()
+                except OSError as exc:
+                    return {"error": "unreadable", "what": f"cannot start the PDF reader: {exc}"}
+                assert process.stdin is not None
+                try:
+                    process.stdin.write(orjson.dumps({"path": path}) + b"\n")
+                    process.stdin.flush()
+                except OSError:
+                    self._stop()  # it died after its last answer (a memory error): again
+                    continue
+                return self._answer(process)
+            return {"error": "memory"}
+
+    def _started(self) -> subprocess.Popen[bytes]:
+        process = self._process
+        if process is not None and process.poll() is None:
+            return process
+        self._stop()
+        argv = self._argv or (
+            sys.executable,
+            "-I",
+            str(Path(__file__).with_name("_pdfchild.py")),
+            str(self.memory_bytes),
+        )
+        self._process = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        return self._process
+
+    def _answer(self, process: subprocess.Popen[bytes]) -> dict[str, Any]:
+        assert process.stdout is not None
+        fd = process.stdout.fileno()
+        deadline = time.monotonic() + self.timeout_s
+        line = bytearray()
+        while not line.endswith(b"\n"):
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([fd], [], [], left)[0]:
+                self._stop()
+                return {"error": "timeout"}
+            chunk = os.read(fd, 1 << 16)
+            if not chunk:  # it died: out of memory, most likely
+                self._stop()
+                return {"error": "memory"}
+            line += chunk
+        try:
+            reply = orjson.loads(line)
+        except orjson.JSONDecodeError:
+            reply = None
+        if not isinstance(reply, dict):
+            self._stop()
+            return {"error": "corrupt", "what": "no answer"}
+        if reply.get("error") == "memory":
+            self._stop()  # it exits after a memory error: the next file gets a new one
+        return reply
+
+    def _stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None:
+            return
+        process.kill()
+        process.wait()
+        for stream in (process.stdin, process.stdout):
+            if stream is not None:
+                stream.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop()
+
+
+_PDF_READER = PdfReader()
+atexit.register(_PDF_READER.close)
+
+
+def _quiet_libraries() -> None:
+    """Pillow and pypdf log through ``logging``, which prints on stderr when nothing else is
+    set up: their messages go to the run's log instead (``pipeline.logs``), never the
+    terminal."""
+    from .logs import quiet_libraries
+
+    quiet_libraries()
 
 
 def document_fields(path: str) -> dict[str, object]:
     """The fields of a row that is one document (an input glob of PDFs or images): ``path``,
     ``name``, ``size_bytes``, ``media_type`` (by content) and, for a PDF, ``pages``. A file whose
-    headers cannot be read still gets a row; sending it records why."""
+    headers cannot be read still gets a row (with what could be told of it without reading it
+    again); sending it records why."""
     fields: dict[str, object] = {"path": path, "name": os.path.basename(path)}
+    real = os.path.realpath(path)
     try:
-        facts = inspect_file(path)
+        facts = inspect_file(real)
     except InputError:
         try:
-            with open(path, "rb") as fh:
+            with open(real, "rb") as fh:
                 head = fh.read(16)
-            fields["size_bytes"] = os.path.getsize(path)
-        except OSError:
+            fields["size_bytes"] = os.path.getsize(real)
+        except (OSError, ValueError):
             head = b""
         fields["media_type"] = sniff(head)
         return fields
@@ -271,16 +605,16 @@ def read_base64(attachment: Attachment) -> str:
         data = Path(path).read_bytes()
     except FileNotFoundError:
         raise InputError(
-            f"{path}: the file was removed after the row was planned; restore it and run the "
-            "job again",
+            f"{_shown(path)}: the file was removed after the row was planned; restore it and "
+            "run the job again",
             error_type="attachment_missing",
         ) from None
     except OSError as exc:
         raise _unreadable(path, exc) from exc
     if attachment.sha256 and hashlib.sha256(data).hexdigest() != attachment.sha256:
         raise InputError(
-            f"{path}: the file changed after the row was planned; run the job again to send "
-            "the new content (a document's content is part of its request key)",
+            f"{_shown(path)}: the file changed after the row was planned; run the job again to "
+            "send the new content (a document's content is part of its request key)",
             error_type="attachment_changed",
         )
     return base64.b64encode(data).decode("ascii")
@@ -357,7 +691,6 @@ class ProviderLimits:
     image_types: tuple[str, ...] = IMAGE_TYPES
 
 
-MB: Final = 1_000_000
 _TYPE_NAMES: Final = {
     "image/png": "PNG",
     "image/jpeg": "JPEG",

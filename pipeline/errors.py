@@ -45,6 +45,14 @@ class PipelineError(Exception):
     """Root of every error this package raises on purpose."""
 
 
+def _one_line(text: str) -> str:
+    """``text`` with line breaks and other control characters written as escapes: a key, a
+    field name or a path quoted in a message (from a job file or a row) cannot break it."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
 class ConfigError(PipelineError):
     """The job file or an option is wrong.
 
@@ -61,7 +69,7 @@ class ConfigError(PipelineError):
             where = f"{path}: "
         elif key:
             where = f"[{key}] "
-        super().__init__(f"{where}{message}")
+        super().__init__(_one_line(f"{where}{message}"))
 
 
 class InputError(PipelineError):
@@ -69,7 +77,7 @@ class InputError(PipelineError):
 
     def __init__(self, message: str, *, error_type: str = "bad_input") -> None:
         self.error_type = error_type
-        super().__init__(message)
+        super().__init__(_one_line(message))
 
 
 class StoreError(PipelineError):

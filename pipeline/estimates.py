@@ -62,10 +62,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .documents import DOCUMENT_SUFFIXES
 from .errors import StoreError
 from .job import Job, LimitsSpec
 from .job.pricing import Price, cost_usd, fallback_price_for, format_usd, price_for
-from .plan import Planner, Send, Skip, Unrendered
+from .plan import Planner, Send, Skip, Unrendered, check_fields
 from .records import ResultBuilder, Usage
 from .render import (
     REPLY_OVERHEAD_TOKENS,
@@ -251,8 +252,16 @@ def estimate_job(
     (another process is writing it) is noted, and no row counts as done.
     """
     source = source or row_source(job.input)
+    check_fields(job, source)
     renderer = Renderer(job.request)
     notes: list[str] = []
+    files = source.files if isinstance(source, FileRows) else []
+    if job.input.allow_any_path and (job.request.attachments or _documents_input(files)):
+        notes.append(
+            "[input] allow_any_path = true: files are read from wherever a row's path points "
+            "on this machine, and sent to the provider; remove it to keep them inside "
+            f"{job.input.root}"
+        )
     own = store is None
     if store is None:
         store = _open_store(job, notes)
@@ -388,6 +397,10 @@ class _Counts:
         if self.rendered_bad == 0:
             return self.pending
         return round(self.pending * self.rendered_ok / self.rendered)
+
+
+def _documents_input(files: list[Path]) -> bool:
+    return bool(files) and files[0].name.lower().endswith(DOCUMENT_SUFFIXES)
 
 
 def _open_store(job: Job, notes: list[str]) -> Store | None:

@@ -1,7 +1,9 @@
 """Structured logs: snake_case events with bound context, JSON out, secrets redacted.
 
 Every run writes all its events (info and up) as JSON lines to a log file next to the database;
-the terminal gets warnings and errors only, so the progress bar stays readable. A processor
+the terminal gets warnings and errors only, so the progress bar stays readable. What pypdf and
+Pillow log, and Python's warnings, become ``library_message`` events of the run's log
+(``quiet_libraries``), never lines on the terminal. A processor
 (:func:`redact_secrets`) passes every value through :func:`pipeline.redact.redact` before anything
 is rendered: anything that looks like an API key, and the exact keys the run uses (registered with
 ``register_secret``, re-exported here from :mod:`pipeline.redact`), become ``[REDACTED]``.
@@ -9,6 +11,7 @@ is rendered: anything that looks like an API key, and the exact keys the run use
 
 from __future__ import annotations
 
+import logging
 import sys
 from collections.abc import MutableMapping
 from pathlib import Path
@@ -19,7 +22,13 @@ import structlog
 
 from .redact import redact, register_secret
 
-__all__ = ["configure_logging", "redact_secrets", "register_secret"]
+__all__ = [
+    "configure_logging",
+    "library_messages",
+    "quiet_libraries",
+    "redact_secrets",
+    "register_secret",
+]
 
 _LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -104,6 +113,7 @@ def configure_logging(
         log_file.parent.mkdir(parents=True, exist_ok=True)
         file = log_file.open("ab")
     tee = _TeeLogger(file, _LEVELS[terminal_level])
+    quiet_libraries(warnings=True)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,
@@ -118,3 +128,54 @@ def configure_logging(
         cache_logger_on_first_use=False,
     )
     return file
+
+
+# -- libraries' own messages ------------------------------------------------------------------
+
+_LIBRARIES = ("pypdf", "PIL", "py.warnings")
+_library_log = structlog.get_logger("pipeline.libraries")
+
+
+class _ToRunLog(logging.Handler):
+    """Hands a library's log record to the run's log as an ``info`` event (``library_message``),
+    which never reaches the terminal; nothing at all while no run has set logging up."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not structlog.is_configured():
+            return
+        try:
+            message = record.getMessage()
+        except Exception:  # a library's own bad format string: not worth a traceback
+            message = str(record.msg)
+        _library_log.info(
+            "library_message",
+            library=record.name.split(".")[0],
+            level=record.levelname.lower(),
+            message=message[:300],
+        )
+
+
+_HANDLER = _ToRunLog()
+
+
+def library_messages(library: str, messages: list[str], **context: Any) -> None:
+    """What a library said in another process (pypdf, reading a PDF), into the run's log."""
+    if not structlog.is_configured():
+        return
+    for message in messages:
+        _library_log.info(
+            "library_message", library=library, level="warning", message=message, **context
+        )
+
+
+def quiet_libraries(*, warnings: bool = False) -> None:
+    """Send what pypdf and Pillow log to the run's log instead of stderr; with ``warnings``,
+    Python's warnings too (``configure_logging`` does that for a run: a library caller keeps
+    its own warnings). Idempotent."""
+    if warnings:
+        logging.captureWarnings(True)
+    for name in _LIBRARIES:
+        logger = logging.getLogger(name)
+        if _HANDLER not in logger.handlers:
+            logger.addHandler(_HANDLER)
+        logger.propagate = False

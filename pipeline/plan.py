@@ -31,13 +31,15 @@ bounded by the rows in flight rather than by the input.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
-from .errors import InputError
+from .errors import ConfigError, InputError
+from .job import Job
 from .records import BadRow, Request, ResultBuilder, Row, RowResult
-from .render import Renderer
+from .render import Renderer, template_fields
+from .sources import FileRows, RowSource, field_names, input_files
 
 __all__ = [
     "KeyLookup",
@@ -50,6 +52,7 @@ __all__ = [
     "SkipReason",
     "Unrendered",
     "WorkItem",
+    "check_fields",
 ]
 
 SkipReason = Literal["done", "submitted", "pending", "filtered"]
@@ -322,12 +325,80 @@ class Planner:
             self.attached_pages += sum(max(a.pages, 1) for a in request.attachments)
         return Send(request)
 
-    def iter_plan(self, chunks: Iterable[Sequence[Row | BadRow]]) -> Iterator[list[WorkItem]]:
-        """``plan`` over every chunk, for synchronous callers."""
-        for chunk in chunks:
-            yield self.plan(chunk)
-
 
 def _near(chunk: Sequence[Row | BadRow]) -> tuple[str, int, int] | None:
     first, last = chunk[0], chunk[-1]
     return (first.source, first.line, last.line) if first.source == last.source else None
+
+
+def check_fields(job: Job, source: RowSource | None = None, *, rows: int = 10_000) -> None:
+    """Raise ConfigError (one line, naming the field and the file) when the prompt or an
+    attachment template uses a field that no row of an input file has: every row of that file
+    would fail. Parquet files answer from their schema; JSONL files from their first ``rows``
+    readable rows; documents have their fixed fields; rows from Python (``source``) from their
+    first ``rows`` rows, when they can be read twice. Called before anything is sent (the
+    start of a run, ``pipeline estimate``)."""
+    used: dict[str, str] = {}
+    for template in job.request.attachments:
+        for name in template_fields(template):
+            used.setdefault(name, "[request].attachments")
+    for name in template_fields(job.request.prompt):
+        used[name] = "[request].prompt"
+    if not used:
+        return
+    if source is not None and not isinstance(source, FileRows):
+        if source.reiterable:
+            _check_named(job, used, _python_field_names(source, used, rows), "the rows given")
+        return
+    files = source.files if isinstance(source, FileRows) else input_files(job.input.path)
+    for path in files:
+        names = field_names(path, used, rows=rows)
+        if names is None:
+            continue  # no readable row: each is recorded for what it is
+        for name, where in used.items():
+            if name not in names:
+                have = sorted(names)
+                listed = ", ".join(have[:12]) + (", ..." if len(have) > 12 else "")
+                raise ConfigError(
+                    f"{where} uses {{{name}}}, a field the rows of {path} do not have (they have: "
+                    f"{listed or 'no fields'}); fix the template or the input",
+                    path=job.path,
+                    key="request.attachments" if "attach" in where else "request.prompt",
+                )
+
+
+def _python_field_names(
+    source: RowSource, wanted: Mapping[str, str], rows: int
+) -> frozenset[str] | None:
+    """The fields of the first ``rows`` rows from Python (stops once every wanted one is seen)."""
+    seen: set[str] = set()
+    missing = set(wanted)
+    readable = 0
+    for chunk in source.chunks(256):
+        for item in chunk:
+            if isinstance(item, BadRow):
+                continue
+            readable += 1
+            if len(seen) < 1000:
+                seen.update(str(k) for k in item.fields)
+            missing.difference_update(item.fields)
+            if not missing or readable >= rows:
+                return frozenset(seen)
+    return frozenset(seen) if readable else None
+
+
+def _check_named(
+    job: Job, used: Mapping[str, str], names: frozenset[str] | None, what: str
+) -> None:
+    if names is None:
+        return
+    for name, where in used.items():
+        if name not in names:
+            have = sorted(names)
+            listed = ", ".join(have[:12]) + (", ..." if len(have) > 12 else "")
+            raise ConfigError(
+                f"{where} uses {{{name}}}, a field {what} do not have (they have: "
+                f"{listed or 'no fields'}); fix the template or the rows",
+                path=job.path,
+                key="request.attachments" if "attach" in where else "request.prompt",
+            )

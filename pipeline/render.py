@@ -40,6 +40,7 @@ Structured answers and the prompt cache
 from __future__ import annotations
 
 import hashlib
+import os
 import string
 from collections.abc import Mapping
 from dataclasses import replace
@@ -56,6 +57,7 @@ from .extract import (
     schema_name,
 )
 from .job import RequestSpec
+from .job.config import format_spec_problem
 from .records import AnswerSchema, Attachment, BadRow, Framing, Request, Row
 
 __all__ = [
@@ -216,8 +218,10 @@ class Renderer:
     """A job's ``[request]`` table, compiled once; ``render`` turns rows into ``Request``\\ s.
 
     Templates use ``{field}`` for a row field (``{{`` / ``}}`` for literal braces); conversions
-    and format specs (``{n:>5}``, ``{x!r}``) work as in ``str.format``. Attribute and index access
-    (``{a.b}``, ``{a[0]}``) and positional ``{}`` are refused with ``ConfigError``. A field holding
+    and fixed format specs (``{n:>5}``, ``{x!r}``) work as in ``str.format``. Attribute and
+    index access (``{a.b}``, ``{a[0]}``), positional ``{}``, a field inside a format spec
+    (``{text:>{w}}``: a row's value would size the prompt) and a width or precision over
+    ``MAX_FORMAT_WIDTH`` are refused with ``ConfigError``. A field holding
     an object or a list is written as compact JSON, not as a Python repr; any other value via
     ``format``. The system prompt is used as written (it is not a template).
     """
@@ -226,6 +230,7 @@ class Renderer:
         "_attachment_fields",
         "_attachments",
         "_fixed_tokens",
+        "_root",
         "_template",
         "fields",
         "framing",
@@ -254,6 +259,8 @@ class Renderer:
         for template in spec.attachments:
             found.update(dict.fromkeys(template_fields(template)))
         self._attachment_fields = tuple(found)
+        root = spec.attachments_root
+        self._root = None if root is None else os.path.realpath(root)
         messages = 2 if self.system else 1
         system_tokens = estimate_tokens(self.system) if self.system else 0
         self._fixed_tokens = (
@@ -272,12 +279,14 @@ class Renderer:
     def render(self, row: Row) -> Request:
         """The request for one row. Raises InputError if the row cannot fill the template."""
         values = row.fields
+        structured = False
         for name in self.fields:
             if name not in values:
                 raise self._missing(row, name)
             if type(values[name]) in _STRUCTURED:
-                values = _with_json(values, self.fields)
-                break
+                structured = True
+        if structured:
+            values = _with_json(values, self.fields)
         try:
             prompt = self._template.format_map(values)
         except (ValueError, TypeError) as exc:
@@ -353,7 +362,10 @@ class Renderer:
 
     def _resolve(self, row: Row, *, text_bytes: int | None) -> tuple[Attachment, ...]:
         """The row's attachments, by reference, checked against the provider's limits (when
-        ``text_bytes``, the size of the request's text, is given). Raises InputError."""
+        ``text_bytes``, the size of the request's text, is given). A file must resolve into
+        the spec's ``attachments_root`` (symlinks followed) before it is looked at; its
+        ``Attachment`` names the real path, which is the one read when the request is sent.
+        Raises InputError."""
         values = row.fields
         for name in self._attachment_fields:
             if name not in values:
@@ -362,14 +374,19 @@ class Renderer:
         out: list[Attachment] = []
         files: list[documents.FileFacts] = []
         urls = 0
+        given: list[str] = []  # the files as the row names them
         for location in self._locations(row):
             try:
                 if location.startswith(("http://", "https://")):
                     found = documents.url_attachment(location, provider, model, detail)
                     urls += found.kind == "image"
                 else:
-                    facts = documents.inspect_file(location)
+                    path = location
+                    if self._root is not None:  # never opened unless it is inside the root
+                        path = documents.confine(location, self._root)
+                    facts = documents.inspect_file(path)
                     files.append(facts)
+                    given.append(location)
                     found = documents.attachment(facts, provider, model, detail)
             except InputError as exc:
                 raise _about(row, exc, location) from exc
@@ -378,7 +395,7 @@ class Renderer:
             try:
                 documents.check(provider, files, urls=urls, text_bytes=text_bytes)
             except InputError as exc:
-                raise _about(row, exc, files[0].path if len(files) == 1 else "") from exc
+                raise _about(row, exc, given[0] if len(given) == 1 else "") from exc
         return tuple(out)
 
     def _locations(self, row: Row) -> list[str]:
@@ -431,14 +448,15 @@ def template_fields(template: str) -> tuple[str, ...]:
     """The row fields a prompt template uses, in order of first use.
 
     Raises ConfigError (key ``request.prompt``) for positional ``{}``, attribute or index
-    access, or a malformed template.
+    access, a format spec that names a field or has a width over ``MAX_FORMAT_WIDTH``, or a
+    malformed template.
     """
     found: dict[str, None] = {}
-    _collect_fields(template, found, depth=0)
+    _collect_fields(template, found)
     return tuple(found)
 
 
-def _collect_fields(template: str, found: dict[str, None], depth: int) -> None:
+def _collect_fields(template: str, found: dict[str, None]) -> None:
     try:
         parsed = list(string.Formatter().parse(template))
     except ValueError as exc:
@@ -466,8 +484,10 @@ def _collect_fields(template: str, found: dict[str, None], depth: int) -> None:
                 key="request.prompt",
             )
         found.setdefault(name, None)
-        if format_spec and "{" in format_spec and depth == 0:
-            _collect_fields(format_spec, found, depth + 1)
+        if format_spec:
+            problem = format_spec_problem(name, format_spec)
+            if problem is not None:
+                raise ConfigError(problem, key="request.prompt")
 
 
 def _with_json(values: Mapping[str, Any], used: tuple[str, ...]) -> dict[str, Any]:

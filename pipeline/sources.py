@@ -31,21 +31,23 @@ import gzip
 import hashlib
 import io
 import json
+import math
 import os
 import sys
 import zlib
-from collections.abc import Iterable, Iterator, Mapping, Sized
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sized
 from pathlib import Path
 from typing import Any, Protocol, TypedDict
 
 import orjson
 
 from .documents import DOCUMENT_SUFFIXES  # one row per file
-from .errors import ConfigError
+from .errors import ConfigError, InputError
 from .job import InputSpec
 from .records import BadRow, Row
 
 __all__ = [
+    "DOCUMENT_FIELDS",
     "PYTHON_SOURCE",
     "SUPPORTED_SUFFIXES",
     "FileRows",
@@ -54,9 +56,11 @@ __all__ = [
     "RowSource",
     "content_id",
     "count_rows",
+    "field_names",
     "fingerprint",
     "input_files",
     "iter_row_chunks",
+    "row_id_text",
     "row_source",
 ]
 
@@ -158,7 +162,7 @@ def iter_row_chunks(
     if files is None:
         files = input_files(spec.path)
     if files and _kind(files[0]) == "document":
-        yield from _read_documents(files, spec.id, chunk_size)
+        yield from _read_documents(spec, files, chunk_size)
         return
     for f in files:
         _check_readable(f, spec.id)
@@ -203,6 +207,47 @@ def count_rows(files: list[Path]) -> int | None:
     return total
 
 
+DOCUMENT_FIELDS = ("path", "name", "size_bytes", "media_type", "pages")
+"""The fields of a row made from a document (``pages`` for PDFs only)."""
+
+
+def field_names(
+    path: Path, wanted: Collection[str] = (), *, rows: int = 10_000
+) -> frozenset[str] | None:
+    """The fields rows of one input file have: a Parquet file's columns, a document's fields,
+    or the keys of the first ``rows`` readable rows of a JSONL file (reading stops as soon as
+    every ``wanted`` field was seen). None when the file has no readable row to tell.
+
+    Raises ConfigError when the file cannot be read (as ``iter_row_chunks`` would)."""
+    kind = _kind(path)
+    if kind == "document":
+        return frozenset(DOCUMENT_FIELDS)
+    _check_readable(path, None)
+    if kind == "parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        try:
+            with pq.ParquetFile(path) as pf:
+                return frozenset(pf.schema_arrow.names)
+        except (pa.ArrowException, OSError) as exc:
+            raise ConfigError(f"{path}: corrupt Parquet file ({exc}); re-export it") from exc
+    seen: set[str] = set()
+    missing = set(wanted)
+    readable = 0
+    for chunk in _read_jsonl(path, None, 256):
+        for item in chunk:
+            if isinstance(item, BadRow):
+                continue
+            readable += 1
+            if len(seen) < 1000:
+                seen.update(str(k) for k in item.fields)
+            missing.difference_update(item.fields)
+            if (wanted and not missing) or readable >= rows:
+                return frozenset(seen)
+    return frozenset(seen) if readable else None
+
+
 def content_id(fields: Any) -> str:
     """The id of a row without an id field: 16 hex chars of SHA-256 over its sorted-key JSON."""
     try:
@@ -216,7 +261,23 @@ def content_id(fields: Any) -> str:
 
 
 def fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
-    """Size, modification time (ns) and SHA-256 of a file, read in 1 MiB blocks."""
+    """Size, modification time (ns) and SHA-256 of a file, read in 1 MiB blocks.
+
+    A document (one row per file) that is a symbolic link is fingerprinted by where it points,
+    never read through: it may lead out of the attachments root, and its content is part of
+    its row's request key anyway."""
+    if _kind(Path(path)) == "document" and os.path.islink(path):
+        try:
+            st = os.lstat(path)
+            target = os.fsencode(os.readlink(path))
+        except OSError as exc:
+            raise ConfigError(f"{os.fspath(path)}: cannot read input file ({exc})") from exc
+        return Fingerprint(
+            path=os.fspath(path),
+            size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            sha256=hashlib.sha256(b"symlink\0" + target).hexdigest(),
+        )
     digest = hashlib.sha256()
     block = bytearray(_HASH_BLOCK)
     view = memoryview(block)
@@ -407,17 +468,47 @@ def _recover(source: str, lineno: int, line: bytes, exc: orjson.JSONDecodeError)
 
 def _row_with_id(obj: dict[str, Any], id_field: str, source: str, line: int) -> Item:
     value = obj.get(id_field)
-    if value is None or value == "":
-        what = "no field" if id_field not in obj else ("a null" if value is None else "an empty")
+    row_id = row_id_text(value)
+    if row_id is None:
+        if id_field not in obj:
+            what = "no field"
+        elif value is None or value == "":
+            what = "a null" if value is None else "an empty"
+        elif type(value) is float:
+            what = "a NaN or infinite"
+        else:
+            what = f"a JSON {_json_kind(value)} as the"
         return BadRow(
             f"{source}:{line}",
             source,
             line,
             f"{source} line {line}: {what} {id_field!r}, the id field set by [input] id; "
-            f"give the row an {id_field!r} value, or remove [input] id to use content hashes",
+            f"give the row a string or integer {id_field!r}, or remove [input] id to use "
+            "content hashes",
             "missing_id",
         )
-    return Row(value if type(value) is str else str(value), obj, source, line)
+    return Row(row_id, obj, source, line)
+
+
+def row_id_text(value: Any) -> str | None:
+    """A row's id as text, or None when the value cannot be one (missing, empty, NaN, an
+    object, a list or a boolean).
+
+    Ids are text, so an id column whose type changes keeps its rows: ``1``, ``"1"`` and ``1.0``
+    are the same id (an integral float is written as the integer: pandas turns an integer
+    column with a null into floats). Any other float is written as Python's shortest repr."""
+    kind = type(value)
+    if kind is str:
+        return value or None
+    if kind is int:
+        return str(value)
+    if kind is float:
+        if not math.isfinite(value):
+            return None
+        return str(int(value)) if value.is_integer() else repr(value)
+    if value is None or kind in (bool, dict, list):
+        return None
+    return str(value)
 
 
 def _bad_line(source: str, lineno: int, line: bytes, exc: orjson.JSONDecodeError) -> BadRow:
@@ -454,22 +545,28 @@ def _json_kind(obj: object) -> str:
     return "null"
 
 
-def _read_documents(
-    files: list[Path], id_field: str | None, chunk_size: int
-) -> Iterator[list[Item]]:
+def _read_documents(spec: InputSpec, files: list[Path], chunk_size: int) -> Iterator[list[Item]]:
     """One row per document: its fields from its headers (``documents.document_fields``),
     ``line`` 1 of its own ``source``. A file that cannot be read still makes a row; sending it
-    records why."""
-    from .documents import document_fields
+    records why. A file that resolves outside the attachments root (a symlink out of the
+    folder) is not read at all: its row is an ``attachment_outside_root`` input error."""
+    from .documents import confine, document_fields
 
+    root = None if spec.allow_any_path else os.path.realpath(spec.root)
     out: list[Item] = []
     for f in files:
         source = str(f)
-        fields = document_fields(source)
-        if id_field is None:
-            out.append(Row(source, fields, source, 1))
+        try:
+            if root is not None:
+                confine(source, root)
+        except InputError as exc:
+            out.append(BadRow(source, source, 1, str(exc), exc.error_type))
         else:
-            out.append(_row_with_id(fields, id_field, source, 1))
+            fields = document_fields(source)
+            if spec.id is None:
+                out.append(Row(source, fields, source, 1))
+            else:
+                out.append(_row_with_id(fields, spec.id, source, 1))
         if len(out) >= chunk_size:
             yield out
             out = []
@@ -577,31 +674,30 @@ class FileRows:
 
 
 def _survey_file(path: Path) -> tuple[Fingerprint, int | None]:
+    """A file's fingerprint and row count: a JSONL file's lines counted from the same read its
+    hash takes; a Parquet file's count from its metadata; a document is one row (a symbolic
+    link to one is not read through: ``fingerprint``)."""
     kind = _kind(path)
+    if kind == "document":
+        return fingerprint(path), 1
+    if kind != "jsonl":
+        return fingerprint(path), count_rows([path])  # Parquet metadata; gzip read once more
     digest = hashlib.sha256()
     block = bytearray(_HASH_BLOCK)
     view = memoryview(block)
     lines = 0
-    count_lines = kind == "jsonl"
     try:
         with open(path, "rb", buffering=0) as fh:
             st = os.fstat(fh.fileno())
             while n := fh.readinto(block):
-                chunk = view[:n]
-                digest.update(chunk)
-                if count_lines:
-                    lines += block.count(b"\n", 0, n)
+                digest.update(view[:n])
+                lines += block.count(b"\n", 0, n)
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read input file ({exc})") from exc
-    rows: int | None = lines
-    if kind == "document":
-        rows = 1
-    elif kind != "jsonl":
-        rows = count_rows([path])  # Parquet metadata; a gzip stream is read once more
     found = Fingerprint(
         path=str(path), size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=digest.hexdigest()
     )
-    return found, rows
+    return found, lines
 
 
 class PythonRows:

@@ -169,6 +169,7 @@ class OnlineExecutor:
         self.stopping = False
         self.fatal: FatalProviderError | None = None
         self._scope: anyio.CancelScope | None = None
+        self._idle = 0  # workers waiting for a request
         self._log = log.bind(run_id=results.run_id, provider=results.provider)
 
     def stop(self) -> None:
@@ -176,36 +177,71 @@ class OnlineExecutor:
         self.stopping = True
 
     async def run(self, work: MemoryObjectReceiveStream[Request]) -> None:
-        """Work until ``work`` is exhausted, the run stops, or a fatal error cancels it."""
+        """Work until ``work`` is exhausted, the run stops, or a fatal error cancels it.
+
+        Workers are started as requests arrive, one for each request that finds every worker
+        busy, up to the concurrency cap: never more tasks than requests (a cap of 10,000 with
+        five rows starts five)."""
+        started = 0
+        cap = self.budget.concurrency
+        handoff, inbox = anyio.create_memory_object_stream[Request](0)
         with anyio.CancelScope() as scope:
             self._scope = scope
             async with anyio.create_task_group() as tg:
-                for _ in range(self.budget.concurrency):
-                    tg.start_soon(self._worker, work.clone())
-                work.close()
+                async with work, handoff:
+                    async for request in work:
+                        if self.stopping:
+                            break
+                        if self._idle == 0 and started < cap:
+                            started += 1
+                            tg.start_soon(self._worker, request, inbox.clone())
+                            if started == cap:
+                                # The workers hold every receiving end now: once all of them
+                                # have stopped, handing over fails instead of waiting. (Below
+                                # the cap, a request is handed over only to an idle worker.)
+                                inbox.close()
+                            continue
+                        try:
+                            await handoff.send(request)
+                        except anyio.BrokenResourceError:
+                            break  # every worker has stopped: nothing more is sent
+                inbox.close()
 
-    async def _worker(self, work: MemoryObjectReceiveStream[Request]) -> None:
+    async def _worker(self, first: Request, work: MemoryObjectReceiveStream[Request]) -> None:
         async with work:
-            async for request in work:
-                if self.stopping:
-                    break  # not launched: the next run sends it
-                lease = await self.budget.acquire(
-                    tokens=request.est_total_tokens, worst_usd=self._worst_cost(request)
-                )
-                if lease is None:
-                    self._request_stop("budget")
-                    break
-                result: RowResult | None = None
+            request = first
+            while await self._serve(request):
+                self._idle += 1
                 try:
-                    if self._warm is None:
-                        result = await self._process(request, lease)
-                    else:
-                        result = await self._first_alone(request, lease)
-                finally:
-                    lease.release(None if result is None else result.cost_usd)
-                if result is None:
+                    request = await work.receive()
+                except anyio.EndOfStream:
                     return
-                await self.sink.put(result)
+                finally:
+                    self._idle -= 1
+
+    async def _serve(self, request: Request) -> bool:
+        """One request, from its lease to its outcome in the sink; False: this worker stops
+        (the run is stopping, over its budget, or failed)."""
+        if self.stopping:
+            return False  # not launched: the next run sends it
+        lease = await self.budget.acquire(
+            tokens=request.est_total_tokens, worst_usd=self._worst_cost(request)
+        )
+        if lease is None:
+            self._request_stop("budget")
+            return False
+        result: RowResult | None = None
+        try:
+            if self._warm is None:
+                result = await self._process(request, lease)
+            else:
+                result = await self._first_alone(request, lease)
+        finally:
+            lease.release(None if result is None else result.cost_usd)
+        if result is None:
+            return False
+        await self.sink.put(result)
+        return True
 
     def _request_stop(self, reason: str) -> None:
         self.stopping = True

@@ -7,12 +7,15 @@ A job file is a user-facing contract; the keys and their meaning are documented 
 from __future__ import annotations
 
 import hashlib
+import math
 import os
+import stat
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 import orjson
 
@@ -22,9 +25,12 @@ if TYPE_CHECKING:
     from .pricing import Price
 
 __all__ = [
+    "BATCH_LIMITS",
     "ENGINES",
     "FALLBACK_WHEN",
     "JOB_KEYS",
+    "MAX_CONCURRENCY",
+    "MAX_FORMAT_WIDTH",
     "PROVIDERS",
     "BatchSpec",
     "ClusterSpec",
@@ -34,7 +40,10 @@ __all__ = [
     "LimitsSpec",
     "OutputSpec",
     "RequestSpec",
+    "check_url",
+    "default_attachments_root",
     "default_base_url",
+    "format_spec_problem",
     "job_from_mapping",
     "load_job",
     "parse_job",
@@ -66,6 +75,32 @@ FALLBACK_WHEN = (
 )
 DEFAULT_FALLBACK_WHEN = ("overloaded", "timeout", "server_error")
 
+# Upper bounds of the numbers that size memory, tasks or waits (README, "Job file keys"). A job
+# above one is refused in one line rather than left to run out of memory or wait forever.
+MAX_CONCURRENCY = 10_000
+"""Requests in flight at most: each holds a connection (a file descriptor) and a task."""
+MAX_WORKERS = 256
+"""Ray workers at most: each is a process of its own."""
+MAX_ATTEMPTS = 100
+MAX_SECONDS = 86_400.0
+"""A day: the longest timeout, poll interval or cooldown a job may set."""
+MAX_OUTPUT_TOKENS = 1_000_000
+MAX_CONTEXT_TOKENS = 100_000_000
+MAX_INVALID_RETRIES = 10
+MAX_DOCUMENTS_IN_FLIGHT_MB = 4_096.0
+MAX_REQUESTS_PER_MINUTE = 1e9
+MAX_TOKENS_PER_MINUTE = 1e12
+# (requests, bytes) a batch may hold at most, by provider: OpenAI's and Anthropic's documented
+# limits; Gemini documents no count limit, and its Files API takes 2 GB a file.
+BATCH_LIMITS: dict[str, tuple[int, int]] = {
+    "openai": (50_000, 200_000_000),
+    "anthropic": (100_000, 256_000_000),
+    "gemini": (100_000, 2_000_000_000),
+}
+MAX_SCHEMA_BYTES = 10_000_000
+MAX_FORMAT_WIDTH = 100_000
+"""The largest width or precision a template's format spec may give (``{text:.2000}``)."""
+
 # Every key a job file may hold, by table, with a one-line description (also used by the docs test).
 JOB_KEYS: dict[str, dict[str, str]] = {
     "": {"name": "job name; results are grouped under it"},
@@ -73,6 +108,9 @@ JOB_KEYS: dict[str, dict[str, str]] = {
         "path": "a .jsonl, .jsonl.gz or .parquet file, or a glob of them (relative to the cwd); "
         "not needed when the rows come from Python",
         "id": "column holding a stable row id; without it a hash of the row's content is used",
+        "attachments_root": "the folder every attached file must be in (default: the input "
+        "file's folder, or the documents folder)",
+        "allow_any_path": "true: attached files may be anywhere on this machine (default false)",
     },
     "request": {
         "provider": "openai | anthropic | gemini",
@@ -144,6 +182,17 @@ JOB_KEYS: dict[str, dict[str, str]] = {
 class InputSpec:
     path: str = ""  # empty: the rows come from Python
     id: str | None = None
+    attachments_root: str | None = None
+    """``[input] attachments_root`` as written; None: the default (``root``)."""
+    allow_any_path: bool = False
+
+    @property
+    def root(self) -> str:
+        """The folder a row's attached files (and a documents glob's files) must resolve into:
+        ``attachments_root``, else the folder of the input (``default_attachments_root``)."""
+        if self.attachments_root is not None:
+            return self.attachments_root
+        return default_attachments_root(self.path)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +239,11 @@ class RequestSpec:
     attachments: tuple[str, ...] = ()
     """Templates of the files or URLs sent with each row, before the prompt text."""
     image_detail: str | None = None
+    attachments_root: str | None = "."
+    """The folder a row's attached files must resolve into (symlinks followed); None: anywhere
+    (``[input] allow_any_path``). Set from ``[input]`` by the job parser (the input's folder by
+    default); never part of ``prompt_hash``. Built by hand, a spec confines files to the
+    working directory."""
 
     @property
     def context_tokens(self) -> int:
@@ -267,26 +321,40 @@ class Job:
         address: str | None = None,
     ) -> Job:
         """The job with command-line overrides applied (``--input``, ``--db``, ``--base-url``,
-        ``--budget-usd``, ``--mode``, ``--engine``, ``--workers``, ``--address``)."""
+        ``--budget-usd``, ``--mode``, ``--engine``, ``--workers``, ``--address``), each checked
+        as the job file's key is (ConfigError naming the option)."""
         job = self
+        if workers is not None:
+            _in_range(workers, "--workers", None, high=MAX_WORKERS)
+        if address is not None:
+            _check_address(address, "--address", None)
+        if engine is not None and engine not in ENGINES:
+            raise ConfigError(f"--engine {engine!r} is not one of: {', '.join(ENGINES)}")
         if engine is not None or workers is not None or address is not None:
             cluster = replace(
                 job.cluster,
                 engine=engine or job.cluster.engine,
-                workers=workers or job.cluster.workers,
+                workers=job.cluster.workers if workers is None else workers,
                 address=address or job.cluster.address,
             )
             job = replace(job, cluster=cluster)
             _check_cluster(job, job.path)
         if mode is not None:
+            if mode not in MODES:
+                raise ConfigError(f"--mode {mode!r} is not one of: {', '.join(MODES)}")
             job = replace(job, request=replace(job.request, mode=mode))
         if budget_usd is not None:
-            job = replace(job, limits=replace(job.limits, budget_usd=budget_usd))
+            _in_range(budget_usd, "--budget-usd", None, high=None)
+            job = replace(job, limits=replace(job.limits, budget_usd=float(budget_usd)))
         if input_path is not None:
-            job = replace(job, input=replace(job.input, path=input_path))
+            new_input = replace(job.input, path=input_path)
+            job = replace(
+                job, input=new_input, request=replace(job.request, **_confinement(new_input))
+            )
         if db is not None:
             job = replace(job, output=replace(job.output, db=db))
         if base_url is not None:
+            check_url(base_url, key="--base-url")
             job = replace(job, request=replace(job.request, base_url=base_url))
         return job
 
@@ -312,10 +380,78 @@ class Job:
 
 def default_base_url(provider: str, env: Mapping[str, str] | None = None) -> str:
     """A provider's URL when no job says: the official SDK's environment variable, else the
-    real API."""
+    real API. Raises ConfigError when the variable holds no http(s) URL, or a user name or
+    password (never echoed)."""
     env = os.environ if env is None else env
     name, default = BASE_URL_ENV[provider]
-    return env.get(name, default).rstrip("/")
+    url = env.get(name, default)
+    if url != default:
+        check_url(url, key=name, where="the environment variable")
+    return url.rstrip("/")
+
+
+def check_url(
+    url: str,
+    *,
+    key: str,
+    path: str | None = None,
+    where: str | None = None,
+    schemes: tuple[str, ...] | None = ("http", "https"),
+) -> None:
+    """Raise ConfigError (naming ``key``, never the URL's secret) unless ``url`` is a URL of
+    one of ``schemes`` (None: any) with a host, and without a user name or password in it: keys
+    come from the environment only. ``where`` says what ``key`` is (an option, a variable)."""
+    prefix, err_key = "", key if key else None
+    if where or key.startswith("-"):
+        prefix, err_key = f"{where} {key}: " if where else f"{key}: ", None
+    try:
+        parts = urlsplit(url)
+        netloc = parts.netloc
+        port_ok = parts.port is None or 0 < parts.port < 65_536
+    except ValueError:
+        raise _url_error(prefix, "is not a valid URL", err_key, path) from None
+    if "@" in netloc:
+        raise _url_error(
+            prefix,
+            "a URL with a user name or password in it is refused (the part before '@'); API "
+            "keys come from the environment only (OPENAI_API_KEY, ANTHROPIC_API_KEY, "
+            "GEMINI_API_KEY): remove it from the URL",
+            err_key,
+            path,
+        )
+    if schemes is not None and (parts.scheme not in schemes or not parts.hostname):
+        shown = url if len(url) <= 80 else url[:77] + "..."
+        raise _url_error(
+            prefix, f"{shown!r} is not an http(s) URL such as https://host/v1", err_key, path
+        )
+    if not port_ok:
+        raise _url_error(prefix, "has a port outside 1-65535", err_key, path)
+
+
+def _url_error(prefix: str, message: str, key: str | None, path: str | None) -> ConfigError:
+    return ConfigError(prefix + message, path=path, key=key)
+
+
+def default_attachments_root(pattern: str) -> str:
+    """The folder of an input path: the folder of a file, or of a glob the leading part without
+    wildcards (``data/scans/*.pdf`` and ``data/**/x.jsonl``: ``data/scans`` and ``data``)."""
+    expanded = os.path.expanduser(pattern)
+    if not any(c in expanded for c in "*?["):
+        return os.path.dirname(expanded) or "."
+    fixed: list[str] = []
+    for part in expanded.split(os.sep):
+        if any(c in part for c in "*?["):
+            break
+        fixed.append(part)
+    root = os.sep.join(fixed)
+    if not root and expanded.startswith(os.sep):
+        return os.sep
+    return root or "."
+
+
+def _confinement(spec: InputSpec) -> dict[str, Any]:
+    """The ``RequestSpec`` fields that say where a row's attached files may be."""
+    return {"attachments_root": None if spec.allow_any_path else spec.root}
 
 
 def load_job(path: str | os.PathLike[str]) -> Job:
@@ -389,10 +525,7 @@ def _build(doc: Mapping[str, Any], *, path: str, text: str, text_format: str = "
     # Without [input] path, the rows come from Python (pipeline.run(job, rows=...)); a run
     # from the command line says what is missing when it starts.
     inp = _table(doc, "input", path, required=False)
-    input_spec = InputSpec(
-        path=_get(inp, "input", "path", str, path) or "",
-        id=_get(inp, "input", "id", str, path),
-    )
+    input_spec = _input(inp, path)
 
     req = _table(doc, "request", path)
     provider = _get(req, "request", "provider", str, path, required=True)
@@ -403,58 +536,87 @@ def _build(doc: Mapping[str, Any], *, path: str, text: str, text_format: str = "
             key="request.provider",
         )
     prompt = _get(req, "request", "prompt", str, path, required=True)
-    max_tokens = _get(req, "request", "max_tokens", int, path)
-    if max_tokens is not None and max_tokens < 1:
-        raise ConfigError("must be at least 1", path=path, key="request.max_tokens")
+    max_tokens = _bounded(
+        req, "max_tokens", int, path, 1024, table_name="request", low=1, high=MAX_OUTPUT_TOKENS
+    )
     temperature = _get(req, "request", "temperature", float, path)
     if temperature is not None and not 0 <= temperature <= 2:
         raise ConfigError("must be between 0 and 2", path=path, key="request.temperature")
     base_url = _get(req, "request", "base_url", str, path)
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{base_url!r} is not an http(s) URL", path=path, key="request.base_url")
+    if base_url is not None:
+        check_url(base_url, key="request.base_url", path=path)
     request_spec = RequestSpec(
         provider=provider,
         model=_get(req, "request", "model", str, path, required=True),
         prompt=prompt,
         system=_get(req, "request", "system", str, path),
-        max_tokens=1024 if max_tokens is None else max_tokens,
+        max_tokens=max_tokens,
         temperature=temperature,
         base_url=base_url,
-        context_window=_get(req, "request", "context_window", int, path),
+        context_window=_bounded(
+            req, "context_window", int, path, None, table_name="request", high=MAX_CONTEXT_TOKENS
+        ),
         mode=_choice(req, "request", "mode", MODES, path) or "online",
         fallback=_fallback(req, provider, path),
         **_structured(req, path),
         **_documents(req, provider, path),
+        **_confinement(input_spec),
     )
     _check_template(prompt, path)
 
     lim = _table(doc, "limits", path, required=False)
     defaults = LimitsSpec()
     limits = LimitsSpec(
-        concurrency=_positive(lim, "concurrency", int, path, defaults.concurrency),
-        requests_per_minute=_positive(lim, "requests_per_minute", float, path, None),
-        tokens_per_minute=_positive(lim, "tokens_per_minute", float, path, None),
-        max_attempts=_positive(lim, "max_attempts", int, path, defaults.max_attempts),
-        timeout_s=_positive(lim, "timeout_s", float, path, defaults.timeout_s),
-        budget_usd=_positive(lim, "budget_usd", float, path, None),
-        documents_in_flight_mb=_positive(
-            lim, "documents_in_flight_mb", float, path, defaults.documents_in_flight_mb
+        concurrency=_bounded(
+            lim, "concurrency", int, path, defaults.concurrency, high=MAX_CONCURRENCY
+        ),
+        requests_per_minute=_bounded(
+            lim, "requests_per_minute", float, path, None, high=MAX_REQUESTS_PER_MINUTE
+        ),
+        tokens_per_minute=_bounded(
+            lim, "tokens_per_minute", float, path, None, high=MAX_TOKENS_PER_MINUTE
+        ),
+        max_attempts=_bounded(
+            lim, "max_attempts", int, path, defaults.max_attempts, high=MAX_ATTEMPTS
+        ),
+        timeout_s=_bounded(lim, "timeout_s", float, path, defaults.timeout_s, high=MAX_SECONDS),
+        budget_usd=_bounded(lim, "budget_usd", float, path, None, high=None),
+        documents_in_flight_mb=_bounded(
+            lim,
+            "documents_in_flight_mb",
+            float,
+            path,
+            defaults.documents_in_flight_mb,
+            high=MAX_DOCUMENTS_IN_FLIGHT_MB,
         ),
     )
     bat = _table(doc, "batch", path, required=False)
+    most_requests, most_bytes = BATCH_LIMITS[provider]
     batch = BatchSpec(
-        poll_interval_s=_positive(bat, "poll_interval_s", float, path, 30.0, table_name="batch"),
+        poll_interval_s=_bounded(
+            bat, "poll_interval_s", float, path, 30.0, table_name="batch", high=MAX_SECONDS
+        ),
         on_unfinished=_choice(bat, "batch", "on_unfinished", ON_UNFINISHED, path) or "online",
-        max_requests=_positive(bat, "max_requests", int, path, None, table_name="batch"),
-        max_bytes=_positive(bat, "max_bytes", int, path, None, table_name="batch"),
+        max_requests=_bounded(
+            bat, "max_requests", int, path, None, table_name="batch", high=most_requests
+        ),
+        max_bytes=_bounded(bat, "max_bytes", int, path, None, table_name="batch", high=most_bytes),
     )
     out = _table(doc, "output", path, required=False)
     output = OutputSpec(db=_get(out, "output", "db", str, path) or OutputSpec().db)
     clu = _table(doc, "cluster", path, required=False)
     cluster = ClusterSpec(
         engine=_choice(clu, "cluster", "engine", ENGINES, path) or "local",
-        address=_get(clu, "cluster", "address", str, path),
-        workers=_positive(clu, "workers", int, path, ClusterSpec().workers, table_name="cluster"),
+        address=_address(clu, path),
+        workers=_bounded(
+            clu,
+            "workers",
+            int,
+            path,
+            ClusterSpec().workers,
+            table_name="cluster",
+            high=MAX_WORKERS,
+        ),
     )
     job = Job(
         name=name,
@@ -568,10 +730,12 @@ def _fallback(req: Mapping[str, Any], provider: str, path: str) -> FallbackSpec 
             key=f"{name}.when",
         )
     base_url = _get(table, name, "base_url", str, path)
-    if base_url is not None and not base_url.startswith(("http://", "https://")):
-        raise ConfigError(f"{base_url!r} is not an http(s) URL", path=path, key=f"{name}.base_url")
-    window = _positive(table, "context_window", int, path, None, table_name=name)
-    cooldown = _positive(table, "cooldown_s", float, path, 60.0, table_name=name)
+    if base_url is not None:
+        check_url(base_url, key=f"{name}.base_url", path=path)
+    window = _bounded(
+        table, "context_window", int, path, None, table_name=name, high=MAX_CONTEXT_TOKENS
+    )
+    cooldown = _bounded(table, "cooldown_s", float, path, 60.0, table_name=name, high=MAX_SECONDS)
     return FallbackSpec(
         provider=fb_provider,
         model=model,
@@ -580,6 +744,53 @@ def _fallback(req: Mapping[str, Any], provider: str, path: str) -> FallbackSpec 
         context_window=window,
         cooldown_s=cooldown,
     )
+
+
+def _input(inp: Mapping[str, Any], path: str) -> InputSpec:
+    """``[input]``: the rows' path and id, and where their attached files may be."""
+    root = _get(inp, "input", "attachments_root", str, path)
+    allow = inp.get("allow_any_path", False)
+    if not isinstance(allow, bool):
+        raise ConfigError(
+            f"must be true or false, got {_shown(allow)}", path=path, key="input.allow_any_path"
+        )
+    if root is not None:
+        if allow:
+            raise ConfigError(
+                "allow_any_path = true leaves no folder to confine files to; remove one of the two",
+                path=path,
+                key="input.attachments_root",
+            )
+        try:
+            is_dir = os.path.isdir(os.path.expanduser(root))
+        except ValueError:
+            is_dir = False
+        if not is_dir:
+            raise ConfigError(
+                f"{_shown(root)} is not a folder (relative paths are relative to the directory "
+                "pipeline runs in); fix the path",
+                path=path,
+                key="input.attachments_root",
+            )
+    return InputSpec(
+        path=_get(inp, "input", "path", str, path) or "",
+        id=_get(inp, "input", "id", str, path),
+        attachments_root=None if root is None else os.path.expanduser(root),
+        allow_any_path=allow,
+    )
+
+
+def _address(clu: Mapping[str, Any], path: str) -> str | None:
+    """``cluster.address``: ``auto``, ``host:port`` or a ``ray://`` URL, without credentials."""
+    address: str | None = _get(clu, "cluster", "address", str, path)
+    if address is not None:
+        _check_address(address, "cluster.address", path)
+    return address
+
+
+def _check_address(address: str, key: str, path: str | None) -> None:
+    url = address if "://" in address else f"ray://{address}"
+    check_url(url, key=key, path=path, schemes=None)
 
 
 def _table(
@@ -613,13 +824,28 @@ def _get(
     value = table[key]
     ok = isinstance(value, kind) and not isinstance(value, bool)
     if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        value, ok = float(value), True
+        try:
+            value, ok = float(value), True
+        except OverflowError:
+            raise ConfigError(
+                f"is too large a number ({len(str(value))} digits)", path=path, key=full
+            ) from None
     if not ok:
-        raise ConfigError(f"must be {_TYPE_NAMES[kind]}, got {value!r}", path=path, key=full)
+        raise ConfigError(f"must be {_TYPE_NAMES[kind]}, got {_shown(value)}", path=path, key=full)
     return value
 
 
-def _positive(
+def _shown(value: Any) -> str:
+    """A value as an error message quotes it: its repr, cut to one short line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _short(number: float) -> str:
+    return f"{number:,.0f}" if float(number).is_integer() else f"{number:,}"
+
+
+def _bounded(
     table: Mapping[str, Any],
     key: str,
     kind: type,
@@ -627,15 +853,41 @@ def _positive(
     default: Any,
     *,
     table_name: str = "limits",
+    high: float | None,
+    low: float | None = None,
 ) -> Any:
+    """A number that must be finite, greater than 0 (or at least ``low``) and at most
+    ``high`` (None: no upper bound)."""
     value = _get(table, table_name, key, kind, path)
     if value is None:
         return default
-    if value <= 0:
-        raise ConfigError(
-            f"must be greater than 0, got {value!r}", path=path, key=f"{table_name}.{key}"
-        )
+    _in_range(value, f"{table_name}.{key}", path, high=high, low=low)
     return value
+
+
+def _in_range(
+    value: float, key: str, path: str | None, *, high: float | None, low: float | None = None
+) -> None:
+    """Raise ConfigError naming ``key`` (a job key, or a command-line option such as
+    ``--budget-usd``) unless ``value`` is a finite number in range."""
+    problem: str | None = None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        problem = f"must be a number, got {_shown(value)}"
+    elif isinstance(value, float) and not math.isfinite(value):
+        problem = f"must be a finite number, got {value!r}"
+    elif low is None and value <= 0:
+        problem = f"must be greater than 0, got {_shown(value)}"
+    elif low is not None and value < low:
+        least = "0 or more" if low == 0 else f"at least {_short(low)}"
+        problem = f"must be {least}, got {_shown(value)}"
+    elif high is not None and value > high:
+        got = f"{value:,}" if isinstance(value, int) and value < 10**30 else _shown(value)
+        problem = f"must be at most {_short(high)}, got {got}"
+    if problem is None:
+        return
+    if key.startswith("-"):
+        raise ConfigError(f"{key} {problem}")
+    raise ConfigError(problem, path=path, key=key)
 
 
 def _choice(
@@ -653,20 +905,48 @@ def _check_template(prompt: str, path: str, *, key: str = "request.prompt") -> N
     import string
 
     try:
-        for _, field_name, _, _ in string.Formatter().parse(prompt):
-            if field_name is not None and (field_name == "" or field_name.isdigit()):
-                raise ConfigError(
-                    "positional {} placeholders are not allowed; name a row field, "
-                    "e.g. {text}, and write {{ or }} for a literal brace",
-                    path=path,
-                    key=key,
-                )
+        parsed = list(string.Formatter().parse(prompt))
     except ValueError as exc:
         raise ConfigError(
             f"bad template ({exc}); write {{{{ or }}}} for a literal brace",
             path=path,
             key=key,
         ) from exc
+    for _, field_name, format_spec, _conversion in parsed:
+        if field_name is not None and (field_name == "" or field_name.isdigit()):
+            raise ConfigError(
+                "positional {} placeholders are not allowed; name a row field, "
+                "e.g. {text}, and write {{ or }} for a literal brace",
+                path=path,
+                key=key,
+            )
+        if field_name is not None and format_spec:
+            problem = format_spec_problem(field_name, format_spec)
+            if problem is not None:
+                raise ConfigError(problem, path=path, key=key)
+
+
+def format_spec_problem(name: str, spec: str) -> str | None:
+    """Why the format spec of ``{name:spec}`` is refused, or None.
+
+    A spec is fixed text of the job file: a field inside it (``{text:>{w}}``) would let a row's
+    value size the prompt (``w = 1000000000000`` asks for a terabyte), so it is refused; a width
+    or precision is at most ``MAX_FORMAT_WIDTH``.
+    """
+    if "{" in spec or "}" in spec:
+        return (
+            f"{{{name}:{spec}}}: a format spec may not use a row field (a row's value would "
+            "size the prompt); write a fixed width such as {text:>20}, or none"
+        )
+    import re
+
+    for digits in re.findall(r"\d+", spec):
+        if len(digits) > 9 or int(digits) > MAX_FORMAT_WIDTH:
+            return (
+                f"{{{name}:{_shown(spec)[1:-1]}}}: a width or precision over "
+                f"{MAX_FORMAT_WIDTH:,} is refused (it sizes every prompt); use a smaller one"
+            )
+    return None
 
 
 # -- documents and images: attachments, image_detail ---------------------------------------------
@@ -726,10 +1006,8 @@ def _structured(req: Mapping[str, Any], path: str) -> dict[str, Any]:
                     path=path,
                     key=f"request.{key}",
                 )
-    if retries is not None and retries < 0:
-        raise ConfigError(
-            f"must be 0 or more, got {retries}", path=path, key="request.invalid_retries"
-        )
+    if retries is not None:
+        _in_range(retries, "request.invalid_retries", path, low=0, high=MAX_INVALID_RETRIES)
     out: dict[str, Any] = {}
     if schema is not None:
         out.update(
@@ -756,7 +1034,19 @@ def _schema(req: Mapping[str, Any], path: str) -> tuple[dict[str, Any] | None, s
     if isinstance(value, str):
         schema_path = value
         try:
+            st = os.stat(value)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SCHEMA_BYTES:
+                raise ConfigError(
+                    f"schema file {_shown(value)} is not a JSON file of at most "
+                    f"{MAX_SCHEMA_BYTES:,} bytes; fix the path",
+                    path=path,
+                    key=key,
+                )
             raw = Path(value).read_bytes()
+        except ValueError:  # a NUL in the path
+            raise ConfigError(
+                f"schema file {_shown(value)} is not a usable path; fix it", path=path, key=key
+            ) from None
         except FileNotFoundError:
             raise ConfigError(
                 f"schema file {value!r} not found (the path is relative to the directory "
@@ -766,7 +1056,9 @@ def _schema(req: Mapping[str, Any], path: str) -> tuple[dict[str, Any] | None, s
             ) from None
         except OSError as exc:
             raise ConfigError(
-                f"cannot read schema file {value!r}: {exc}", path=path, key=key
+                f"cannot read schema file {_shown(value)}: {exc.strerror or type(exc).__name__}",
+                path=path,
+                key=key,
             ) from exc
         try:
             value = orjson.loads(raw)

@@ -28,10 +28,10 @@ import httpx
 import orjson
 
 from ..documents import read_base64
-from ..errors import TransientError
 from ..extract import ANSWER_TOOL
 from ..limits import ByteWindow
 from ..records import AnswerSchema, Attachment, Request, Usage
+from . import _answers as answers
 from ._base import JSONProvider
 
 __all__ = [
@@ -122,33 +122,39 @@ def parse_message(body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
     """Text, stop reason and usage of a ``message`` object.
 
     The text is that of the text blocks; when the message calls a tool (a structured answer),
-    it is the first ``tool_use`` block's ``input``, as JSON.
+    it is the first ``tool_use`` block's ``input``, as JSON. A body that is not a message
+    (missing parts, wrong types, counts that are no counts) is a ``TransientError``
+    (``bad_response``).
     """
     try:
         texts: list[str] = []
         tool_input: Any = None
-        for block in body["content"]:
+        content = body["content"]
+        if not isinstance(content, list):
+            raise TypeError("content")
+        for block in content:
             kind = block.get("type")
             if kind == "text":
-                texts.append(block.get("text", ""))
+                texts.append(answers.text("anthropic", block.get("text"), "a text block"))
             elif kind == "tool_use" and tool_input is None:
                 tool_input = block["input"]
         text = "".join(texts) if tool_input is None else orjson.dumps(tool_input).decode()
         usage = body["usage"]
-        uncached = int(usage["input_tokens"])
-        write = int(usage.get("cache_creation_input_tokens") or 0)
-        read = int(usage.get("cache_read_input_tokens") or 0)
-        result = Usage(
-            input_tokens=uncached + write + read,
-            output_tokens=int(usage["output_tokens"]),
-            cache_read_tokens=read,
-            cache_write_tokens=write,
-        )
-    except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise TransientError(
-            f"anthropic: answer lacks {exc!s} (not a message)", error_type="bad_response"
-        ) from exc
-    return text, body.get("stop_reason"), result
+        if not isinstance(usage, Mapping):
+            raise TypeError("usage")
+        stop = answers.finish("anthropic", body.get("stop_reason"), "stop_reason")
+    except (KeyError, TypeError, AttributeError, orjson.JSONEncodeError) as exc:
+        raise answers.bad_answer("anthropic", f"answer lacks {exc!s} (not a message)") from exc
+    uncached = answers.count("anthropic", usage, "input_tokens", required=True)
+    write = answers.count("anthropic", usage, "cache_creation_input_tokens")
+    read = answers.count("anthropic", usage, "cache_read_input_tokens")
+    result = Usage(
+        input_tokens=uncached + write + read,
+        output_tokens=answers.count("anthropic", usage, "output_tokens", required=True),
+        cache_read_tokens=read,
+        cache_write_tokens=write,
+    )
+    return text, stop, result
 
 
 class AnthropicProvider(JSONProvider):

@@ -29,9 +29,9 @@ from urllib.parse import quote
 import httpx
 
 from ..documents import read_base64
-from ..errors import TransientError
 from ..limits import ByteWindow
 from ..records import Attachment, Request, Usage
+from . import _answers as answers
 from ._base import JSONProvider
 
 __all__ = [
@@ -96,46 +96,43 @@ def generate_body(request: Request) -> dict[str, Any]:
 
 
 def _count(usage: Mapping[str, Any], key: str) -> int:
-    value = usage.get(key)
-    if isinstance(value, bool) or not isinstance(value, int | str):
-        return 0
-    try:
-        return int(value)  # int64 counts may come as JSON strings
-    except ValueError:
-        return 0
+    # int64 counts may come as JSON strings (protobuf's JSON mapping)
+    return answers.count("gemini", usage, key, strings=True)
 
 
 def parse_generate(body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
-    """Text, finish reason and usage of a ``GenerateContentResponse``."""
+    """Text, finish reason and usage of a ``GenerateContentResponse``. A body that is not one
+    (missing parts, wrong types, counts that are no counts) is a ``TransientError``
+    (``bad_response``)."""
     try:
         usage = body["usageMetadata"]
         if not isinstance(usage, Mapping):
             raise TypeError("usageMetadata")
         candidates = body.get("candidates") or []
+        if not isinstance(candidates, list):
+            raise TypeError("candidates")
         finish: str | None = None
         texts: list[str] = []
         if candidates:
             candidate = candidates[0]
-            finish = candidate.get("finishReason")
+            finish = answers.finish("gemini", candidate.get("finishReason"), "finishReason")
             for part in (candidate.get("content") or {}).get("parts") or ():
                 if isinstance(part.get("text"), str) and not part.get("thought"):
                     texts.append(part["text"])
         else:
             feedback = body.get("promptFeedback") or {}
-            finish = feedback.get("blockReason")
-        thoughts = _count(usage, "thoughtsTokenCount")
-        result = Usage(
-            input_tokens=_count(usage, "promptTokenCount")
-            + _count(usage, "toolUsePromptTokenCount"),
-            output_tokens=_count(usage, "candidatesTokenCount") + thoughts,
-            cache_read_tokens=_count(usage, "cachedContentTokenCount"),
-            reasoning_tokens=thoughts,
-        )
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise TransientError(
-            f"gemini: answer lacks {exc!s} (not a GenerateContentResponse)",
-            error_type="bad_response",
+            finish = answers.finish("gemini", feedback.get("blockReason"), "blockReason")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise answers.bad_answer(
+            "gemini", f"answer lacks {exc!s} (not a GenerateContentResponse)"
         ) from exc
+    thoughts = _count(usage, "thoughtsTokenCount")
+    result = Usage(
+        input_tokens=_count(usage, "promptTokenCount") + _count(usage, "toolUsePromptTokenCount"),
+        output_tokens=_count(usage, "candidatesTokenCount") + thoughts,
+        cache_read_tokens=_count(usage, "cachedContentTokenCount"),
+        reasoning_tokens=thoughts,
+    )
     return "".join(texts), finish, result
 
 

@@ -21,9 +21,9 @@ from typing import Any
 import httpx
 
 from ..documents import read_base64
-from ..errors import TransientError
 from ..limits import ByteWindow
 from ..records import AnswerSchema, Attachment, Request, Usage
+from . import _answers as answers
 from ._base import JSONProvider
 
 __all__ = [
@@ -99,31 +99,38 @@ def response_format(answer: AnswerSchema) -> dict[str, Any]:
     return {"type": "json_schema", "json_schema": spec}
 
 
-def _int(d: Mapping[str, Any] | None, key: str) -> int:
-    if not d:
-        return 0
-    value = d.get(key)
-    return value if isinstance(value, int) else 0
+def _details(usage: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = usage.get(key)
+    return value if isinstance(value, Mapping) else {}
 
 
 def parse_chat_completion(body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
-    """Text, finish reason and usage of a ``chat.completion`` object."""
+    """Text, finish reason and usage of a ``chat.completion`` object. A body that is not one
+    (missing parts, wrong types, counts that are no counts) is a ``TransientError``
+    (``bad_response``)."""
     try:
         choice = body["choices"][0]
         message = choice["message"]
         usage = body["usage"]
-        text = message.get("content") or message.get("refusal") or ""
-        result = Usage(
-            input_tokens=int(usage["prompt_tokens"]),
-            output_tokens=int(usage["completion_tokens"]),
-            cache_read_tokens=_int(usage.get("prompt_tokens_details"), "cached_tokens"),
-            reasoning_tokens=_int(usage.get("completion_tokens_details"), "reasoning_tokens"),
-        )
-    except (KeyError, IndexError, TypeError, ValueError, AttributeError) as exc:
-        raise TransientError(
-            f"openai: answer lacks {exc!s} (not a chat.completion)", error_type="bad_response"
-        ) from exc
-    return text, choice.get("finish_reason"), result
+        if not isinstance(usage, Mapping) or not isinstance(message, Mapping):
+            raise TypeError("usage" if not isinstance(usage, Mapping) else "message")
+        content = answers.text("openai", message.get("content"), "message.content")
+        refusal = answers.text("openai", message.get("refusal"), "message.refusal")
+        text = content or refusal
+        finish = answers.finish("openai", choice.get("finish_reason"), "finish_reason")
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise answers.bad_answer("openai", f"answer lacks {exc!s} (not a chat.completion)") from exc
+    result = Usage(
+        input_tokens=answers.count("openai", usage, "prompt_tokens", required=True),
+        output_tokens=answers.count("openai", usage, "completion_tokens", required=True),
+        cache_read_tokens=answers.count(
+            "openai", _details(usage, "prompt_tokens_details"), "cached_tokens"
+        ),
+        reasoning_tokens=answers.count(
+            "openai", _details(usage, "completion_tokens_details"), "reasoning_tokens"
+        ),
+    )
+    return text, finish, result
 
 
 class OpenAIProvider(JSONProvider):
