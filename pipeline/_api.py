@@ -23,6 +23,7 @@ fails once started (a bad key, no quota, an unreachable provider) returns an out
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -40,6 +41,7 @@ from .errors import ConfigError, StoppedError, first_pipeline_error
 from .execution.manifest import (
     Manifest,
     changed_inputs,
+    check_run_id,
     find_manifest,
     process_alive,
     read_manifest,
@@ -76,6 +78,14 @@ log = structlog.get_logger("pipeline.run")
 DEFAULT_DB = "data/results.duckdb"
 FAKE_KEY = "fake-key-not-secret"
 """The key the built-in fake provider is sent (it checks that one is there, not which)."""
+
+_last_run: dict[str, str] = {}  # the run this process started last: for a line after Ctrl-C
+
+
+def last_run() -> str | None:
+    """The resume command of the run this process started last, if any."""
+    return _last_run.get("resume")
+
 
 JobLike = str | os.PathLike[str] | Job | Mapping[str, Any]
 """A job: the path of a job file, a ``Job``, or a dict with the job file's keys."""
@@ -237,11 +247,21 @@ def run(
 
 
 def _run_blocking(kwargs: dict[str, Any]) -> RunOutcome:
-    outcome: RunOutcome = anyio.run(
-        lambda: arun(**kwargs),
-        backend="asyncio",
-        backend_options={"use_uvloop": _have_uvloop()},
-    )
+    # The event loop's signal handling leaves SIGTERM at its default when it ends: the
+    # caller's handlers (the CLI's, a task runner's) are put back.
+    handlers = {}
+    if kwargs.get("signals"):
+        handlers = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        outcome: RunOutcome = anyio.run(
+            lambda: arun(**kwargs),
+            backend="asyncio",
+            backend_options={"use_uvloop": _have_uvloop()},
+        )
+    finally:
+        for sig, handler in handlers.items():
+            if handler is not None:
+                signal.signal(sig, handler)
     return outcome
 
 
@@ -357,6 +377,8 @@ class _Plan:
             raise ConfigError("no job: give a job file's path, a Job or a dict (or resume=RUN)")
         else:
             chosen = resolve_job(job).with_overrides(**overrides)
+        if run_id is not None:
+            check_run_id(run_id)
         if not wait and chosen.request.mode != "batch":
             raise ConfigError("--no-wait is for batch mode; add --mode batch")
         if not wait and fake:
@@ -447,7 +469,8 @@ class _run_log:
         # Nothing may log into the closed file afterwards (the caller, the next run).
         structlog.configure(**self._before)
         if self._file is not None:
-            self._file.close()
+            with contextlib.suppress(OSError):  # a full disk: what could be written, was
+                self._file.close()
 
 
 async def _launch(
@@ -589,6 +612,7 @@ async def _wired(
             notice=notice,
         )
         control.session = session
+        _last_run["resume"] = session.resume_command
         console = _console(quiet)
         if console is not None:
             from rich.markup import escape

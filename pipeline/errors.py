@@ -38,6 +38,7 @@ __all__ = [
     "TransientError",
     "UnreachableError",
     "first_pipeline_error",
+    "io_error",
 ]
 
 
@@ -149,7 +150,9 @@ class FatalProviderError(ProviderError):
 
 def first_pipeline_error(group: BaseExceptionGroup[BaseException]) -> PipelineError | None:
     """The first ``PipelineError`` in a task group's exception group (nested ones included):
-    the one clear error to report instead of the group's traceback."""
+    the one clear error to report instead of the group's traceback. Failing that, the first
+    ``OSError`` (a full disk under the journal, the manifest or the log), as a ``StoreError``
+    naming the file."""
     for exc in group.exceptions:
         if isinstance(exc, PipelineError):
             return exc
@@ -157,4 +160,15 @@ def first_pipeline_error(group: BaseExceptionGroup[BaseException]) -> PipelineEr
             found = first_pipeline_error(exc)
             if found is not None:
                 return found
+    for exc in group.exceptions:
+        if isinstance(exc, OSError):
+            return io_error(exc)
     return None
+
+
+def io_error(exc: OSError, what: str = "a file of the run") -> StoreError:
+    """An OS error while writing, as one line naming the file (``what`` when it has no name)."""
+    where = exc.filename if exc.filename else what
+    error = StoreError(f"cannot write {where}: {exc.strerror or exc}")
+    error.__cause__ = exc
+    return error

@@ -63,8 +63,14 @@ class _TeeLogger:
 
     def _emit(self, level: int, line: bytes) -> None:
         if self._file is not None:
-            self._file.write(line + b"\n")
-            self._file.flush()
+            try:
+                self._file.write(line + b"\n")
+                self._file.flush()
+            except OSError as exc:
+                # A full disk: the run goes on (and says why it fails, if it does); the log
+                # file is given up, once, with one line on the terminal.
+                self._file = None
+                sys.stderr.write(f"warning: the run's log cannot be written any more ({exc})\n")
         if level >= self._terminal_level:
             # Look sys.stderr up each time: a live progress display swaps it for its own.
             stream = sys.stderr

@@ -711,3 +711,48 @@ def test_the_checks_refuse_the_same_things_for_a_library_caller(tmp_path: Path) 
     assert job.with_overrides(input_path="elsewhere/rows.jsonl").request.attachments_root == (
         "elsewhere"
     )
+
+
+# -- run ids and what is written ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("run_id", ["../../x", "/tmp/abs", "a/b", "..", ".hidden", "x" * 129])
+def test_a_run_id_that_could_name_a_file_elsewhere_is_refused(
+    run_id: str, capfd: pytest.CaptureFixture[str]
+) -> None:
+    write_rows(Path("rows.jsonl"), [{"id": "1", "text": "t"}])
+    job_file("rows.jsonl", attachments=None, prompt="Review: {text}")
+    assert main(["run", "job.toml", "--fake", "--quiet", "--run-id", run_id]) == 2
+    assert "is not allowed" in only_line(capfd.readouterr().err)
+    assert not Path("out").exists() and not Path("/tmp/abs.manifest.json").exists()
+
+
+def test_a_manifest_naming_a_run_id_outside_runs_is_not_resumed(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    write_rows(Path("rows.jsonl"), [{"id": "1", "text": "t"}])
+    job_file("rows.jsonl", attachments=None, prompt="Review: {text}")
+    assert main(["run", "job.toml", "--fake", "--quiet", "--run-id", "r1"]) == 0
+    capfd.readouterr()
+    manifest = Path("out/runs/r1.manifest.json")
+    doc = orjson.loads(manifest.read_bytes())
+    crafted = Path("crafted.manifest.json")
+    crafted.write_bytes(orjson.dumps({**doc, "run_id": "../../escaped"}))
+    assert main(["resume", str(crafted)]) == 2
+    assert "is not allowed" in only_line(capfd.readouterr().err)
+    assert not list(Path("..").glob("escaped*"))
+
+
+def test_nothing_shaped_like_a_key_reaches_a_manifest_or_the_database(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    leaked = "sk-proj-" + "Q" * 24
+    write_rows(Path("rows.jsonl"), [{"id": "1", "text": "t"}])
+    job_file("rows.jsonl", attachments=None, prompt=f"Review: {{text}} ({leaked})")
+    assert main(["run", "job.toml", "--fake", "--quiet"]) == 0
+    for path in Path("out").rglob("*"):
+        if path.is_file() and not path.name.endswith(".duckdb"):
+            assert leaked.encode() not in path.read_bytes(), path
+    with duckdb.connect("out/results.duckdb", read_only=True) as con:
+        (text,) = con.execute("SELECT job_text || manifest FROM runs").fetchone()  # type: ignore[misc]
+    assert leaked not in text and "[REDACTED]" in text

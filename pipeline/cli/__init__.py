@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import signal
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -172,8 +174,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # SIGTERM before (or after) a run's own handlers: the same clean end as Ctrl-C.
+    previous = _terminate_as_interrupt()
     try:
         return _handler(args.command)(args)
+    except KeyboardInterrupt:
+        # A signal outside a run's own handling (start-up, the final report, a second
+        # Ctrl-C while closing): one line, exit 3, and how to go on when a run was started.
+        from .._api import last_run
+
+        started = last_run()
+        tail = f"; to finish it: {started}" if started else ""
+        _error(f"interrupted{tail}")
+        return 3
+    except OSError as exc:  # the terminal or a file the command writes (a full disk)
+        where = f" {exc.filename}" if exc.filename else ""
+        _error(f"cannot write{where}: {exc.strerror or exc}")
+        return 1
     except ConfigError as exc:
         _error(str(exc))
         return 2
@@ -183,6 +200,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     except PipelineError as exc:
         _error(str(exc))
         return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _terminate_as_interrupt() -> Any:
+    """SIGTERM raises KeyboardInterrupt (as SIGINT does) on the main thread; the old handler."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    return signal.signal(signal.SIGTERM, interrupt)
 
 
 def _handler(command: str) -> Callable[[argparse.Namespace], int]:

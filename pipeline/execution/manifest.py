@@ -15,6 +15,7 @@ contains an API key: keys live in the environment only and nothing here reads th
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -24,6 +25,7 @@ import orjson
 
 from ..errors import ConfigError
 from ..records import RunState, parse_run_state, run_state
+from ..redact import redact, safe_url
 from ..sources import Fingerprint, fingerprint
 
 __all__ = [
@@ -32,6 +34,7 @@ __all__ = [
     "JobRecord",
     "Manifest",
     "changed_inputs",
+    "check_run_id",
     "find_manifest",
     "latest_manifest",
     "manifest_path",
@@ -45,6 +48,21 @@ __all__ = [
 SUFFIX = ".manifest.json"
 PYTHON_ROWS = "<rows>"
 """The ``input_path`` of a run whose rows came from Python (``pipeline.run(rows=...)``)."""
+
+
+RUN_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+"""What a run id may be: it names files under the database's ``runs/`` folder."""
+
+
+def check_run_id(run_id: str) -> None:
+    """A run id names files under ``runs/``: letters, digits, ``.``, ``_`` and ``-`` only,
+    starting with a letter or digit, no ``..`` (ConfigError otherwise), so that nothing is
+    ever written outside that folder."""
+    if not RUN_ID.fullmatch(run_id) or ".." in run_id:
+        raise ConfigError(
+            f"run id {run_id!r} is not allowed: use letters, digits, '.', '_' and '-' (at most "
+            "128, starting with a letter or digit, no '..')"
+        )
 
 
 def runs_dir(db: str | os.PathLike[str]) -> Path:
@@ -138,13 +156,18 @@ class Manifest:
         return sum(int(c.get(k, 0)) for k in ("ok", "failed", "input_error", "invalid"))
 
     def to_dict(self) -> dict[str, Any]:
+        """The manifest as JSON data, every text redacted (``pipeline.redact``: nothing shaped
+        like a key, no URL credentials) and the base URL without user, query or fragment."""
         out = asdict(self)
         out["state"] = self.status
         del out["reason"]
         for name in ("cluster", "fallback", "documents"):
             if out[name] is None:
                 del out[name]
-        return out
+        if out["base_url"]:
+            out["base_url"] = safe_url(out["base_url"])
+        scrubbed: dict[str, Any] = _scrub(out)
+        return scrubbed
 
     @classmethod
     def from_dict(cls, doc: Mapping[str, Any], *, where: str = "the manifest") -> Manifest:
@@ -170,6 +193,7 @@ class Manifest:
                     values[name] = tuple(values[name] or ())
             for name in ("run_id", "provider", "model", "mode", "db", "input_path"):
                 values[name] = str(doc[name])
+            check_run_id(values["run_id"])
             values.setdefault("resume_command", resume_command(values["run_id"], values["db"]))
             values.setdefault("started_at", 0.0)
             return cls(**values)
@@ -181,6 +205,16 @@ class Manifest:
     def live(self, **changes: Any) -> Manifest:
         """This manifest with its live fields changed (``state``, ``counts``, ...)."""
         return replace(self, **changes)
+
+
+def _scrub(value: Any) -> Any:
+    if isinstance(value, str):
+        return redact(value)
+    if isinstance(value, dict):
+        return {k: _scrub(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_scrub(v) for v in value]
+    return value
 
 
 def process_alive(pid: object) -> bool:

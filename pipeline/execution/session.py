@@ -31,7 +31,7 @@ from pathlib import Path
 import anyio
 import structlog
 
-from ..errors import PipelineError, first_pipeline_error
+from ..errors import PipelineError, first_pipeline_error, io_error
 from ..job import Job
 from ..job.pricing import Price, price_for
 from ..limits import RateBudget
@@ -158,6 +158,10 @@ class RunSession:
     def prompt_hash(self) -> str:
         return self.renderer.prompt_hash
 
+    @property
+    def resume_command(self) -> str:
+        return f"pipeline resume {self.run_id} --db {self.db}"
+
     # -- stopping ------------------------------------------------------------------------------
 
     def request_stop(self, reason: str = "signal") -> None:
@@ -214,6 +218,10 @@ class RunSession:
         except PipelineError as error:
             state, why = RunState.FAILED, str(error)
             raise
+        except OSError as exc:  # a full disk under the journal or the manifest
+            io = io_error(exc)
+            state, why = RunState.FAILED, str(io)
+            raise io from exc
         except BaseException:
             state, why = RunState.FAILED, "interrupted"
             raise
@@ -494,9 +502,18 @@ class RunSession:
         scope.cancel()
 
     def _finish_run(self, state: RunState, reason: str | None) -> None:
+        """The run's end in the manifest and the ledger, as far as the disk lets it be written:
+        a failure here (a full disk) is logged, and the error that ended the run stays the
+        one reported."""
         manifest = self.manifest(state, reason)
-        write_manifest(self.manifest_path, manifest)
-        # Counts and cost come from what was committed: a NULL-priced run stays NULL, not $0.
-        self.store.runs.finish(self.run_id, manifest.status, finished_at=self._clock())
-        self.store.runs.update(self.run_id, manifest=manifest.to_dict())
-        self._final_cost = self.store.results.counts(self.run_id)["cost_usd"]
+        try:
+            write_manifest(self.manifest_path, manifest)
+        except OSError as exc:
+            self._log.error("manifest_not_written", path=str(self.manifest_path), error=str(exc))
+        try:
+            # Counts and cost come from what was committed: a NULL-priced run stays NULL.
+            self.store.runs.finish(self.run_id, manifest.status, finished_at=self._clock())
+            self.store.runs.update(self.run_id, manifest=manifest.to_dict())
+            self._final_cost = self.store.results.counts(self.run_id)["cost_usd"]
+        except PipelineError as exc:
+            self._log.error("run_end_not_recorded", error=str(exc))
