@@ -647,8 +647,8 @@ def scenario_ray(tmp: Path, rows: int) -> None:
 
 
 def duckdb_write_rate(tmp: Path, n: int) -> float:
-    """Rows per second ``ResultTable.write`` commits in batches of 256, as the driver's sink does
-    (plus the journal's one write per row before it)."""
+    """Rows per second the driver's sink commits in batches of 256: the journal's one write per
+    row, then DuckDB inserting each closed journal segment."""
     from pipeline.execution.journal import Journal
     from pipeline.records import Mode, RowResult, Status
     from pipeline.store import Store
@@ -662,14 +662,16 @@ def duckdb_write_rate(tmp: Path, n: int) -> float:
         for i in range(n)
     ]  # fmt: skip
     db = fresh_db(tmp, "writes")
-    journal = Journal(tmp / "writes.journal.jsonl", run_id="run-1", db=str(db))
+    journal = Journal(tmp / "writes", run_id="run-1", db=str(db))
     with Store(db) as store:
         t0 = time.perf_counter()
         for start in range(0, n, 256):
-            batch = results[start : start + 256]
-            for result in batch:
+            for result in results[start : start + 256]:
                 journal.append(result)
-            store.results.write(batch)
+            segment = journal.rotate()
+            assert segment is not None
+            store.results.write_lines(segment)
+            segment.unlink()
         wall = time.perf_counter() - t0
     journal.close(remove=True)
     return n / wall

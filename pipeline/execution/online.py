@@ -54,7 +54,7 @@ from ..providers import Provider
 from ..records import Request, ResultBuilder, RowResult, Status, Usage
 from ..render import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from .fallback import Fallback
-from .sink import ResultSink
+from .sink import Outcomes
 from .stats import RunStats
 
 __all__ = ["OnlineExecutor", "Reachability"]
@@ -136,7 +136,7 @@ class OnlineExecutor:
         *,
         provider: Provider,
         budget: RunBudget,
-        sink: ResultSink,
+        sink: Outcomes,
         results: ResultBuilder,
         stats: RunStats,
         price: Price | None,

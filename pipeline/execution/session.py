@@ -51,7 +51,7 @@ from .batch import BatchExecutor, PartRow
 from .cluster import RayEngine, RayExecutor
 from .fallback import Breaker, Fallback, Switch, log_switch
 from .feed import feed
-from .journal import Journal, journal_path, replay_journals
+from .journal import Journal, replay_journals
 from .manifest import fingerprints, manifest_path, resume_command, runs_dir, write_manifest
 from .online import OnlineExecutor
 from .sink import ResultSink
@@ -194,9 +194,12 @@ class RunSession:
         ending: Literal["completed", "stopped", "failed"] = "completed"
         why: str | None = None
         message: str | None = None
-        journal = Journal(journal_path(self.runs_dir, self.run_id), run_id=self.run_id, db=self.db)
+        journal = Journal(self.runs_dir, run_id=self.run_id, db=self.db)
         sink = ResultSink(
-            self.store.results.write, stats=self.stats, journal=journal, on_commit=self._committed
+            self.store.results.write_lines,
+            stats=self.stats,
+            journal=journal,
+            on_commit=self._committed,
         )
         try:
             async with anyio.create_task_group() as outer:
