@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from contextlib import contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -15,7 +22,7 @@ import yarl
 
 from ..errors import ProviderError, TransientError, UnreachableError
 from ..limits import ByteWindow
-from ..limits.headers import parse_rate_limit_headers
+from ..limits.headers import rate_limit_parser
 from ..limits.retry import classify_http_error
 from ..records import Reply, Request, Usage
 
@@ -23,6 +30,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "APIClient",
     "AiohttpPost",
+    "BodyEncoder",
     "JSONProvider",
     "Post",
     "Provider",
@@ -191,6 +199,59 @@ async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         partial += chunk[start:]
     if partial:
         yield bytes(partial).removesuffix(b"\r")
+
+
+class BodyEncoder:
+    """A provider's request bodies as bytes, with what the requests of a job share encoded once.
+
+    ``shared(request)`` is the body without the row: a dict whose *last* key holds the list
+    (messages, contents) that the row's own items go at the end of; it may depend only on the
+    request's model, system prompt, ``max_tokens``, temperature and framing (what a renderer
+    gives every request of a job). ``row(request)`` is that list's items for the row: its
+    prompt (and attachments), then its follow-up turns. ``encode(request)`` is
+    ``orjson.dumps`` of the whole body, byte for byte: the shared part is encoded once per
+    version of it (a job and its fallback: two), the row's items once per request, and the two
+    are spliced.
+    """
+
+    def __init__(
+        self,
+        shared: Callable[[Request], dict[str, Any]],
+        row: Callable[[Request], list[Any]],
+    ) -> None:
+        self._shared = shared
+        self._row = row
+        self._prefixes: dict[tuple[Any, ...], tuple[object, bytes]] = {}
+
+    def body(self, request: Request) -> dict[str, Any]:
+        """The body as a dict (what ``encode`` encodes)."""
+        body = self._shared(request)
+        *_, last = body
+        body[last] = [*body[last], *self._row(request)]
+        return body
+
+    def encode(self, request: Request) -> bytes:
+        framing = request.framing
+        version = (request.model, request.system, request.max_tokens, request.temperature)
+        found = self._prefixes.get((*version, id(framing)))
+        if found is None or found[0] is not framing:
+            found = (framing, self._prefix(request))
+            if len(self._prefixes) >= 8:
+                self._prefixes.clear()
+            self._prefixes[(*version, id(framing))] = found
+        # b'[item, ...]' without its '[': after the prefix, it closes the list; '}' the body.
+        return found[1] + orjson.dumps(self._row(request))[1:] + b"}"
+
+    def _prefix(self, request: Request) -> bytes:
+        shared = self._shared(request)
+        *_, last = shared
+        if not isinstance(shared[last], list):
+            raise TypeError(f"the last key of a shared body must hold a list, not {last!r}")
+        encoded = orjson.dumps(shared)
+        assert encoded.endswith(b"]}")
+        # Cut the list's ']' and the body's '}': the row's items follow (after a comma when the
+        # shared part has items of its own, the system prompt or examples).
+        return encoded[:-2] + (b"," if shared[last] else b"")
 
 
 MAX_REDIRECTS = 5
@@ -435,8 +496,9 @@ class TransportPost:
 class JSONProvider:
     """One JSON POST per request: the part every provider's online client shares.
 
-    A subclass says how a ``Request`` becomes a body (``body``), how an answer becomes text,
-    finish reason and usage (``parse``), and which header carries the provider's request id.
+    A subclass says how a ``Request`` becomes a body (``bodies``, a ``BodyEncoder``), how an
+    answer becomes text, finish reason and usage (``parse``), and which header carries the
+    provider's request id.
     ``transport``: an httpx transport to send through (tests pass ``httpx.MockTransport``);
     ``None``, the default for jobs, sends on aiohttp directly (``AiohttpPost``), with at most
     ``max_connections`` open.
@@ -459,8 +521,10 @@ class JSONProvider:
         timeout_s: float = 60.0,
         max_connections: int | None = None,
         documents_window: ByteWindow | None = None,
+        bodies: BodyEncoder,
     ) -> None:
         self._url = url
+        self._bodies = bodies
         self._post: Post = (
             AiohttpPost(url, max_connections=max_connections, timeout_s=timeout_s)
             if transport is None
@@ -469,9 +533,15 @@ class JSONProvider:
         self._headers = dict(headers)
         self._window = documents_window
         self._encoders: anyio.CapacityLimiter | None = None
+        self._rate_limits = rate_limit_parser(self.name)
 
     def body(self, request: Request) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON body of ``request``, as a dict."""
+        return self._bodies.body(request)
+
+    def encode(self, request: Request) -> bytes:
+        """The JSON body of ``request``, encoded (files attached are read now)."""
+        return self._bodies.encode(request)
 
     def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
         raise NotImplementedError
@@ -491,13 +561,10 @@ class JSONProvider:
                 self._encoders = anyio.CapacityLimiter(ENCODING_THREADS)
             async with self._window.hold(request.attachment_bytes):
                 encoded = await anyio.to_thread.run_sync(
-                    self._encode, request, limiter=self._encoders
+                    self.encode, request, limiter=self._encoders
                 )
                 return await self._exchange(encoded, headers)
-        return await self._exchange(orjson.dumps(self.body(request)), headers)
-
-    def _encode(self, request: Request) -> bytes:
-        return orjson.dumps(self.body(request))
+        return await self._exchange(self._bodies.encode(request), headers)
 
     async def _exchange(self, content: bytes, headers: dict[str, str]) -> Reply:
         with mapped_transport_errors(self.name, self._url):
@@ -510,7 +577,7 @@ class JSONProvider:
             finish_reason=finish,
             usage=usage,
             request_id=answer_headers.get(self.request_id_header),
-            rate_limit=parse_rate_limit_headers(self.name, answer_headers),
+            rate_limit=self._rate_limits(answer_headers),
             raw_usage=body.get(self.usage_key),
         )
 
