@@ -26,11 +26,12 @@ is left without a result for the session to send online, or recorded ``failed`` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import anyio
+import orjson
 import structlog
 from anyio.abc import ObjectReceiveStream
 
@@ -41,7 +42,7 @@ from ..limits.retry import backoff_s
 from ..providers import BatchProvider
 from ..providers._batch import BatchLine, BatchPart, BatchState, Submitted
 from ..records import Request, ResultBuilder, RowResult, Status
-from .parts import PartWriter
+from .parts import PartRows, PartWriter
 from .sink import ResultSink
 from .stats import RunStats
 
@@ -61,7 +62,13 @@ class BatchBook(Protocol):
     """The run's batch parts, as the store keeps them (``Store.batches``)."""
 
     def record_part(
-        self, run_id: str, part: int, provider: str, *, nbytes: int, requests: Sequence[PartRow]
+        self,
+        run_id: str,
+        part: int,
+        provider: str,
+        *,
+        nbytes: int,
+        requests: Iterable[PartRow] | Path,
     ) -> None: ...
 
     def mark_submitted(
@@ -80,6 +87,10 @@ class BatchBook(Protocol):
     ) -> None: ...
 
     def collect(self, run_id: str, part: int, results: Sequence[RowResult]) -> None: ...
+
+    def collect_lines(self, run_id: str, part: int, path: Path) -> int: ...
+
+    def part_keys(self, run_id: str, part: int) -> set[str]: ...
 
     def parts(self, run_id: str) -> list[dict[str, Any]]: ...
 
@@ -106,7 +117,7 @@ class BatchExecutor:
         record_unfinished: bool,
         max_attempts: int = 6,
         extractor: Extractor | None = None,
-        on_recorded: Callable[[Sequence[PartRow]], None] | None = None,
+        on_recorded: Callable[[Iterable[PartRow]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.provider = provider
@@ -158,7 +169,7 @@ class BatchExecutor:
             found = await self._find(prepared, since=part["created_at"], known=known)
             if found is None:
                 if prepared.path.exists():
-                    await self._submit(prepared, [(k, *rows[k][:3]) for k in ordered])
+                    await self._submit(prepared)
                 else:
                     # Never sent and its file gone: forget the part, so its rows are planned
                     # into a new one.
@@ -217,17 +228,18 @@ class BatchExecutor:
         if closed is not None and not self.stopping:
             await self._record_and_submit(*closed)
 
-    async def _record_and_submit(self, part: BatchPart, rows: list[PartRow]) -> None:
+    async def _record_and_submit(self, part: BatchPart, rows: PartRows) -> None:
         await anyio.to_thread.run_sync(
             lambda: self.book.record_part(
-                self.run_id, part.index, self.provider.name, nbytes=part.bytes, requests=rows
+                self.run_id, part.index, self.provider.name, nbytes=part.bytes, requests=rows.path
             )
         )
         if self._on_recorded is not None:
-            self._on_recorded(rows)
-        await self._submit(part, rows)
+            await anyio.to_thread.run_sync(self._on_recorded, rows)
+        rows.path.unlink(missing_ok=True)  # the ledger has them now
+        await self._submit(part)
 
-    async def _submit(self, part: BatchPart, rows: Sequence[PartRow]) -> None:
+    async def _submit(self, part: BatchPart) -> None:
         """Create the part's batch and record its id. A transient failure (the answer lost
         in a timeout or a dropped connection) is waited out and the provider asked whether the
         batch exists after all (``find_submitted``) before the part is sent again: a part is
@@ -241,7 +253,7 @@ class BatchExecutor:
                 submitted = await self.provider.submit(part, metadata=self._metadata(part.index))
                 break
             except RowRejectedError as exc:
-                await self._refused(part, rows, exc)
+                await self._refused(part, exc)
                 return
             except ProviderError as exc:
                 if not exc.transient or attempt >= self.max_attempts:
@@ -293,15 +305,16 @@ class BatchExecutor:
                     raise
                 await anyio.sleep(backoff_s(attempt, retry_after=exc.retry_after))
 
-    async def _refused(self, part: BatchPart, rows: Sequence[PartRow], exc: ProviderError) -> None:
+    async def _refused(self, part: BatchPart, exc: ProviderError) -> None:
         """The provider would not create the batch: its rows are recorded with the provider's
         message, and nothing more is submitted."""
         why = f"batch part {part.index} ({part.count:,} requests) was refused: {exc}"
+        rows = await anyio.to_thread.run_sync(self.book.requests, self.run_id, part.index)
         results = [
             self.results.unanswered(
                 key, row_id, source, line, Status.FAILED, "batch_rejected", why, attempts=1
             )
-            for key, row_id, source, line in rows
+            for key, (row_id, source, line, _) in rows.items()
         ]
         await anyio.to_thread.run_sync(
             lambda: self.book.update(self.run_id, part.index, status="rejected", error=str(exc))
@@ -359,39 +372,69 @@ class BatchExecutor:
         )
 
     async def _collect(self, part: int, state: BatchState) -> None:
-        rows = await anyio.to_thread.run_sync(self.book.requests, self.run_id, part)
-        results: list[RowResult] = []
         if state.failed:
-            by_line = {e.line: e for e in state.errors if e.line is not None}
-            general = "; ".join(e.message for e in state.errors if e.line is None) or (
-                "the provider rejected the batch"
+            await self._collect_failed(part, state)
+            return
+        # The answers stream into a file of result lines, which the ledger inserts joined to
+        # the part's rows: a part of 50,000 rows is never held in memory, only its keys.
+        keys = await anyio.to_thread.run_sync(self.book.part_keys, self.run_id, part)
+        path = self.parts_dir / f"part-{part:04d}.results.jsonl"
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        collected = 0
+        try:
+            with path.open("wb") as out:
+                async for answer in self.provider.results(state):
+                    if answer.custom_id not in keys:  # not the part's, or answered twice
+                        self._log.warning("unknown_custom_id", custom_id=answer.custom_id)
+                        continue
+                    keys.discard(answer.custom_id)
+                    result = self._answer(answer)
+                    if result is not None:
+                        out.write(orjson.dumps(result) + b"\n")
+                        self.stats.count(result)
+                        collected += 1
+            del keys
+            written = await anyio.to_thread.run_sync(
+                self.book.collect_lines, self.run_id, part, path
             )
-            for key, (row_id, source, line, ordinal) in rows.items():
-                err = by_line.get(ordinal)
-                text = (
-                    f"batch {state.batch_id} line {ordinal}: {err.message}"
-                    if err
-                    else f"batch {state.batch_id} failed validation: {general}"
-                )
-                results.append(
-                    self.results.unanswered(
-                        key, row_id, source, line, Status.FAILED, "batch_invalid", text, attempts=1
-                    )
-                )
-            self._log.warning(
-                "batch_failed",
-                batch_id=state.batch_id,
-                errors=[f"line {e.line}: {e.message}" for e in state.errors][:20],
+        finally:
+            path.unlink(missing_ok=True)
+        if written != collected:  # cannot be: every line written has a key of the part
+            self._log.error("batch_collect_mismatch", part=part, written=written, lines=collected)
+        self.stats.rows_committed += written
+        self._log.info(
+            "batch_collected",
+            part=part,
+            batch_id=state.batch_id,
+            status=state.status,
+            rows=written,
+        )
+
+    async def _collect_failed(self, part: int, state: BatchState) -> None:
+        """A batch rejected as a whole: every row of the part recorded with its error."""
+        rows = await anyio.to_thread.run_sync(self.book.requests, self.run_id, part)
+        by_line = {e.line: e for e in state.errors if e.line is not None}
+        general = "; ".join(e.message for e in state.errors if e.line is None) or (
+            "the provider rejected the batch"
+        )
+        results: list[RowResult] = []
+        for key, (row_id, source, line, ordinal) in rows.items():
+            err = by_line.get(ordinal)
+            text = (
+                f"batch {state.batch_id} line {ordinal}: {err.message}"
+                if err
+                else f"batch {state.batch_id} failed validation: {general}"
             )
-        else:
-            async for answer in self.provider.results(state):
-                meta = rows.get(answer.custom_id)
-                if meta is None:
-                    self._log.warning("unknown_custom_id", custom_id=answer.custom_id)
-                    continue
-                result = self._answer(answer, meta)
-                if result is not None:
-                    results.append(result)
+            results.append(
+                self.results.unanswered(
+                    key, row_id, source, line, Status.FAILED, "batch_invalid", text, attempts=1
+                )
+            )
+        self._log.warning(
+            "batch_failed",
+            batch_id=state.batch_id,
+            errors=[f"line {e.line}: {e.message}" for e in state.errors][:20],
+        )
         await anyio.to_thread.run_sync(self.book.collect, self.run_id, part, results)
         for result in results:
             self.stats.count(result)
@@ -404,9 +447,10 @@ class BatchExecutor:
             rows=len(results),
         )
 
-    def _answer(self, answer: BatchLine, meta: tuple[str, str, int, int]) -> RowResult | None:
-        row_id, source, line, _ = meta
-        key = answer.custom_id
+    def _answer(self, answer: BatchLine) -> RowResult | None:
+        """The result of one answer of a part. Its row id, source and line are left blank:
+        the ledger writes the part's own (``collect_lines`` joins them by request key)."""
+        key, row_id, source, line = answer.custom_id, "", "", 0
         if answer.reply is None:
             if not self.record_unfinished:
                 return None  # left for the online pass

@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any, Literal
@@ -455,7 +455,7 @@ class RunSession:
         self,
         sink: ResultSink,
         results: ResultBuilder,
-        on_recorded: Callable[[Sequence[PartRow]], None] | None = None,
+        on_recorded: Callable[[Iterable[PartRow]], None] | None = None,
     ) -> BatchExecutor:
         assert self.batch_provider is not None
         executor = BatchExecutor(

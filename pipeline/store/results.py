@@ -24,7 +24,7 @@ from ..records import RowResult
 from ._db import Database
 from .schema import ROW_RESULTS, UNPRICED
 
-__all__ = ["ResultTable", "count_results", "insert_results"]
+__all__ = ["ResultTable", "count_results", "insert_lines", "insert_results", "read_result_lines"]
 
 # Results per scratch file inside one transaction (``write``); bounds the file of a big batch.
 _INSERT_CHUNK = 10_000
@@ -34,7 +34,7 @@ _EXPRS: Final = ", ".join(c.insert_expr for c in ROW_RESULTS)
 _COLUMNS: Final = "{" + ", ".join(f"'{c.name}': '{c.read_type}'" for c in ROW_RESULTS) + "}"
 
 
-def _read(*, ignore_errors: bool) -> str:
+def read_result_lines(*, ignore_errors: bool) -> str:
     """DuckDB reading a file of result lines. Lines without a request key (a journal's first
     line, which names its run) are left out; ``ignore_errors`` also skips a line cut short
     (a journal's last, after a crash of the machine)."""
@@ -46,12 +46,14 @@ def _read(*, ignore_errors: bool) -> str:
 
 
 _INSERT_SQL: Final = (
-    f"INSERT INTO row_results ({_NAMES}) SELECT {_EXPRS} FROM {_read(ignore_errors=False)}"
+    f"INSERT INTO row_results ({_NAMES}) "
+    f"SELECT {_EXPRS} FROM {read_result_lines(ignore_errors=False)}"
 )
 
 # Rows of a journal the table does not hold yet; DuckDB's INSERT answers with the count.
 _INSERT_MISSING_SQL: Final = (
-    f"INSERT INTO row_results ({_NAMES}) SELECT {_EXPRS} FROM {_read(ignore_errors=True)} a "
+    f"INSERT INTO row_results ({_NAMES}) "
+    f"SELECT {_EXPRS} FROM {read_result_lines(ignore_errors=True)} a "
     "WHERE NOT EXISTS (SELECT 1 FROM row_results r WHERE r.run_id = a.run_id "
     "AND r.request_key = a.request_key AND r.source IS NOT DISTINCT FROM a.source "
     "AND r.line IS NOT DISTINCT FROM a.line)"
