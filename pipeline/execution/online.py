@@ -186,7 +186,18 @@ class OnlineExecutor:
 
     async def _worker(self, work: MemoryObjectReceiveStream[Request]) -> None:
         async with work:
-            async for request in work:
+            while True:
+                # The next request without a trip through the event loop while the feed has
+                # some waiting (a receive() that finds one still yields to the loop first).
+                try:
+                    request = work.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        request = await work.receive()
+                    except anyio.EndOfStream:
+                        return
+                except anyio.EndOfStream:
+                    return
                 if self.stopping:
                     break  # not launched: the next run sends it
                 lease = await self.budget.acquire(

@@ -70,43 +70,53 @@ def make_transport(*, max_connections: int | None = None) -> httpx.AsyncBaseTran
     return AiohttpTransport(limits=limits)
 
 
-@contextmanager
-def mapped_transport_errors(provider: str, url: httpx.URL | str | None = None) -> Iterator[None]:
-    """Turn network-level failures into transient provider errors: ``UnreachableError`` when
-    no connection could be made at all (refused, unknown host, connect timeout: ``url``'s host
-    is named), ``TransientError`` for the rest (timeouts, dropped connections)."""
-    try:
-        yield
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+"""What a failure of the network itself is raised as (``transport_error`` maps each)."""
+
+
+def transport_error(
+    provider: str, url: httpx.URL | str | None, exc: BaseException
+) -> ProviderError:
+    """A network-level failure as a transient provider error: ``UnreachableError`` when no
+    connection could be made at all (refused, unknown host, connect timeout: ``url``'s host is
+    named), ``TransientError`` for the rest (timeouts, dropped connections)."""
+    where = _origin(url) if url is not None else "the provider"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         cause = exc.__cause__
         # httpx-aiohttp reports every aiohttp connection error as ConnectTimeout, a dropped
         # connection too: only a failure to connect (or httpx's own) is the host out of reach.
         if not isinstance(cause, aiohttp.ClientError) or isinstance(
             cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
         ):
-            where = _origin(url) if url is not None else "the provider"
-            raise UnreachableError(
+            return UnreachableError(
                 f"{provider}: cannot connect to {where} ({type(cause or exc).__name__}: "
                 f"{cause or exc})"
-            ) from exc
-        raise _transient(provider, exc) from exc
-    except httpx.TimeoutException as exc:
-        raise _transient(provider, exc) from exc
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            )
+        return _transient(provider, exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return _transient(provider, exc)
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         # aiohttp called directly (JSONProvider without an httpx transport).
-        where = _origin(url) if url is not None else "the provider"
-        raise UnreachableError(
+        return UnreachableError(
             f"{provider}: cannot connect to {where} ({type(exc).__name__}: {exc})"
-        ) from exc
-    except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
-        raise TransientError(
+        )
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+        return TransientError(
             f"{provider}: request timed out ({type(exc).__name__})", error_type="timeout"
-        ) from exc
-    except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
-        raise TransientError(
-            f"{provider}: connection failed ({type(exc).__name__}: {exc})",
-            error_type="connection_error",
-        ) from exc
+        )
+    return TransientError(
+        f"{provider}: connection failed ({type(exc).__name__}: {exc})",
+        error_type="connection_error",
+    )
+
+
+@contextmanager
+def mapped_transport_errors(provider: str, url: httpx.URL | str | None = None) -> Iterator[None]:
+    """Raise network-level failures as ``transport_error`` maps them."""
+    try:
+        yield
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(provider, url, exc) from exc
 
 
 def _origin(url: httpx.URL | str) -> str:
@@ -435,15 +445,16 @@ class AiohttpPost:
     httpx's request and response objects cost about as much CPU as aiohttp's whole exchange
     (README, "Why this HTTP stack"), so the online path skips them; tests and the batch
     clients use an httpx transport (``TransportPost``). The session opens on first use, inside
-    the running event loop; ``timeout_s`` bounds connecting (the wait for a pooled connection
-    included) and each read.
+    the running event loop; ``timeout_s`` bounds the whole attempt, and connecting (the wait
+    for a pooled connection included) on its own.
     """
 
     def __init__(self, url: str, *, max_connections: int | None, timeout_s: float) -> None:
         self._url = yarl.URL(url)
         self._limit = max_connections or 0
+        # One timer a request (the whole attempt), not one rescheduled on every read.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+            total=timeout_s, connect=timeout_s, sock_connect=timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -567,8 +578,10 @@ class JSONProvider:
         return await self._exchange(self._bodies.encode(request), headers)
 
     async def _exchange(self, content: bytes, headers: dict[str, str]) -> Reply:
-        with mapped_transport_errors(self.name, self._url):
+        try:
             status, answer_headers, answer = await self._post(headers, content)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(self.name, self._url, exc) from exc
         raise_for_answer(self.name, status, answer, answer_headers)
         body = parse_json_body(self.name, status, answer)
         text, finish, usage = self.parse(body)
