@@ -228,7 +228,7 @@ def test_a_part_recorded_from_its_rows_file_and_collected_from_a_file_of_answers
     answers = [result(0, **blank), result(2, **blank), result(7, **blank)]  # key-7: not the part's
     path = tmp_path / "answers.jsonl"
     path.write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in answers))
-    assert store.batches.collect_lines("run-1", 1, path) == 2
+    assert store.batches.collect_lines("run-1", 1, [path]) == 2
     got = store.query("SELECT request_key, row_id, source, line FROM results ORDER BY line")
     assert [tuple(r.values()) for r in got] == [
         ("key-0", "row-0", "data/in.jsonl", 1),

@@ -28,7 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import anyio
 import orjson
@@ -51,6 +51,16 @@ __all__ = ["BatchBook", "BatchExecutor", "BatchRefused"]
 log = structlog.get_logger("pipeline.batch")
 
 FIRST_POLL_S = 1.0
+_COUNTED = (
+    "rows_ok",
+    "rows_failed",
+    "rows_input_error",
+    "rows_invalid",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)  # what RunStats.count moves
+COLLECT_FILE_LINES = 10_000  # answers a file at most when a part is collected (a few MB)
 PartRow = tuple[str, str, str, int]  # request key, row id, source, line
 
 
@@ -88,7 +98,7 @@ class BatchBook(Protocol):
 
     def collect(self, run_id: str, part: int, results: Sequence[RowResult]) -> None: ...
 
-    def collect_lines(self, run_id: str, part: int, path: Path) -> int: ...
+    def collect_lines(self, run_id: str, part: int, paths: Sequence[Path]) -> int: ...
 
     def part_keys(self, run_id: str, part: int) -> set[str]: ...
 
@@ -375,30 +385,44 @@ class BatchExecutor:
         if state.failed:
             await self._collect_failed(part, state)
             return
-        # The answers stream into a file of result lines, which the ledger inserts joined to
+        # The answers stream into files of result lines, which the ledger inserts joined to
         # the part's rows: a part of 50,000 rows is never held in memory, only its keys.
         keys = await anyio.to_thread.run_sync(self.book.part_keys, self.run_id, part)
-        path = self.parts_dir / f"part-{part:04d}.results.jsonl"
         self.parts_dir.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
         collected = 0
+        counted = RunStats()  # added to the run's once the part is committed
+        out: IO[bytes] | None = None
         try:
-            with path.open("wb") as out:
-                async for answer in self.provider.results(state):
-                    if answer.custom_id not in keys:  # not the part's, or answered twice
-                        self._log.warning("unknown_custom_id", custom_id=answer.custom_id)
-                        continue
-                    keys.discard(answer.custom_id)
-                    result = self._answer(answer)
-                    if result is not None:
-                        out.write(orjson.dumps(result) + b"\n")
-                        self.stats.count(result)
-                        collected += 1
+            async for answer in self.provider.results(state):
+                if answer.custom_id not in keys:  # not the part's, or answered twice
+                    self._log.warning("unknown_custom_id", custom_id=answer.custom_id)
+                    continue
+                keys.discard(answer.custom_id)
+                result = self._answer(answer)
+                if result is None:
+                    continue
+                if out is None or collected % COLLECT_FILE_LINES == 0:
+                    if out is not None:
+                        out.close()
+                    paths.append(self.parts_dir / f"part-{part:04d}.results-{len(paths)}.jsonl")
+                    out = paths[-1].open("wb")
+                out.write(orjson.dumps(result) + b"\n")
+                counted.count(result)
+                collected += 1
+            if out is not None:
+                out.close()
             del keys
             written = await anyio.to_thread.run_sync(
-                self.book.collect_lines, self.run_id, part, path
+                self.book.collect_lines, self.run_id, part, paths
             )
         finally:
-            path.unlink(missing_ok=True)
+            if out is not None:
+                out.close()
+            for path in paths:
+                path.unlink(missing_ok=True)
+        for name in _COUNTED:
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(counted, name))
         if written != collected:  # cannot be: every line written has a key of the part
             self._log.error("batch_collect_mismatch", part=part, written=written, lines=collected)
         self.stats.rows_committed += written

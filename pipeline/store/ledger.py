@@ -21,7 +21,7 @@ from ..job import Job
 from ..records import RowResult
 from ..redact import redact, safe_url
 from ._db import Database
-from .results import count_results, insert_results, read_result_lines
+from .results import count_results, insert_results, read_json_lines, read_result_lines
 from .schema import ROW_RESULTS
 
 if TYPE_CHECKING:
@@ -44,8 +44,8 @@ _NULL: Final = object()  # "set this column to NULL" in update
 _STATE_RE: Final = re.compile(r"running|completed|(stopped|failed): .+", re.DOTALL)
 # A part's rows as ``record_part`` reads them from a file.
 _PART_ROWS: Final = (
-    "{'request_key': 'VARCHAR', 'row_id': 'VARCHAR', 'source': 'VARCHAR', 'line': 'BIGINT', "
-    "'ordinal': 'INTEGER'}"
+    '{"request_key": "VARCHAR", "row_id": "VARCHAR", "source": "VARCHAR", "line": "BIGINT", '
+    '"ordinal": "INTEGER"}'
 )
 
 
@@ -338,8 +338,7 @@ class BatchLedger:
         with self._db.transaction(f"record batch part {part} of run {run_id!r}") as cur:
             row = cur.execute(
                 "INSERT INTO batch_requests SELECT $run_id, $part, ordinal, request_key, row_id, "
-                f"source, line FROM read_json($path, format = 'newline_delimited', columns = "
-                f"{_PART_ROWS}) ORDER BY ordinal",
+                f"source, line FROM {read_json_lines(_PART_ROWS)} ORDER BY ordinal",
                 {"run_id": run_id, "part": part, "path": str(path)},
             ).fetchone()
             cur.execute(
@@ -406,12 +405,14 @@ class BatchLedger:
             insert_results(cur, self._db.scratch, results)
             self._mark_collected(cur, run_id, part)
 
-    def collect_lines(self, run_id: str, part: int, path: Path) -> int:
-        """Write an ended part's results from a file of result lines (as the journal writes
-        them) and mark the part collected, in one transaction; returns the rows written. Each
-        line is joined to the part's request by its ``request_key``: the row id, source and
-        line recorded for the part are written, whatever the line says; a line whose key is
-        not in the part is left out."""
+    def collect_lines(self, run_id: str, part: int, paths: Sequence[Path]) -> int:
+        """Write an ended part's results from files of result lines (as the journal writes
+        them) and mark the part collected, all in one transaction; returns the rows written.
+        Each line is joined to the part's request by its ``request_key``: the row id, source
+        and line recorded for the part are written, whatever the line says; a line whose key
+        is not in the part is left out. (Several files of a few MB each, rather than one: DuckDB
+        holds the whole of a file it reads in memory, up to 32 MiB.)"""
+        written = 0
         with self._db.transaction(f"collect batch part {part} of run {run_id!r}") as cur:
             columns = ", ".join(
                 f"q.{c.name}"
@@ -420,14 +421,16 @@ class BatchLedger:
                 for c in ROW_RESULTS
             )
             names = ", ".join(c.name for c in ROW_RESULTS)
-            row = cur.execute(
-                f"INSERT INTO row_results ({names}) SELECT {columns} FROM "
-                f"{read_result_lines(ignore_errors=False)} a JOIN batch_requests q "
-                "ON q.run_id = $run_id AND q.part = $part AND q.request_key = a.request_key",
-                {"run_id": run_id, "part": part, "path": str(path)},
-            ).fetchone()
+            for path in paths:
+                row = cur.execute(
+                    f"INSERT INTO row_results ({names}) SELECT {columns} FROM "
+                    f"{read_result_lines(ignore_errors=False)} a JOIN batch_requests q "
+                    "ON q.run_id = $run_id AND q.part = $part AND q.request_key = a.request_key",
+                    {"run_id": run_id, "part": part, "path": str(path)},
+                ).fetchone()
+                written += int(row[0]) if row else 0
             self._mark_collected(cur, run_id, part)
-        return int(row[0]) if row else 0
+        return written
 
     @staticmethod
     def _mark_collected(cur: Any, run_id: str, part: int) -> None:

@@ -24,25 +24,56 @@ from ..records import RowResult
 from ._db import Database
 from .schema import ROW_RESULTS, UNPRICED
 
-__all__ = ["ResultTable", "count_results", "insert_lines", "insert_results", "read_result_lines"]
+__all__ = [
+    "ResultTable",
+    "count_results",
+    "insert_lines",
+    "insert_results",
+    "read_json_lines",
+    "read_result_lines",
+]
 
 # Results per scratch file inside one transaction (``write``); bounds the file of a big batch.
 _INSERT_CHUNK = 10_000
 
 _NAMES: Final = ", ".join(c.name for c in ROW_RESULTS)
 _EXPRS: Final = ", ".join(c.insert_expr for c in ROW_RESULTS)
-_COLUMNS: Final = "{" + ", ".join(f"'{c.name}': '{c.read_type}'" for c in ROW_RESULTS) + "}"
+# The columns as json_transform reads a result line into a row.
+_STRUCTURE: Final = "{" + ", ".join(f'"{c.name}": "{c.read_type}"' for c in ROW_RESULTS) + "}"
+# Each line of a file whole, as one text value: orjson writes control characters escaped, so
+# the byte 0x01 (the field delimiter here) never occurs in a line, and nothing is quoted.
+_LINES: Final = (
+    "read_csv($path, columns = {'j': 'VARCHAR'}, delim = '\x01', quote = '', escape = '', "
+    "header = false, auto_detect = false, parallel = false, max_line_size = 4194304)"
+)
+
+
+def read_json_lines(structure: str, *, ignore_errors: bool = False, skip: str = "") -> str:
+    """DuckDB reading the file ``$path`` of JSON objects, one a line, into rows of the columns
+    ``structure`` names (``{"name": "TYPE", ...}``).
+
+    Each line is read whole as text (``read_csv``, its buffer as large as the file, at most 64
+    MB) and turned into a row by ``json_transform``: DuckDB's own JSON reader would do the same
+    but sets aside a 32 MiB buffer for any file, counted against the small memory limit a
+    job's database runs under. A missing key or a value that does not fit its column fails the
+    read, unless ``ignore_errors``, which also skips a line cut short (a journal's last, after
+    a crash of the machine). Lines skipped (those that begin with ``skip``, and the ones cut
+    short) are read as rows of NULLs."""
+    # Lines left out become rows of NULLs: DuckDB may transform a line before it filters.
+    keep = [f"NOT starts_with(j, '{skip}')"] if skip else []
+    if ignore_errors:
+        keep.append("json_valid(j)")
+    line = f"CASE WHEN {' AND '.join(keep)} THEN j END" if keep else "j"
+    transform = "json_transform" if ignore_errors else "json_transform_strict"
+    return f"(SELECT unnest({transform}({line}, '{structure}')) FROM {_LINES})"
 
 
 def read_result_lines(*, ignore_errors: bool) -> str:
-    """DuckDB reading a file of result lines. Lines without a request key (a journal's first
-    line, which names its run) are left out; ``ignore_errors`` also skips a line cut short
-    (a journal's last, after a crash of the machine)."""
-    skip = ", ignore_errors = true" if ignore_errors else ""
-    return (
-        f"(SELECT * FROM read_json($path, format = 'newline_delimited', columns = {_COLUMNS}"
-        f"{skip}) WHERE request_key IS NOT NULL)"
-    )
+    """``read_json_lines`` of result lines (one ``RowResult`` a line, as the journal writes
+    them), typed as the table's columns; a journal's first line, which names its run
+    (``{"journal": ...``), is left out."""
+    rows = read_json_lines(_STRUCTURE, ignore_errors=ignore_errors, skip='{"journal":')
+    return f"(SELECT * FROM {rows} WHERE request_key IS NOT NULL)"
 
 
 _INSERT_SQL: Final = (
