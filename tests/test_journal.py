@@ -13,6 +13,7 @@ import anyio
 import orjson
 import pytest
 
+from pipeline.execution import journal as journal_module
 from pipeline.execution.journal import Journal, journal_segments, replay_journals
 from pipeline.execution.sink import ResultSink
 from pipeline.execution.stats import RunStats
@@ -111,7 +112,8 @@ def test_what_a_killed_process_journaled_is_replayed_once_and_the_journal_remove
 
     def write_missing(path: Path) -> int:
         files.append(path.name)
-        new = [r for r in read_segment(path)[1] if r not in stored]
+        lines = [orjson.loads(line) for line in path.read_bytes().splitlines()]
+        new = [r for r in map(as_result, lines) if r not in stored]
         stored.extend(new)
         return len(new)
 
@@ -120,7 +122,8 @@ def test_what_a_killed_process_journaled_is_replayed_once_and_the_journal_remove
     other.close()
     (recovered,) = replay_journals(runs, db=db, write_missing=write_missing)
     assert (recovered.run_id, recovered.results, recovered.inserted) == ("run-1", 5, 3)
-    assert files == ["run-1.000001.journal.jsonl", "run-1.000002.journal.jsonl"]
+    # Each segment in turn (a line at a time would do too: a big journal goes in chunks).
+    assert files == ["run-1.000001.journal.jsonl.replay", "run-1.000002.journal.jsonl.replay"]
     assert stored == results(5)
     assert journal_segments(runs, "run-1") == []
     assert len(journal_segments(runs, "run-9")) == 1  # another database's journal is left alone
@@ -130,10 +133,34 @@ def test_a_journal_of_the_single_file_kind_is_replayed_too(tmp_path: Path) -> No
     old = tmp_path / "run-1.journal.jsonl"
     header = orjson.dumps({"journal": 1, "run_id": "run-1", "db": "db"})
     old.write_bytes(b"\n".join([header, *(orjson.dumps(r) for r in results(2))]) + b"\n")
-    seen: list[Path] = []
-    (recovered,) = replay_journals(tmp_path, db="db", write_missing=lambda p: seen.append(p) or 2)
-    assert seen == [old] and (recovered.results, recovered.inserted) == (2, 2)
+    seen: list[bytes] = []
+
+    def write_missing(path: Path) -> int:
+        seen.append(path.read_bytes())
+        return 2
+
+    (recovered,) = replay_journals(tmp_path, db="db", write_missing=write_missing)
+    assert seen == [b"".join(orjson.dumps(r) + b"\n" for r in results(2))]
+    assert (recovered.results, recovered.inserted) == (2, 2)
     assert not old.exists()
+
+
+def test_a_big_journal_is_recorded_a_chunk_at_a_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "_REPLAY_LINES", 4)
+    journal = Journal(tmp_path, run_id="run-1", db="db")
+    for r in results(10):
+        journal.append(r)
+    journal.close()
+    chunks: list[int] = []
+
+    def write_missing(path: Path) -> int:
+        chunks.append(len(path.read_bytes().splitlines()))
+        return 0
+
+    (recovered,) = replay_journals(tmp_path, db="db", write_missing=write_missing)
+    assert chunks == [4, 4, 2] and recovered.results == 10
 
 
 @pytest.mark.anyio

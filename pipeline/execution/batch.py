@@ -60,7 +60,9 @@ _COUNTED = (
     "output_tokens",
     "cost_usd",
 )  # what RunStats.count moves
-COLLECT_FILE_LINES = 10_000  # answers a file at most when a part is collected (a few MB)
+# Answers a file at most when a part is collected (about 1 MB: DuckDB holds the file it reads
+# in memory beside the transaction's rows, under the database's 32 MB limit).
+COLLECT_FILE_LINES = 2048
 PartRow = tuple[str, str, str, int]  # request key, row id, source, line
 
 

@@ -8,7 +8,7 @@ what the database inserts:
     put(result) ──▶ orjson line ──▶ open segment  <run_id>.<n>.journal.jsonl   (one write(2))
                                         │ rotate(): at each commit the segment is closed ...
                                         ▼
-                   closed segment ──▶ DuckDB read_json ──▶ row_results (one transaction)
+                   closed segment ──▶ DuckDB reads the file ──▶ row_results (one transaction)
                                         │ ... and deleted once committed
 
 A line is in the operating system's hands when ``append`` returns, so it survives the death of
@@ -27,9 +27,10 @@ same way.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -144,11 +145,18 @@ def _header(raw: bytes) -> dict[str, Any]:
     return doc if isinstance(doc, dict) and "journal" in doc else {}
 
 
-def _count_lines(handle: IO[bytes]) -> int:
-    count = 0
-    while chunk := handle.read(1 << 20):
-        count += chunk.count(b"\n")
-    return count
+_REPLAY_LINES = 2048  # lines of a journal recorded at a time: a big one is never read whole
+
+
+def _chunks(handle: IO[bytes], scratch: Path) -> Iterator[tuple[Path, int]]:
+    """The lines left in ``handle`` copied into ``scratch``, ``_REPLAY_LINES`` at a time:
+    (the file, its lines) for each chunk."""
+    while True:
+        lines = list(itertools.islice(handle, _REPLAY_LINES))
+        if not lines:
+            return
+        scratch.write_bytes(b"".join(lines))
+        yield scratch, sum(1 for line in lines if line.endswith(b"\n"))
 
 
 def replay_journals(
@@ -160,16 +168,22 @@ def replay_journals(
     """Record what every journal next to ``db`` holds that the database does not, then remove
     the journal files (another database's journals in the same folder are left alone, only
     their first line read). ``write_missing(path)`` inserts, in one transaction, the results
-    of one journal file the database lacks and returns how many it inserted. One ``Recovered``
-    per run."""
+    of a file of result lines that the database lacks and returns how many it inserted; it is
+    given a journal ``_REPLAY_LINES`` lines at a time. One ``Recovered`` per run."""
     recovered: dict[str, Recovered] = {}
     for path in journal_segments(runs_dir):
         with path.open("rb") as handle:
             header = _header(handle.readline())
             if header.get("db") != db:
                 continue  # another database's, in the same folder
-            results = _count_lines(handle)
-        inserted = write_missing(path)
+            results = inserted = 0
+            scratch = path.with_name(path.name + ".replay")
+            try:
+                for chunk, lines in _chunks(handle, scratch):
+                    results += lines
+                    inserted += write_missing(chunk)
+            finally:
+                scratch.unlink(missing_ok=True)
         run_id = str(header.get("run_id", _order(path)[0]))
         before = recovered.get(run_id)
         if before is not None:

@@ -410,8 +410,8 @@ class BatchLedger:
         them) and mark the part collected, all in one transaction; returns the rows written.
         Each line is joined to the part's request by its ``request_key``: the row id, source
         and line recorded for the part are written, whatever the line says; a line whose key
-        is not in the part is left out. (Several files of a few MB each, rather than one: DuckDB
-        holds the whole of a file it reads in memory, up to 32 MiB.)"""
+        is not in the part is left out. (Several files of a MB or so, rather than one: DuckDB
+        holds the whole of a file it reads in memory.)"""
         written = 0
         with self._db.transaction(f"collect batch part {part} of run {run_id!r}") as cur:
             columns = ", ".join(

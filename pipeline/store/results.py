@@ -2,8 +2,8 @@
 
 Results reach the table as newline-delimited JSON, one object a row whose keys are the columns
 of :data:`~pipeline.store.schema.ROW_RESULTS` (a ``RowResult`` as orjson writes it): the very
-lines of a run's journal, which DuckDB's JSON reader inserts straight from the file with the
-column types fixed (``write_lines``), so a result is encoded once on its way to the database.
+lines of a run's journal, which DuckDB reads and types itself (``read_json_lines``) and inserts
+straight from the file (``write_lines``), so a result is encoded once on its way to the database.
 ``write`` encodes records the same way into a scratch file first. Each call is one transaction:
 a batch is committed whole or not at all. (An Arrow table would do it without the file, but
 pyarrow adds 25 MB to every run, more than a JSONL job's whole working set; measured in README,
@@ -33,8 +33,9 @@ __all__ = [
     "read_result_lines",
 ]
 
-# Results per scratch file inside one transaction (``write``); bounds the file of a big batch.
-_INSERT_CHUNK = 10_000
+# Results per scratch file inside one transaction (``write``): DuckDB holds the file it reads
+# in memory, beside the transaction's rows, under the database's 32 MB limit.
+_INSERT_CHUNK = 2048
 
 _NAMES: Final = ", ".join(c.name for c in ROW_RESULTS)
 _EXPRS: Final = ", ".join(c.insert_expr for c in ROW_RESULTS)
