@@ -292,7 +292,7 @@ class Planner:
 
     def _render(self, row: Row, key: str) -> Send | Record:
         try:
-            request = self.renderer.render(row)
+            request = self.renderer.render(row, key)
         except InputError as exc:
             return Record(
                 self.results.input_error(

@@ -251,7 +251,6 @@ class Reply:
     status_code: int = 200
     request_id: str | None = None
     rate_limit: RateLimitInfo | None = None
-    raw_usage: Mapping[str, Any] | None = None
 
 
 @dataclass(frozen=True, slots=True)

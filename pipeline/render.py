@@ -276,8 +276,11 @@ class Renderer:
         else:
             self.warm_cache = prefix_tokens >= OPENAI_CACHE_MINIMUM
 
-    def render(self, row: Row) -> Request:
-        """The request for one row. Raises InputError if the row cannot fill the template."""
+    def render(self, row: Row, key: str | None = None) -> Request:
+        """The request for one row. Raises InputError if the row cannot fill the template.
+
+        ``key``: the row's request key when the caller has it already (``key(row)``, which the
+        planner computes for every row to look it up), so that it is not hashed twice."""
         values = row.fields
         structured = False
         for name in self.fields:
@@ -297,37 +300,28 @@ class Renderer:
             ) from exc
         row_id = row.row_id
         est = self._fixed_tokens + (len(prompt) + 3) // 4
-        if not self._attachments:
-            return Request(
-                row_id,
-                request_key(row_id, self.prompt_hash),
-                self.prompt_hash,
-                self.provider,
-                self.model,
-                self.system,
-                prompt,
-                self.max_tokens,
-                self.temperature,
-                est,
-                row.source,
-                row.line,
-                self.framing,
-            )
-        attachments = self._resolve(row, text_bytes=len(prompt) + len(self.system or ""))
+        attachments: tuple[Attachment, ...] = ()
+        if self._attachments:
+            attachments = self._resolve(row, text_bytes=len(prompt) + len(self.system or ""))
+            est += sum(a.tokens for a in attachments)
+            if key is None:
+                key = self._key(row_id, attachments)
+        elif key is None:
+            key = request_key(row_id, self.prompt_hash)
         return Request(
-            row_id,
-            self._key(row_id, attachments),
-            self.prompt_hash,
-            self.provider,
-            self.model,
-            self.system,
-            prompt,
-            self.max_tokens,
-            self.temperature,
-            est + sum(a.tokens for a in attachments),
-            row.source,
-            row.line,
-            self.framing,
+            row_id=row_id,
+            request_key=key,
+            prompt_hash=self.prompt_hash,
+            provider=self.provider,
+            model=self.model,
+            system=self.system,
+            prompt=prompt,
+            max_tokens=self.max_tokens,
+            temperature=self.temperature,
+            est_input_tokens=est,
+            source=row.source,
+            line=row.line,
+            framing=self.framing,
             attachments=attachments,
         )
 

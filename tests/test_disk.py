@@ -97,7 +97,8 @@ def test_a_disk_that_fills_mid_run_ends_it_in_one_line_and_resume_finishes_it(
         )
     assert counts == [{"n": 6000, "ids": 6000}]
     accounting = threaded_fake.accounting()
-    assert accounting["duplicates_paid"] <= 16  # at most what was in flight when it filled
+    # At most what was in flight when it filled, and the answer whose journal line failed.
+    assert accounting["duplicates_paid"] <= 16 + 1
     for path in (tmp_path / "out").rglob("*"):
         if path.is_file():
             assert KEY.encode() not in path.read_bytes(), path

@@ -10,9 +10,13 @@ import pytest
 
 from pipeline.errors import FatalProviderError, RateLimitError, RowRejectedError, TransientError
 from pipeline.providers import AnthropicProvider, OpenAIProvider
-from pipeline.providers.anthropic import messages_body
-from pipeline.providers.openai import chat_body
-from pipeline.records import Request
+from pipeline.providers._base import BodyEncoder
+from pipeline.providers.anthropic import messages_bodies, messages_body
+from pipeline.providers.anthropic_batch import AnthropicBatchProvider
+from pipeline.providers.gemini import generate_bodies
+from pipeline.providers.openai import chat_bodies, chat_body
+from pipeline.providers.openai_batch import OpenAIBatchProvider
+from pipeline.records import AnswerSchema, Framing, Request
 
 KEY = "sk" + "-test-0123456789abcdefghijklmnop"
 
@@ -150,12 +154,75 @@ def test_bodies_leave_out_what_the_job_did_not_set() -> None:
     assert "temperature" not in messages_body(request)
 
 
+SCHEMA = {
+    "type": "object",
+    "properties": {"label": {"type": "string", "enum": ["positive", "negative"]}},
+    "required": ["label"],
+    "additionalProperties": False,
+}
+
+
+def requests_of_every_shape() -> list[Request]:
+    """Requests as jobs make them: plain, without system prompt or temperature, with examples,
+    an answer schema (enforced or JSON mode), cache breakpoints, follow-up turns, odd text."""
+    enforce = AnswerSchema(schema=SCHEMA, name="label", enforce=True, strict=True)
+    examples = (("Review: awful", '{"label": "negative"}'), ("Review: fine", "positive"))
+    framings = [
+        None,
+        Framing(examples=examples),
+        Framing(answer=enforce),
+        Framing(answer=AnswerSchema(schema=SCHEMA, name="label", enforce=False)),
+        Framing(examples=examples, answer=enforce, cache_system=True, cache_examples=True),
+    ]
+    out = []
+    for framing in framings:
+        for system, temperature in (("Be terse.", 0.0), (None, None), ('Sé breve \u2603 "', 0.7)):
+            out.append(make_request(framing=framing, system=system, temperature=temperature))
+    out.append(
+        make_request(prompt='quotes " and \\ and \n and 😀', followups=(("maybe", "again"),))
+    )
+    return out
+
+
+@pytest.mark.parametrize(
+    "bodies", [chat_bodies, messages_bodies, generate_bodies], ids=["openai", "anthropic", "gemini"]
+)
+def test_bodies_spliced_from_a_shared_part_are_the_bodies_byte_for_byte(
+    bodies: Callable[[], BodyEncoder],
+) -> None:
+    encoder = bodies()
+    for request in requests_of_every_shape() * 2:  # the second time from the shared parts
+        body = encoder.body(request)
+        assert encoder.encode(request) == orjson.dumps(body)
+        assert orjson.loads(encoder.encode(request)) == body
+
+
+def test_batch_lines_splice_the_same_bodies() -> None:
+    request = make_request(framing=Framing(examples=(("a", "b"),)))
+    openai_line = orjson.loads(
+        OpenAIBatchProvider(mock_client(print), base_url="x", api_key=KEY).line(request)
+    )
+    assert openai_line == {
+        "custom_id": request.request_key,
+        "method": "POST",
+        "url": "/v1/chat/completions",
+        "body": chat_body(request),
+    }
+    anthropic_line = AnthropicBatchProvider(mock_client(print), base_url="x", api_key=KEY).line(
+        request
+    )
+    assert orjson.loads(anthropic_line) == {
+        "custom_id": request.request_key,
+        "params": messages_body(request),
+    }
+
+
 def test_openai_bodies_validate_against_the_published_schema() -> None:
     from _openapi import openai_validator
 
     validator = openai_validator("CreateChatCompletionRequest")
-    for request in (make_request(), make_request(system=None, temperature=None)):
-        errors = list(validator.iter_errors(chat_body(request)))
+    for request in requests_of_every_shape():
+        errors = list(validator.iter_errors(orjson.loads(chat_bodies().encode(request))))
         assert errors == []
 
 

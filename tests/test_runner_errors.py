@@ -20,7 +20,7 @@ async def test_a_refused_write_ends_the_run_with_that_error_not_a_task_group_tra
     def refuse(self: ResultTable, results: object) -> None:
         raise StoreError("cannot write results: disk full")
 
-    monkeypatch.setattr(ResultTable, "write", refuse)
+    monkeypatch.setattr(ResultTable, "write_lines", refuse)
     job = make_job(tmp_path, "openai", write_jsonl(tmp_path / "in.jsonl", make_reviews(20)))
     async with running_fake_provider(FakeConfig()) as fake:
         with pytest.raises(StoreError, match="disk full"):

@@ -7,6 +7,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import orjson
 import pytest
 from _store_rows import T0, one, result
 
@@ -182,9 +183,6 @@ def test_a_batch_part_from_record_to_collect(store: Store) -> None:
     assert store.batches.requests("run-1", 1) == {
         f"key-{i}": (f"row-{i}", "data/in.jsonl", i + 1, i + 1) for i in range(3)
     }
-    assert store.batches.submitted_keys(["key-0", "key-9"], run_id="run-1") == {"key-0"}
-    assert store.batches.submitted_keys(["key-0"], run_id="other") == set()
-    assert store.batches.submitted_keys([], run_id="run-1") == set()
 
     store.batches.mark_submitted("run-1", 1, "batch_abc", "file_xyz")
     store.batches.update("run-1", 1, status="in_progress", succeeded=1)
@@ -207,3 +205,42 @@ def test_a_batch_part_from_record_to_collect(store: Store) -> None:
     assert part["collected"] and part["submitted_at"] is not None
     assert store.batches.list(run_id="nope") == []
     assert one(store, "SELECT count(*) FROM results WHERE mode = 'batch'") == 2
+
+
+def test_a_part_recorded_from_its_rows_file_and_collected_from_a_file_of_answers(
+    store: Store, tmp_path: Path
+) -> None:
+    """Batch mode streams: the part's rows and its answers go through files, never a list."""
+    store.runs.start(RunRecord(run_id="run-1", job="reviews", mode="batch"))
+    rows = tmp_path / "part-0001.rows.jsonl"
+    rows.write_bytes(
+        b"".join(
+            orjson.dumps(
+                {
+                    "request_key": f"key-{i}",
+                    "row_id": f"row-{i}",
+                    "source": "data/in.jsonl",
+                    "line": i + 1,
+                    "ordinal": i + 1,
+                }
+            )
+            + b"\n"
+            for i in range(3)
+        )
+    )
+    store.batches.record_part("run-1", 1, "openai", nbytes=99, requests=rows)
+    assert store.batches.parts("run-1")[0]["requests"] == 3
+    assert store.batches.part_keys("run-1", 1) == {"key-0", "key-1", "key-2"}
+    # Answers carry no row of their own: the part's row id, source and line are written.
+    blank = {"row_id": "", "source": "", "line": 0, "mode": "batch"}
+    answers = [result(0, **blank), result(2, **blank), result(7, **blank)]  # key-7: not the part's
+    path = tmp_path / "answers.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(a) + b"\n" for a in answers))
+    assert store.batches.collect_lines("run-1", 1, [path]) == 2
+    got = store.query("SELECT request_key, row_id, source, line FROM results ORDER BY line")
+    assert [tuple(r.values()) for r in got] == [
+        ("key-0", "row-0", "data/in.jsonl", 1),
+        ("key-2", "row-2", "data/in.jsonl", 3),
+    ]
+    assert store.batches.parts("run-1")[0]["collected"]
+    assert store.batches.unanswered_keys("run-1") == {"key-1"}

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import duckdb
+import orjson
 import pytest
 from _store_rows import one, result
 
@@ -84,9 +85,9 @@ def test_a_failure_in_a_later_chunk_rolls_back_the_earlier_chunks(
 ) -> None:
     monkeypatch.setattr(results_module, "_INSERT_CHUNK", 3)
     batch = [result(i) for i in range(8)] + [result(8, input_tokens="lots")]
-    with pytest.raises(StoreError, match="input_tokens") as info:
+    with pytest.raises(StoreError, match="none was written") as info:
         store.results.write(batch)
-    assert "lots" in str(info.value)
+    assert '"lots"' in str(info.value)  # the value that does not fit
     assert one(store, "SELECT count(*) FROM row_results") == 0
     store.results.write(batch[:8])  # three chunks, one transaction
     assert one(store, "SELECT count(*) FROM row_results") == 8
@@ -147,13 +148,41 @@ def test_seen_tells_rows_in_open_batches_of_any_run_and_in_this_runs_own(store: 
     assert "key-0" not in store.results.seen(["key-0"], run_id="run-1")
 
 
-def test_a_journal_replayed_twice_records_its_results_once(store: Store) -> None:
+def journal_file(path: Path, results: list[RowResult], tail: bytes = b"") -> Path:
+    """A journal segment as a run writes it: a first line naming the run, then one line a
+    result (``tail``: what a crash of the machine left of one more)."""
+    header = orjson.dumps({"journal": 1, "run_id": "run-1", "db": "x.duckdb"})
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in results) + tail)
+    path.write_bytes(header + b"\n" + path.read_bytes())
+    return path
+
+
+def test_a_journal_segment_is_inserted_from_its_file_without_its_first_line(
+    store: Store, tmp_path: Path
+) -> None:
+    segment = journal_file(tmp_path / "run-1.000001.journal.jsonl", [result(i) for i in range(5)])
+    assert store.results.write_lines(segment) == 5
+    assert one(store, "SELECT count(*) FROM results") == 5
+    assert one(store, "SELECT sum(input_tokens) FROM results") == sum(100 + i for i in range(5))
+
+
+def test_a_segment_with_a_bad_value_is_refused_whole(store: Store, tmp_path: Path) -> None:
+    rows = [result(1), result(2, status="maybe")]
+    with pytest.raises(StoreError, match="none was written"):
+        store.results.write_lines(journal_file(tmp_path / "bad.journal.jsonl", rows))
+    assert one(store, "SELECT count(*) FROM results") == 0
+
+
+def test_a_journal_replayed_twice_records_its_results_once(store: Store, tmp_path: Path) -> None:
     store.results.write([result(0)])
-    assert store.results.write_missing([result(0), result(1), result(2)]) == 2
-    assert store.results.write_missing([result(1), result(2)]) == 0
+    path = tmp_path / "run-1.journal.jsonl"
+    cut = b'{"job": "reviews", "run_id": "run-1", "row_'  # a crash of the machine mid-line
+    assert store.results.write_missing(journal_file(path, [result(i) for i in range(3)], cut)) == 2
+    assert store.results.write_missing(journal_file(path, [result(1), result(2)])) == 0
     assert store.queries.report().totals.rows == 3
     # The same key at another line (a repeated row id) is another result.
-    assert store.results.write_missing([result(0, line=99, status="input_error")]) == 1
+    again = [result(0, line=99, status="input_error")]
+    assert store.results.write_missing(journal_file(path, again)) == 1
 
 
 # -- counts ---------------------------------------------------------------------------------------

@@ -31,6 +31,7 @@ from pipeline import documents
 from pipeline.cli import main
 from pipeline.errors import ConfigError, InputError
 from pipeline.execution import RunStats
+from pipeline.execution.journal import Journal
 from pipeline.execution.online import OnlineExecutor
 from pipeline.execution.sink import ResultSink
 from pipeline.job import parse_job
@@ -546,7 +547,7 @@ def test_command_line_overrides_are_checked_like_the_job_file(
 
 
 @pytest.mark.anyio
-async def test_workers_start_as_requests_arrive_never_more_than_there_are() -> None:
+async def test_workers_start_as_requests_arrive_never_more_than_there_are(tmp_path: Path) -> None:
     """A cap of 10,000 with five requests starts five workers, not 10,000 tasks."""
     import asyncio
 
@@ -570,7 +571,12 @@ async def test_workers_start_as_requests_arrive_never_more_than_there_are() -> N
     )
     written: list[Any] = []
     stats = RunStats()
-    sink = ResultSink(lambda rows: written.extend(rows), stats=stats)
+    journal = Journal(tmp_path / "runs", run_id="r", db="d")
+    sink = ResultSink(
+        lambda path: written.extend(path.read_bytes().splitlines()[1:]),
+        stats=stats,
+        journal=journal,
+    )
     executor = OnlineExecutor(
         provider=Provider(),
         budget=RunBudget(rate=LocalRateBudget(), concurrency=MAX_CONCURRENCY),

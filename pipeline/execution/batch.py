@@ -26,11 +26,12 @@ is left without a result for the session to send online, or recorded ``failed`` 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import IO, Any, Protocol
 
 import anyio
+import orjson
 import structlog
 from anyio.abc import ObjectReceiveStream
 
@@ -41,7 +42,7 @@ from ..limits.retry import backoff_s
 from ..providers import BatchProvider
 from ..providers._batch import BatchLine, BatchPart, BatchState, Submitted
 from ..records import Request, ResultBuilder, RowResult, Status
-from .parts import PartWriter
+from .parts import PartRows, PartWriter
 from .sink import ResultSink
 from .stats import RunStats
 
@@ -50,6 +51,18 @@ __all__ = ["BatchBook", "BatchExecutor", "BatchRefused"]
 log = structlog.get_logger("pipeline.batch")
 
 FIRST_POLL_S = 1.0
+_COUNTED = (
+    "rows_ok",
+    "rows_failed",
+    "rows_input_error",
+    "rows_invalid",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+)  # what RunStats.count moves
+# Answers a file at most when a part is collected (about 1 MB: DuckDB holds the file it reads
+# in memory beside the transaction's rows, under the database's 32 MB limit).
+COLLECT_FILE_LINES = 2048
 PartRow = tuple[str, str, str, int]  # request key, row id, source, line
 
 
@@ -61,7 +74,13 @@ class BatchBook(Protocol):
     """The run's batch parts, as the store keeps them (``Store.batches``)."""
 
     def record_part(
-        self, run_id: str, part: int, provider: str, *, nbytes: int, requests: Sequence[PartRow]
+        self,
+        run_id: str,
+        part: int,
+        provider: str,
+        *,
+        nbytes: int,
+        requests: Iterable[PartRow] | Path,
     ) -> None: ...
 
     def mark_submitted(
@@ -80,6 +99,10 @@ class BatchBook(Protocol):
     ) -> None: ...
 
     def collect(self, run_id: str, part: int, results: Sequence[RowResult]) -> None: ...
+
+    def collect_lines(self, run_id: str, part: int, paths: Sequence[Path]) -> int: ...
+
+    def part_keys(self, run_id: str, part: int) -> set[str]: ...
 
     def parts(self, run_id: str) -> list[dict[str, Any]]: ...
 
@@ -106,7 +129,7 @@ class BatchExecutor:
         record_unfinished: bool,
         max_attempts: int = 6,
         extractor: Extractor | None = None,
-        on_recorded: Callable[[Sequence[PartRow]], None] | None = None,
+        on_recorded: Callable[[Iterable[PartRow]], None] | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.provider = provider
@@ -158,7 +181,7 @@ class BatchExecutor:
             found = await self._find(prepared, since=part["created_at"], known=known)
             if found is None:
                 if prepared.path.exists():
-                    await self._submit(prepared, [(k, *rows[k][:3]) for k in ordered])
+                    await self._submit(prepared)
                 else:
                     # Never sent and its file gone: forget the part, so its rows are planned
                     # into a new one.
@@ -217,17 +240,18 @@ class BatchExecutor:
         if closed is not None and not self.stopping:
             await self._record_and_submit(*closed)
 
-    async def _record_and_submit(self, part: BatchPart, rows: list[PartRow]) -> None:
+    async def _record_and_submit(self, part: BatchPart, rows: PartRows) -> None:
         await anyio.to_thread.run_sync(
             lambda: self.book.record_part(
-                self.run_id, part.index, self.provider.name, nbytes=part.bytes, requests=rows
+                self.run_id, part.index, self.provider.name, nbytes=part.bytes, requests=rows.path
             )
         )
         if self._on_recorded is not None:
-            self._on_recorded(rows)
-        await self._submit(part, rows)
+            await anyio.to_thread.run_sync(self._on_recorded, rows)
+        rows.path.unlink(missing_ok=True)  # the ledger has them now
+        await self._submit(part)
 
-    async def _submit(self, part: BatchPart, rows: Sequence[PartRow]) -> None:
+    async def _submit(self, part: BatchPart) -> None:
         """Create the part's batch and record its id. A transient failure (the answer lost
         in a timeout or a dropped connection) is waited out and the provider asked whether the
         batch exists after all (``find_submitted``) before the part is sent again: a part is
@@ -241,7 +265,7 @@ class BatchExecutor:
                 submitted = await self.provider.submit(part, metadata=self._metadata(part.index))
                 break
             except RowRejectedError as exc:
-                await self._refused(part, rows, exc)
+                await self._refused(part, exc)
                 return
             except ProviderError as exc:
                 if not exc.transient or attempt >= self.max_attempts:
@@ -293,15 +317,16 @@ class BatchExecutor:
                     raise
                 await anyio.sleep(backoff_s(attempt, retry_after=exc.retry_after))
 
-    async def _refused(self, part: BatchPart, rows: Sequence[PartRow], exc: ProviderError) -> None:
+    async def _refused(self, part: BatchPart, exc: ProviderError) -> None:
         """The provider would not create the batch: its rows are recorded with the provider's
         message, and nothing more is submitted."""
         why = f"batch part {part.index} ({part.count:,} requests) was refused: {exc}"
+        rows = await anyio.to_thread.run_sync(self.book.requests, self.run_id, part.index)
         results = [
             self.results.unanswered(
                 key, row_id, source, line, Status.FAILED, "batch_rejected", why, attempts=1
             )
-            for key, row_id, source, line in rows
+            for key, (row_id, source, line, _) in rows.items()
         ]
         await anyio.to_thread.run_sync(
             lambda: self.book.update(self.run_id, part.index, status="rejected", error=str(exc))
@@ -359,39 +384,83 @@ class BatchExecutor:
         )
 
     async def _collect(self, part: int, state: BatchState) -> None:
-        rows = await anyio.to_thread.run_sync(self.book.requests, self.run_id, part)
-        results: list[RowResult] = []
         if state.failed:
-            by_line = {e.line: e for e in state.errors if e.line is not None}
-            general = "; ".join(e.message for e in state.errors if e.line is None) or (
-                "the provider rejected the batch"
-            )
-            for key, (row_id, source, line, ordinal) in rows.items():
-                err = by_line.get(ordinal)
-                text = (
-                    f"batch {state.batch_id} line {ordinal}: {err.message}"
-                    if err
-                    else f"batch {state.batch_id} failed validation: {general}"
-                )
-                results.append(
-                    self.results.unanswered(
-                        key, row_id, source, line, Status.FAILED, "batch_invalid", text, attempts=1
-                    )
-                )
-            self._log.warning(
-                "batch_failed",
-                batch_id=state.batch_id,
-                errors=[f"line {e.line}: {e.message}" for e in state.errors][:20],
-            )
-        else:
+            await self._collect_failed(part, state)
+            return
+        # The answers stream into files of result lines, which the ledger inserts joined to
+        # the part's rows: a part of 50,000 rows is never held in memory, only its keys.
+        keys = await anyio.to_thread.run_sync(self.book.part_keys, self.run_id, part)
+        self.parts_dir.mkdir(parents=True, exist_ok=True)
+        paths: list[Path] = []
+        collected = 0
+        counted = RunStats()  # added to the run's once the part is committed
+        out: IO[bytes] | None = None
+        try:
             async for answer in self.provider.results(state):
-                meta = rows.get(answer.custom_id)
-                if meta is None:
+                if answer.custom_id not in keys:  # not the part's, or answered twice
                     self._log.warning("unknown_custom_id", custom_id=answer.custom_id)
                     continue
-                result = self._answer(answer, meta)
-                if result is not None:
-                    results.append(result)
+                keys.discard(answer.custom_id)
+                result = self._answer(answer)
+                if result is None:
+                    continue
+                if out is None or collected % COLLECT_FILE_LINES == 0:
+                    if out is not None:
+                        out.close()
+                    paths.append(self.parts_dir / f"part-{part:04d}.results-{len(paths)}.jsonl")
+                    out = paths[-1].open("wb")
+                out.write(orjson.dumps(result) + b"\n")
+                counted.count(result)
+                collected += 1
+            if out is not None:
+                out.close()
+            del keys
+            written = await anyio.to_thread.run_sync(
+                self.book.collect_lines, self.run_id, part, paths
+            )
+        finally:
+            if out is not None:
+                out.close()
+            for path in paths:
+                path.unlink(missing_ok=True)
+        for name in _COUNTED:
+            setattr(self.stats, name, getattr(self.stats, name) + getattr(counted, name))
+        if written != collected:  # cannot be: every line written has a key of the part
+            self._log.error("batch_collect_mismatch", part=part, written=written, lines=collected)
+        self.stats.rows_committed += written
+        self._log.info(
+            "batch_collected",
+            part=part,
+            batch_id=state.batch_id,
+            status=state.status,
+            rows=written,
+        )
+
+    async def _collect_failed(self, part: int, state: BatchState) -> None:
+        """A batch rejected as a whole: every row of the part recorded with its error."""
+        rows = await anyio.to_thread.run_sync(self.book.requests, self.run_id, part)
+        by_line = {e.line: e for e in state.errors if e.line is not None}
+        general = "; ".join(e.message for e in state.errors if e.line is None) or (
+            "the provider rejected the batch"
+        )
+        results: list[RowResult] = []
+        for key, (row_id, source, line, ordinal) in rows.items():
+            err = by_line.get(ordinal)
+            text = (
+                f"batch {state.batch_id} line {ordinal}: {err.message}"
+                if err
+                else f"batch {state.batch_id} failed validation: {general}"
+            )
+            results.append(
+                self.results.unanswered(
+                    key, row_id, source, line, Status.FAILED, "batch_invalid", text, attempts=1
+                )
+            )
+        self._log.warning(
+            "batch_failed",
+            batch_id=state.batch_id,
+            errors=[f"line {e.line}: {e.message}" for e in state.errors][:20],
+        )
         await anyio.to_thread.run_sync(self.book.collect, self.run_id, part, results)
         for result in results:
             self.stats.count(result)
@@ -404,9 +473,10 @@ class BatchExecutor:
             rows=len(results),
         )
 
-    def _answer(self, answer: BatchLine, meta: tuple[str, str, int, int]) -> RowResult | None:
-        row_id, source, line, _ = meta
-        key = answer.custom_id
+    def _answer(self, answer: BatchLine) -> RowResult | None:
+        """The result of one answer of a part. Its row id, source and line are left blank:
+        the ledger writes the part's own (``collect_lines`` joins them by request key)."""
+        key, row_id, source, line = answer.custom_id, "", "", 0
         if answer.reply is None:
             if not self.record_unfinished:
                 return None  # left for the online pass

@@ -11,7 +11,7 @@ the session can stop them all.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -246,7 +246,7 @@ class Executors:
     def batch(
         self,
         results: ResultBuilder,
-        on_recorded: Callable[[Sequence[PartRow]], None] | None = None,
+        on_recorded: Callable[[Iterable[PartRow]], None] | None = None,
     ) -> BatchExecutor:
         """The batch executor: ``results`` builds its rows' results (batch mode's)."""
         provider = self.endpoints.batch

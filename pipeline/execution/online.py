@@ -54,7 +54,7 @@ from ..providers import Provider
 from ..records import Request, ResultBuilder, RowResult, Status, Usage
 from ..render import MESSAGE_OVERHEAD_TOKENS, estimate_tokens
 from .fallback import Fallback
-from .sink import ResultSink
+from .sink import Outcomes
 from .stats import RunStats
 
 __all__ = ["OnlineExecutor", "Reachability"]
@@ -136,7 +136,7 @@ class OnlineExecutor:
         *,
         provider: Provider,
         budget: RunBudget,
-        sink: ResultSink,
+        sink: Outcomes,
         results: ResultBuilder,
         stats: RunStats,
         price: Price | None,
@@ -169,7 +169,6 @@ class OnlineExecutor:
         self.stopping = False
         self.fatal: FatalProviderError | None = None
         self._scope: anyio.CancelScope | None = None
-        self._idle = 0  # workers waiting for a request
         self._log = log.bind(run_id=results.run_id, provider=results.provider)
 
     def stop(self) -> None:
@@ -179,45 +178,37 @@ class OnlineExecutor:
     async def run(self, work: MemoryObjectReceiveStream[Request]) -> None:
         """Work until ``work`` is exhausted, the run stops, or a fatal error cancels it.
 
-        Workers are started as requests arrive, one for each request that finds every worker
-        busy, up to the concurrency cap: never more tasks than requests (a cap of 10,000 with
-        five rows starts five)."""
-        started = 0
+        Workers are started as requests arrive, one a request, up to the concurrency cap:
+        never more tasks than requests (a cap of 10,000 with five rows starts five). Each then
+        takes its next request from ``work`` itself."""
         cap = self.budget.concurrency
-        handoff, inbox = anyio.create_memory_object_stream[Request](0)
         with anyio.CancelScope() as scope:
             self._scope = scope
-            async with anyio.create_task_group() as tg:
-                async with work, handoff:
-                    async for request in work:
-                        if self.stopping:
-                            break
-                        if self._idle == 0 and started < cap:
-                            started += 1
-                            tg.start_soon(self._worker, request, inbox.clone())
-                            if started == cap:
-                                # The workers hold every receiving end now: once all of them
-                                # have stopped, handing over fails instead of waiting. (Below
-                                # the cap, a request is handed over only to an idle worker.)
-                                inbox.close()
-                            continue
-                        try:
-                            await handoff.send(request)
-                        except anyio.BrokenResourceError:
-                            break  # every worker has stopped: nothing more is sent
-                inbox.close()
+            async with anyio.create_task_group() as tg, work:
+                started = 0
+                while started < cap and not self.stopping:
+                    try:
+                        request = await work.receive()
+                    except anyio.EndOfStream:
+                        break
+                    started += 1
+                    tg.start_soon(self._worker, request, work.clone())
 
     async def _worker(self, first: Request, work: MemoryObjectReceiveStream[Request]) -> None:
         async with work:
             request = first
             while await self._serve(request):
-                self._idle += 1
+                # The next request without a trip through the event loop while the feed has
+                # some waiting (a receive() that finds one still yields to the loop first).
                 try:
-                    request = await work.receive()
+                    request = work.receive_nowait()
+                except anyio.WouldBlock:
+                    try:
+                        request = await work.receive()
+                    except anyio.EndOfStream:
+                        return
                 except anyio.EndOfStream:
                     return
-                finally:
-                    self._idle -= 1
 
     async def _serve(self, request: Request) -> bool:
         """One request, from its lease to its outcome in the sink; False: this worker stops

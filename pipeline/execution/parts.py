@@ -3,21 +3,44 @@
 Providers cap a batch by request count *and* by size (OpenAI: 50,000 requests, 200 MB;
 Anthropic: 100,000 requests, 256 MB). Splitting by count alone is not enough: long prompts hit
 the size cap first. ``PartWriter`` streams lines to disk and starts a new part before either
-limit would be passed, so memory stays flat however many rows there are. (Each request key
+limit would be passed, so memory stays flat however many rows there are: the rows of a part
+(request key, row id, source, line) go to a file of their own beside it as they are written,
+which the batch ledger reads when the part is recorded (``PartRows``). (Each request key
 comes once: the planner records a second row with the same id as ``duplicate_id``, so no part
 holds a ``custom_id`` twice, which would get the whole batch rejected.)
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
+
+import orjson
 
 from ..errors import InputError
 from ..providers._batch import BatchPart
 
-__all__ = ["PartWriter", "PendingPart"]
+__all__ = ["PartRows", "PartWriter", "PendingPart"]
+
+PartRow = tuple[str, str, str, int]  # request key, row id, source, line
+
+
+@dataclass(frozen=True, slots=True)
+class PartRows:
+    """The rows of a part, in file order, in a file of their own (one JSON object a line:
+    ``request_key``, ``row_id``, ``source``, ``line``, ``ordinal``); iterating reads them."""
+
+    path: Path
+    count: int
+
+    def __iter__(self) -> Iterator[PartRow]:
+        with self.path.open("rb") as handle:
+            for raw in handle:
+                row = orjson.loads(raw)
+                yield row["request_key"], row["row_id"], row["source"], row["line"]
+
 
 # Room kept for what wraps the lines ({"requests":[ ... ]} for Anthropic) and separators.
 ENVELOPE_BYTES = 64
@@ -30,9 +53,12 @@ class PendingPart:
     index: int
     path: Path
     file: IO[bytes]
+    rows_path: Path
+    rows: IO[bytes]
     count: int = 0
     bytes: int = 0
-    rows: list[tuple[str, str, str, int]] = field(default_factory=list)
+    first_key: str = ""
+    last_key: str = ""
 
 
 class PartWriter:
@@ -52,7 +78,7 @@ class PartWriter:
 
     def add(
         self, key: str, row_id: str, source: str, line: int, data: bytes
-    ) -> tuple[BatchPart, list[tuple[str, str, str, int]]] | None:
+    ) -> tuple[BatchPart, PartRows] | None:
         """Add one request line. Raises InputError if the line alone exceeds ``max_bytes``."""
         size = len(data) + 1  # newline (or comma, for Anthropic's array)
         if size + ENVELOPE_BYTES > self.max_bytes:
@@ -74,10 +100,24 @@ class PartWriter:
         part.file.write(data + b"\n")
         part.count += 1
         part.bytes += size
-        part.rows.append((key, row_id, source, line))
+        part.rows.write(
+            orjson.dumps(
+                {
+                    "request_key": key,
+                    "row_id": row_id,
+                    "source": source,
+                    "line": line,
+                    "ordinal": part.count,
+                }
+            )
+            + b"\n"
+        )
+        if not part.first_key:
+            part.first_key = key
+        part.last_key = key
         return closed
 
-    def close(self) -> tuple[BatchPart, list[tuple[str, str, str, int]]] | None:
+    def close(self) -> tuple[BatchPart, PartRows] | None:
         """Close the part being written, if any."""
         return self._close() if self._part is not None else None
 
@@ -86,14 +126,17 @@ class PartWriter:
         index = self._next_index
         self._next_index += 1
         path = self.folder / f"part-{index:04d}.jsonl"
-        self._part = PendingPart(index, path, path.open("wb"))
+        rows_path = self.folder / f"part-{index:04d}.rows.jsonl"
+        self._part = PendingPart(index, path, path.open("wb"), rows_path, rows_path.open("wb"))
         return self._part
 
-    def _close(self) -> tuple[BatchPart, list[tuple[str, str, str, int]]]:
+    def _close(self) -> tuple[BatchPart, PartRows]:
         part = self._part
         assert part is not None
         part.file.close()
+        part.rows.close()
         self._part = None
-        first = part.rows[0][0] if part.rows else ""
-        last = part.rows[-1][0] if part.rows else ""
-        return BatchPart(part.index, part.path, part.count, part.bytes, first, last), part.rows
+        batch_part = BatchPart(
+            part.index, part.path, part.count, part.bytes, part.first_key, part.last_key
+        )
+        return batch_part, PartRows(part.rows_path, part.count)

@@ -43,7 +43,7 @@ from ..store import RunRecord, Store
 from .cluster import RayEngine
 from .executors import Endpoints, Executors
 from .feed import feed
-from .journal import Journal, journal_path, replay_journals
+from .journal import Journal, replay_journals
 from .manifest import ClusterRecord, JobRecord, Manifest, manifest_path, runs_dir, write_manifest
 from .outcome import RunOutcome
 from .sink import ResultSink
@@ -127,10 +127,13 @@ class RunSession:
         self._base: Manifest | None = None
         self._takeover: Takeover | None = None
         self._final_cost: float | None = None  # what the database holds when the run ends
+        # The journal opens its first segment with the first answer, after _open_run replayed
+        # what killed processes left (its numbering goes on from theirs).
+        self.journal = Journal(self.runs_dir, run_id=self.run_id, db=self.db)
         self.sink = ResultSink(
-            store.results.write,
+            store.results.write_lines,
             stats=self.stats,
-            journal=None,
+            journal=self.journal,
             on_commit=self._committed,
         )
         self.executors = Executors(
@@ -192,9 +195,8 @@ class RunSession:
         refused a write, say) ends the run ``failed`` and is raised."""
         await anyio.to_thread.run_sync(self._open_run)
         state, why, message = RunState.COMPLETED, None, None
-        journal = Journal(journal_path(self.runs_dir, self.run_id), run_id=self.run_id, db=self.db)
+        journal = self.journal
         sink = self.sink
-        sink.journal = journal
         try:
             async with anyio.create_task_group() as outer:
                 outer.start_soon(sink.run)

@@ -36,7 +36,6 @@ from ..job.pricing import Price
 from ..limits import Grant, Report, ShardBudget, SharedRateBudget
 from ..records import Request, ResultBuilder, RowResult
 from .online import OnlineExecutor
-from .sink import ResultSink
 from .stats import RunStats
 
 __all__ = ["SHIP_ROWS", "ShardSpec", "ShardWorker", "Shipment"]
@@ -106,11 +105,10 @@ class ActorLink:
         await self._actor.done.remote(worker, spent_usd)
 
 
-class _Outbox(ResultSink):
+class _Outbox:
     """The executor's sink on a worker: results wait in the worker for the driver's take()."""
 
     def __init__(self, worker: ShardWorker) -> None:
-        super().__init__(lambda batch: None, stats=worker.stats)
         self._worker = worker
 
     async def put(self, result: RowResult) -> None:

@@ -115,7 +115,10 @@ class RunBudget:
     async def acquire(self, *, tokens: int, worst_usd: float = 0.0) -> Lease | None:
         """A slot, the row's worst case and its first attempt's rate; None when the USD budget
         cannot take the row (then nothing is held)."""
-        await self.slots.acquire()
+        try:
+            self.slots.acquire_nowait()  # a free slot: no checkpoint, no trip through the loop
+        except anyio.WouldBlock:
+            await self.slots.acquire()
         if not self.allows(worst_usd) and not await self.widen(worst_usd):
             self.slots.release()
             return None

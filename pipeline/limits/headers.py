@@ -7,6 +7,8 @@ present, the tighter of the two stands for "tokens". Both may send ``retry-after
 
 ``parse_rate_limit_headers`` folds all of that into one ``RateLimitInfo`` (durations in seconds
 from receipt) that the rate limiter can act on without knowing which provider spoke.
+``rate_limit_parser(provider)`` picks the reader of one provider's headers once, for a client
+that reads every answer's.
 
 Headers may be ``httpx.Headers`` (case-insensitive) or a dict with lower-case names: only
 ``.get()`` with lower-case names is used.
@@ -22,7 +24,13 @@ from functools import lru_cache
 from ..records import RateLimitInfo
 from .retry import retry_after_seconds
 
-__all__ = ["parse_go_duration", "parse_rate_limit_headers", "parse_reset_rfc3339"]
+__all__ = [
+    "RateLimitParser",
+    "parse_go_duration",
+    "parse_rate_limit_headers",
+    "parse_reset_rfc3339",
+    "rate_limit_parser",
+]
 
 _UNIT_SECONDS = {
     "h": 3600.0,
@@ -76,25 +84,56 @@ def parse_reset_rfc3339(s: str, now: datetime) -> float | None:
     return max(0.0, (when - now).total_seconds())
 
 
+RateLimitParser = Callable[[Mapping[str, str]], "RateLimitInfo | None"]
+"""Reads one answer's headers (received now): its ``RateLimitInfo``, or None."""
+
+
+def rate_limit_parser(provider: str) -> RateLimitParser:
+    """The reader of ``provider``'s rate-limit headers (see ``parse_rate_limit_headers``)."""
+    if provider == "openai":
+        return _openai_info
+    if provider == "anthropic":
+        return _anthropic_info
+    return _any_info
+
+
 def parse_rate_limit_headers(
     provider: str, headers: Mapping[str, str], now: datetime | None = None
 ) -> RateLimitInfo | None:
     """The rate-limit state a response reports, or None if it reports none.
 
     ``now`` is when the response arrived (default: the current time); Anthropic's reset times
-    are measured from it.
+    are measured from it. An unknown (OpenAI-compatible or proxy) provider: whichever family
+    of headers is present.
     """
     if provider == "openai":
         info = _openai(headers)
     elif provider == "anthropic":
         info = _anthropic(headers, now)
     else:
-        # An unknown (OpenAI-compatible or proxy) provider: take whichever family is present.
         info = _openai(headers) or _anthropic(headers, now)
+    return _info(info, headers, now)
+
+
+def _info(
+    info: _Fields | None, headers: Mapping[str, str], now: datetime | None
+) -> RateLimitInfo | None:
     retry_after = retry_after_seconds(headers, now=now)
     if info is None:
         return None if retry_after is None else RateLimitInfo(retry_after_s=retry_after)
     return RateLimitInfo(*info, retry_after_s=retry_after)
+
+
+def _openai_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    return _info(_openai(headers), headers, None)
+
+
+def _anthropic_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    return _info(_anthropic(headers, None), headers, None)
+
+
+def _any_info(headers: Mapping[str, str]) -> RateLimitInfo | None:
+    return _info(_openai(headers) or _anthropic(headers, None), headers, None)
 
 
 # -- internals -------------------------------------------------------------------------------

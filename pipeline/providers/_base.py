@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator, AsyncIterable, AsyncIterator, Iterator, Mapping
+from collections.abc import (
+    AsyncGenerator,
+    AsyncIterable,
+    AsyncIterator,
+    Callable,
+    Iterator,
+    Mapping,
+)
 from contextlib import contextmanager
 from typing import Any, Protocol
 from urllib.parse import urlencode
@@ -15,7 +22,7 @@ import yarl
 
 from ..errors import ProviderError, TransientError, UnreachableError
 from ..limits import ByteWindow
-from ..limits.headers import parse_rate_limit_headers
+from ..limits.headers import rate_limit_parser
 from ..limits.retry import classify_http_error
 from ..records import Reply, Request, Usage
 
@@ -23,6 +30,7 @@ __all__ = [
     "MAX_REDIRECTS",
     "APIClient",
     "AiohttpPost",
+    "BodyEncoder",
     "JSONProvider",
     "Post",
     "Provider",
@@ -62,43 +70,53 @@ def make_transport(*, max_connections: int | None = None) -> httpx.AsyncBaseTran
     return AiohttpTransport(limits=limits)
 
 
-@contextmanager
-def mapped_transport_errors(provider: str, url: httpx.URL | str | None = None) -> Iterator[None]:
-    """Turn network-level failures into transient provider errors: ``UnreachableError`` when
-    no connection could be made at all (refused, unknown host, connect timeout: ``url``'s host
-    is named), ``TransientError`` for the rest (timeouts, dropped connections)."""
-    try:
-        yield
-    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+TRANSPORT_ERRORS = (httpx.TransportError, aiohttp.ClientError, OSError)
+"""What a failure of the network itself is raised as (``transport_error`` maps each)."""
+
+
+def transport_error(
+    provider: str, url: httpx.URL | str | None, exc: BaseException
+) -> ProviderError:
+    """A network-level failure as a transient provider error: ``UnreachableError`` when no
+    connection could be made at all (refused, unknown host, connect timeout: ``url``'s host is
+    named), ``TransientError`` for the rest (timeouts, dropped connections)."""
+    where = _origin(url) if url is not None else "the provider"
+    if isinstance(exc, httpx.ConnectError | httpx.ConnectTimeout):
         cause = exc.__cause__
         # httpx-aiohttp reports every aiohttp connection error as ConnectTimeout, a dropped
         # connection too: only a failure to connect (or httpx's own) is the host out of reach.
         if not isinstance(cause, aiohttp.ClientError) or isinstance(
             cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError
         ):
-            where = _origin(url) if url is not None else "the provider"
-            raise UnreachableError(
+            return UnreachableError(
                 f"{provider}: cannot connect to {where} ({type(cause or exc).__name__}: "
                 f"{cause or exc})"
-            ) from exc
-        raise _transient(provider, exc) from exc
-    except httpx.TimeoutException as exc:
-        raise _transient(provider, exc) from exc
-    except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError) as exc:
+            )
+        return _transient(provider, exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return _transient(provider, exc)
+    if isinstance(exc, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
         # aiohttp called directly (JSONProvider without an httpx transport).
-        where = _origin(url) if url is not None else "the provider"
-        raise UnreachableError(
+        return UnreachableError(
             f"{provider}: cannot connect to {where} ({type(exc).__name__}: {exc})"
-        ) from exc
-    except TimeoutError as exc:  # aiohttp's read timeouts are TimeoutErrors too
-        raise TransientError(
+        )
+    if isinstance(exc, TimeoutError):  # aiohttp's read timeouts are TimeoutErrors too
+        return TransientError(
             f"{provider}: request timed out ({type(exc).__name__})", error_type="timeout"
-        ) from exc
-    except (httpx.TransportError, aiohttp.ClientError, OSError) as exc:
-        raise TransientError(
-            f"{provider}: connection failed ({type(exc).__name__}: {exc})",
-            error_type="connection_error",
-        ) from exc
+        )
+    return TransientError(
+        f"{provider}: connection failed ({type(exc).__name__}: {exc})",
+        error_type="connection_error",
+    )
+
+
+@contextmanager
+def mapped_transport_errors(provider: str, url: httpx.URL | str | None = None) -> Iterator[None]:
+    """Raise network-level failures as ``transport_error`` maps them."""
+    try:
+        yield
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(provider, url, exc) from exc
 
 
 def _origin(url: httpx.URL | str) -> str:
@@ -191,6 +209,59 @@ async def iter_lines(chunks: AsyncIterable[bytes]) -> AsyncIterator[bytes]:
         partial += chunk[start:]
     if partial:
         yield bytes(partial).removesuffix(b"\r")
+
+
+class BodyEncoder:
+    """A provider's request bodies as bytes, with what the requests of a job share encoded once.
+
+    ``shared(request)`` is the body without the row: a dict whose *last* key holds the list
+    (messages, contents) that the row's own items go at the end of; it may depend only on the
+    request's model, system prompt, ``max_tokens``, temperature and framing (what a renderer
+    gives every request of a job). ``row(request)`` is that list's items for the row: its
+    prompt (and attachments), then its follow-up turns. ``encode(request)`` is
+    ``orjson.dumps`` of the whole body, byte for byte: the shared part is encoded once per
+    version of it (a job and its fallback: two), the row's items once per request, and the two
+    are spliced.
+    """
+
+    def __init__(
+        self,
+        shared: Callable[[Request], dict[str, Any]],
+        row: Callable[[Request], list[Any]],
+    ) -> None:
+        self._shared = shared
+        self._row = row
+        self._prefixes: dict[tuple[Any, ...], tuple[object, bytes]] = {}
+
+    def body(self, request: Request) -> dict[str, Any]:
+        """The body as a dict (what ``encode`` encodes)."""
+        body = self._shared(request)
+        *_, last = body
+        body[last] = [*body[last], *self._row(request)]
+        return body
+
+    def encode(self, request: Request) -> bytes:
+        framing = request.framing
+        version = (request.model, request.system, request.max_tokens, request.temperature)
+        found = self._prefixes.get((*version, id(framing)))
+        if found is None or found[0] is not framing:
+            found = (framing, self._prefix(request))
+            if len(self._prefixes) >= 8:
+                self._prefixes.clear()
+            self._prefixes[(*version, id(framing))] = found
+        # b'[item, ...]' without its '[': after the prefix, it closes the list; '}' the body.
+        return found[1] + orjson.dumps(self._row(request))[1:] + b"}"
+
+    def _prefix(self, request: Request) -> bytes:
+        shared = self._shared(request)
+        *_, last = shared
+        if not isinstance(shared[last], list):
+            raise TypeError(f"the last key of a shared body must hold a list, not {last!r}")
+        encoded = orjson.dumps(shared)
+        assert encoded.endswith(b"]}")
+        # Cut the list's ']' and the body's '}': the row's items follow (after a comma when the
+        # shared part has items of its own, the system prompt or examples).
+        return encoded[:-2] + (b"," if shared[last] else b"")
 
 
 MAX_REDIRECTS = 5
@@ -374,15 +445,16 @@ class AiohttpPost:
     httpx's request and response objects cost about as much CPU as aiohttp's whole exchange
     (README, "Why this HTTP stack"), so the online path skips them; tests and the batch
     clients use an httpx transport (``TransportPost``). The session opens on first use, inside
-    the running event loop; ``timeout_s`` bounds connecting (the wait for a pooled connection
-    included) and each read.
+    the running event loop; ``timeout_s`` bounds the whole attempt, and connecting (the wait
+    for a pooled connection included) on its own.
     """
 
     def __init__(self, url: str, *, max_connections: int | None, timeout_s: float) -> None:
         self._url = yarl.URL(url)
         self._limit = max_connections or 0
+        # One timer a request (the whole attempt), not one rescheduled on every read.
         self._timeout = aiohttp.ClientTimeout(
-            total=None, connect=timeout_s, sock_connect=timeout_s, sock_read=timeout_s
+            total=timeout_s, connect=timeout_s, sock_connect=timeout_s
         )
         self._session: aiohttp.ClientSession | None = None
 
@@ -435,8 +507,9 @@ class TransportPost:
 class JSONProvider:
     """One JSON POST per request: the part every provider's online client shares.
 
-    A subclass says how a ``Request`` becomes a body (``body``), how an answer becomes text,
-    finish reason and usage (``parse``), and which header carries the provider's request id.
+    A subclass says how a ``Request`` becomes a body (``bodies``, a ``BodyEncoder``), how an
+    answer becomes text, finish reason and usage (``parse``), and which header carries the
+    provider's request id.
     ``transport``: an httpx transport to send through (tests pass ``httpx.MockTransport``);
     ``None``, the default for jobs, sends on aiohttp directly (``AiohttpPost``), with at most
     ``max_connections`` open.
@@ -448,7 +521,6 @@ class JSONProvider:
 
     name: str
     request_id_header: str
-    usage_key = "usage"  # where the answer keeps its usage (``Reply.raw_usage``)
 
     def __init__(
         self,
@@ -459,8 +531,10 @@ class JSONProvider:
         timeout_s: float = 60.0,
         max_connections: int | None = None,
         documents_window: ByteWindow | None = None,
+        bodies: BodyEncoder,
     ) -> None:
         self._url = url
+        self._bodies = bodies
         self._post: Post = (
             AiohttpPost(url, max_connections=max_connections, timeout_s=timeout_s)
             if transport is None
@@ -469,9 +543,15 @@ class JSONProvider:
         self._headers = dict(headers)
         self._window = documents_window
         self._encoders: anyio.CapacityLimiter | None = None
+        self._rate_limits = rate_limit_parser(self.name)
 
     def body(self, request: Request) -> dict[str, Any]:
-        raise NotImplementedError
+        """The JSON body of ``request``, as a dict."""
+        return self._bodies.body(request)
+
+    def encode(self, request: Request) -> bytes:
+        """The JSON body of ``request``, encoded (files attached are read now)."""
+        return self._bodies.encode(request)
 
     def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
         raise NotImplementedError
@@ -491,17 +571,16 @@ class JSONProvider:
                 self._encoders = anyio.CapacityLimiter(ENCODING_THREADS)
             async with self._window.hold(request.attachment_bytes):
                 encoded = await anyio.to_thread.run_sync(
-                    self._encode, request, limiter=self._encoders
+                    self.encode, request, limiter=self._encoders
                 )
                 return await self._exchange(encoded, headers)
-        return await self._exchange(orjson.dumps(self.body(request)), headers)
-
-    def _encode(self, request: Request) -> bytes:
-        return orjson.dumps(self.body(request))
+        return await self._exchange(self._bodies.encode(request), headers)
 
     async def _exchange(self, content: bytes, headers: dict[str, str]) -> Reply:
-        with mapped_transport_errors(self.name, self._url):
+        try:
             status, answer_headers, answer = await self._post(headers, content)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(self.name, self._url, exc) from exc
         raise_for_answer(self.name, status, answer, answer_headers)
         body = parse_json_body(self.name, status, answer)
         text, finish, usage = self.parse(body)
@@ -510,8 +589,7 @@ class JSONProvider:
             finish_reason=finish,
             usage=usage,
             request_id=answer_headers.get(self.request_id_header),
-            rate_limit=parse_rate_limit_headers(self.name, answer_headers),
-            raw_usage=body.get(self.usage_key),
+            rate_limit=self._rate_limits(answer_headers),
         )
 
     async def aclose(self) -> None:

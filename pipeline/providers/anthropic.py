@@ -32,13 +32,14 @@ from ..extract import ANSWER_TOOL
 from ..limits import ByteWindow
 from ..records import AnswerSchema, Attachment, Request, Usage
 from . import _answers as answers
-from ._base import JSONProvider
+from ._base import BodyEncoder, JSONProvider
 
 __all__ = [
     "ANTHROPIC_VERSION",
     "AnthropicProvider",
     "answer_tool",
     "content_block",
+    "messages_bodies",
     "messages_body",
     "parse_message",
 ]
@@ -68,27 +69,23 @@ def _user_content(request: Request) -> str | list[dict[str, Any]]:
     return blocks
 
 
-def messages_body(request: Request) -> dict[str, Any]:
-    """The JSON body of a messages request for one row."""
+def _shared(request: Request) -> dict[str, Any]:
+    """What every request of a job shares: model, limits, system prompt (with its cache
+    breakpoint), the answer tool and the examples (the messages, last, continue with the
+    row's)."""
     framing = request.framing
-    if framing is None and not request.followups:
-        body: dict[str, Any] = {
-            "model": request.model,
-            "max_tokens": request.max_tokens,
-            "messages": [{"role": "user", "content": _user_content(request)}],
-        }
-        if request.system:
-            body["system"] = request.system
-        if request.temperature is not None:
-            body["temperature"] = request.temperature
-        return body
-    messages: list[dict[str, Any]] = []
-    body = {"model": request.model, "max_tokens": request.max_tokens, "messages": messages}
+    body: dict[str, Any] = {"model": request.model, "max_tokens": request.max_tokens}
     if request.system:
         if framing is not None and framing.cache_system:
             body["system"] = [{"type": "text", "text": request.system, "cache_control": EPHEMERAL}]
         else:
             body["system"] = request.system
+    if request.temperature is not None:
+        body["temperature"] = request.temperature
+    if framing is not None and framing.answer is not None and framing.answer.enforce:
+        body["tools"] = [answer_tool(framing.answer)]
+        body["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
+    messages: list[dict[str, Any]] = []
     if framing is not None:
         last = len(framing.examples) - 1
         for index, (user, assistant) in enumerate(framing.examples):
@@ -98,16 +95,30 @@ def messages_body(request: Request) -> dict[str, Any]:
                 messages.append({"role": "assistant", "content": [block]})
             else:
                 messages.append({"role": "assistant", "content": assistant})
-    messages.append({"role": "user", "content": _user_content(request)})
+    body["messages"] = messages
+    return body
+
+
+def _row(request: Request) -> list[dict[str, Any]]:
+    """The row's messages: its prompt (with its attachments), then any follow-up turns."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": _user_content(request)}]
     for assistant, user in request.followups:
         messages.append({"role": "assistant", "content": assistant})
         messages.append({"role": "user", "content": user})
-    if request.temperature is not None:
-        body["temperature"] = request.temperature
-    if framing is not None and framing.answer is not None and framing.answer.enforce:
-        body["tools"] = [answer_tool(framing.answer)]
-        body["tool_choice"] = {"type": "tool", "name": ANSWER_TOOL}
-    return body
+    return messages
+
+
+def messages_bodies() -> BodyEncoder:
+    """Messages bodies, the part a job's requests share encoded once."""
+    return BodyEncoder(_shared, _row)
+
+
+_BODIES = messages_bodies()
+
+
+def messages_body(request: Request) -> dict[str, Any]:
+    """The JSON body of a messages request for one row."""
+    return _BODIES.body(request)
 
 
 def answer_tool(answer: AnswerSchema) -> dict[str, Any]:
@@ -182,10 +193,8 @@ class AnthropicProvider(JSONProvider):
             timeout_s=timeout_s,
             max_connections=max_connections,
             documents_window=documents_window,
+            bodies=messages_bodies(),
         )
-
-    def body(self, request: Request) -> dict[str, Any]:
-        return messages_body(request)
 
     def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
         return parse_message(body)

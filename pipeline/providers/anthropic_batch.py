@@ -39,7 +39,7 @@ from ..limits.retry import classify_http_error
 from ..records import Reply, Request
 from ._base import APIClient, iter_lines
 from ._batch import CLOCK_SLACK_S, BatchLine, BatchPart, BatchState, Submitted
-from .anthropic import ANTHROPIC_VERSION, messages_body, parse_message
+from .anthropic import ANTHROPIC_VERSION, messages_bodies, parse_message
 
 __all__ = ["AnthropicBatchProvider", "batch_state", "result_line"]
 
@@ -87,6 +87,7 @@ class AnthropicBatchProvider:
     ) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
+        self._bodies = messages_bodies()
         self._http = APIClient(
             transport,
             provider=self.name,
@@ -96,7 +97,16 @@ class AnthropicBatchProvider:
         )
 
     def line(self, request: Request) -> bytes:
-        return orjson.dumps({"custom_id": request.request_key, "params": messages_body(request)})
+        """``{"custom_id", "params"}``, the body spliced in as encoded."""
+        return b"".join(
+            (
+                b'{"custom_id":',
+                orjson.dumps(request.request_key),
+                b',"params":',
+                self._bodies.encode(request),
+                b"}",
+            )
+        )
 
     async def submit(self, part: BatchPart, *, metadata: Mapping[str, str]) -> Submitted:
         """Create a batch whose ``requests`` are the part file's lines.
@@ -370,7 +380,7 @@ def result_line(raw: bytes, *, batch_id: str, number: int) -> BatchLine | None:
             return BatchLine(custom_id, error_type=exc.error_type, error=f"{exc} ({where})")
         return BatchLine(
             custom_id,
-            reply=Reply(text=text, finish_reason=stop, usage=usage, raw_usage=message.get("usage")),
+            reply=Reply(text=text, finish_reason=stop, usage=usage),
         )
     if kind == "errored":
         error_type, error = _errored(result.get("error"))

@@ -32,11 +32,12 @@ from ..documents import read_base64
 from ..limits import ByteWindow
 from ..records import Attachment, Request, Usage
 from . import _answers as answers
-from ._base import JSONProvider
+from ._base import BodyEncoder, JSONProvider
 
 __all__ = [
     "API_VERSION",
     "GeminiProvider",
+    "generate_bodies",
     "generate_body",
     "model_path",
     "parse_generate",
@@ -70,18 +71,10 @@ def _row(request: Request) -> dict[str, Any]:
     return {"role": "user", "parts": parts}
 
 
-def generate_body(request: Request) -> dict[str, Any]:
-    """The JSON body of a ``generateContent`` request for one row (the model is in the URL)."""
-    contents: list[dict[str, Any]] = []
+def _shared(request: Request) -> dict[str, Any]:
+    """What every request of a job shares: the generation config, the system instruction and
+    the examples (the contents, last, continue with the row's)."""
     framing = request.framing
-    if framing is not None:
-        for user, answer in framing.examples:
-            contents.append(_text("user", user))
-            contents.append(_text("model", answer))
-    contents.append(_row(request))
-    for answer, user in request.followups:
-        contents.append(_text("model", answer))
-        contents.append(_text("user", user))
     config: dict[str, Any] = {"maxOutputTokens": request.max_tokens}
     if request.temperature is not None:
         config["temperature"] = request.temperature
@@ -89,10 +82,38 @@ def generate_body(request: Request) -> dict[str, Any]:
         config["responseMimeType"] = "application/json"
         if framing.answer.enforce:
             config["responseJsonSchema"] = framing.answer.schema
-    body: dict[str, Any] = {"contents": contents, "generationConfig": config}
+    body: dict[str, Any] = {"generationConfig": config}
     if request.system:
         body["systemInstruction"] = {"parts": [{"text": request.system}]}
+    contents: list[dict[str, Any]] = []
+    if framing is not None:
+        for user, answer in framing.examples:
+            contents.append(_text("user", user))
+            contents.append(_text("model", answer))
+    body["contents"] = contents
     return body
+
+
+def _turns(request: Request) -> list[dict[str, Any]]:
+    """The row's turns: its prompt (with its attachments), then any follow-ups."""
+    contents = [_row(request)]
+    for answer, user in request.followups:
+        contents.append(_text("model", answer))
+        contents.append(_text("user", user))
+    return contents
+
+
+def generate_bodies() -> BodyEncoder:
+    """``generateContent`` bodies, the part a job's requests share encoded once."""
+    return BodyEncoder(_shared, _turns)
+
+
+_BODIES = generate_bodies()
+
+
+def generate_body(request: Request) -> dict[str, Any]:
+    """The JSON body of a ``generateContent`` request for one row (the model is in the URL)."""
+    return _BODIES.body(request)
 
 
 def _count(usage: Mapping[str, Any], key: str) -> int:
@@ -139,7 +160,6 @@ def parse_generate(body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
 class GeminiProvider(JSONProvider):
     name = "gemini"
     request_id_header = "x-goog-request-id"  # not documented; None when absent
-    usage_key = "usageMetadata"
 
     def __init__(
         self,
@@ -159,10 +179,8 @@ class GeminiProvider(JSONProvider):
             timeout_s=timeout_s,
             max_connections=max_connections,
             documents_window=documents_window,
+            bodies=generate_bodies(),
         )
-
-    def body(self, request: Request) -> dict[str, Any]:
-        return generate_body(request)
 
     def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
         return parse_generate(body)

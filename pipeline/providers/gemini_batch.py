@@ -40,7 +40,7 @@ from ..limits.retry import classify_http_error
 from ..records import Reply, Request
 from ._base import APIClient, iter_lines
 from ._batch import CLOCK_SLACK_S, BatchLine, BatchPart, BatchState, LineError, Submitted
-from .gemini import API_VERSION, generate_body, model_path, parse_generate
+from .gemini import API_VERSION, generate_bodies, model_path, parse_generate
 
 __all__ = ["INLINE_MAX_BYTES", "GeminiBatchProvider", "batch_state", "result_line"]
 
@@ -74,6 +74,7 @@ class GeminiBatchProvider:
     ) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
+        self._bodies = generate_bodies()
         self.inline_max_bytes = inline_max_bytes
         self.model = model
         self._http = APIClient(
@@ -85,7 +86,16 @@ class GeminiBatchProvider:
         )
 
     def line(self, request: Request) -> bytes:
-        return orjson.dumps({"key": request.request_key, "request": generate_body(request)})
+        """``{"key", "request"}``, the body spliced in as encoded."""
+        return b"".join(
+            (
+                b'{"key":',
+                orjson.dumps(request.request_key),
+                b',"request":',
+                self._bodies.encode(request),
+                b"}",
+            )
+        )
 
     async def submit(self, part: BatchPart, *, metadata: Mapping[str, str]) -> Submitted:
         """Create the part's batch: its requests inline when the part is small, else the part
@@ -351,7 +361,6 @@ def result_line(item: Any, *, batch_id: str, number: int) -> BatchLine:
                 text=text,
                 finish_reason=finish,
                 usage=usage,
-                raw_usage=response.get("usageMetadata"),
             ),
         )
     error = item.get("error")

@@ -24,10 +24,11 @@ from ..documents import read_base64
 from ..limits import ByteWindow
 from ..records import AnswerSchema, Attachment, Request, Usage
 from . import _answers as answers
-from ._base import JSONProvider
+from ._base import BodyEncoder, JSONProvider
 
 __all__ = [
     "OpenAIProvider",
+    "chat_bodies",
     "chat_body",
     "content_part",
     "parse_chat_completion",
@@ -62,8 +63,9 @@ def _user_content(request: Request) -> str | list[dict[str, Any]]:
     return parts
 
 
-def chat_body(request: Request) -> dict[str, Any]:
-    """The JSON body of a chat-completions request for one row."""
+def _shared(request: Request) -> dict[str, Any]:
+    """What every request of a job shares: model, limits, answer format, system prompt and
+    examples (the messages, last, continue with the row's)."""
     messages: list[dict[str, Any]] = []
     if request.system:
         messages.append({"role": "system", "content": request.system})
@@ -72,20 +74,35 @@ def chat_body(request: Request) -> dict[str, Any]:
         for user, assistant in framing.examples:
             messages.append({"role": "user", "content": user})
             messages.append({"role": "assistant", "content": assistant})
-    messages.append({"role": "user", "content": _user_content(request)})
-    for assistant, user in request.followups:
-        messages.append({"role": "assistant", "content": assistant})
-        messages.append({"role": "user", "content": user})
-    body: dict[str, Any] = {
-        "model": request.model,
-        "messages": messages,
-        "max_completion_tokens": request.max_tokens,
-    }
+    body: dict[str, Any] = {"model": request.model, "max_completion_tokens": request.max_tokens}
     if request.temperature is not None:
         body["temperature"] = request.temperature
     if framing is not None and framing.answer is not None:
         body["response_format"] = response_format(framing.answer)
+    body["messages"] = messages
     return body
+
+
+def _row(request: Request) -> list[dict[str, Any]]:
+    """The row's messages: its prompt (with its attachments), then any follow-up turns."""
+    messages: list[dict[str, Any]] = [{"role": "user", "content": _user_content(request)}]
+    for assistant, user in request.followups:
+        messages.append({"role": "assistant", "content": assistant})
+        messages.append({"role": "user", "content": user})
+    return messages
+
+
+def chat_bodies() -> BodyEncoder:
+    """Chat-completions bodies, the part a job's requests share encoded once."""
+    return BodyEncoder(_shared, _row)
+
+
+_BODIES = chat_bodies()
+
+
+def chat_body(request: Request) -> dict[str, Any]:
+    """The JSON body of a chat-completions request for one row."""
+    return _BODIES.body(request)
 
 
 def response_format(answer: AnswerSchema) -> dict[str, Any]:
@@ -157,10 +174,8 @@ class OpenAIProvider(JSONProvider):
             timeout_s=timeout_s,
             max_connections=max_connections,
             documents_window=documents_window,
+            bodies=chat_bodies(),
         )
-
-    def body(self, request: Request) -> dict[str, Any]:
-        return chat_body(request)
 
     def parse(self, body: Mapping[str, Any]) -> tuple[str, str | None, Usage]:
         return parse_chat_completion(body)

@@ -38,7 +38,7 @@ from ..limits.retry import classify_http_error
 from ..records import Reply, Request
 from ._base import APIClient
 from ._batch import CLOCK_SLACK_S, BatchLine, BatchPart, BatchState, LineError, Submitted
-from .openai import chat_body, parse_chat_completion
+from .openai import chat_bodies, parse_chat_completion
 
 __all__ = ["ENDPOINT", "OpenAIBatchProvider", "batch_state", "result_line"]
 
@@ -49,6 +49,7 @@ _LINE_ERROR_TYPES: Final = {"batch_expired": "expired", "batch_cancelled": "canc
 _CHUNK: Final = 1 << 20  # bytes read from the part file at a time
 _LIST_LIMIT: Final = 100  # batches per page when looking for one (the API's maximum)
 _UNSAFE_FILENAME: Final = re.compile(r"[^A-Za-z0-9._-]")
+_LINE_MIDDLE: Final = b',"method":"POST","url":' + orjson.dumps(ENDPOINT) + b',"body":'
 
 
 class OpenAIBatchProvider:
@@ -69,6 +70,7 @@ class OpenAIBatchProvider:
     ) -> None:
         self.max_requests = max_requests
         self.max_bytes = max_bytes
+        self._bodies = chat_bodies()
         self._http = APIClient(
             transport,
             provider=self.name,
@@ -78,13 +80,15 @@ class OpenAIBatchProvider:
         )
 
     def line(self, request: Request) -> bytes:
-        return orjson.dumps(
-            {
-                "custom_id": request.request_key,
-                "method": "POST",
-                "url": ENDPOINT,
-                "body": chat_body(request),
-            }
+        """``{"custom_id", "method", "url", "body"}``, the body spliced in as encoded."""
+        return b"".join(
+            (
+                b'{"custom_id":',
+                orjson.dumps(request.request_key),
+                _LINE_MIDDLE,
+                self._bodies.encode(request),
+                b"}",
+            )
         )
 
     async def submit(self, part: BatchPart, *, metadata: Mapping[str, str]) -> Submitted:
@@ -331,7 +335,6 @@ def result_line(raw: bytes, *, file_id: str, number: int) -> BatchLine | None:
                 finish_reason=finish,
                 usage=usage,
                 request_id=request_id if isinstance(request_id, str) else None,
-                raw_usage=body.get("usage"),
             ),
         )
     if isinstance(error, dict):

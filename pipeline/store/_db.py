@@ -43,9 +43,9 @@ def _config(read_only: bool) -> dict[str, Any]:
     """DuckDB settings. A job's writer does small inserts and key look-ups while the rest of
     the process does the work, so it gets one thread and a small cache: by default DuckDB keeps
     written blocks cached up to 80% of RAM, and a job's memory grew with its row count (346 MB
-    at a million rows, measured). Its write-ahead log is checkpointed every 4 MB instead of
-    16 MB: DuckDB's own memory climbs with the log until each checkpoint, and the peaks crept
-    up through a long run. Readers (reports, SQL) keep DuckDB's defaults."""
+    at a million rows, measured). Its write-ahead log is checkpointed
+    every 4 MB instead of 16 MB: DuckDB's own memory climbs with the log until each checkpoint,
+    and the peaks crept up through a long run. Readers (reports, SQL) keep DuckDB's defaults."""
     if read_only:
         return {}
     return {"memory_limit": "32MB", "threads": 1, "wal_autocheckpoint": "4MB"}
@@ -84,7 +84,7 @@ class Database:
         under the write lock, so one at a time)."""
         if self._scratch is None:
             folder = tempfile.mkdtemp(prefix="pipeline-insert-")
-            self._scratch = Path(folder) / "rows.csv"
+            self._scratch = Path(folder) / "rows.jsonl"
         return self._scratch
 
     def close(self) -> None:

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 import orjson
@@ -20,7 +21,8 @@ from ..job import Job
 from ..records import RowResult
 from ..redact import redact, safe_url
 from ._db import Database
-from .results import count_results, insert_results
+from .results import count_results, insert_results, read_json_lines, read_result_lines
+from .schema import ROW_RESULTS
 
 if TYPE_CHECKING:
     from ..job.pricing import Price
@@ -40,6 +42,11 @@ _RUN_COUNT_COLUMNS: Final = (
 _NULL: Final = object()  # "set this column to NULL" in update
 
 _STATE_RE: Final = re.compile(r"running|completed|(stopped|failed): .+", re.DOTALL)
+# A part's rows as ``record_part`` reads them from a file.
+_PART_ROWS: Final = (
+    '{"request_key": "VARCHAR", "row_id": "VARCHAR", "source": "VARCHAR", "line": "BIGINT", '
+    '"ordinal": "INTEGER"}'
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -322,33 +329,43 @@ class BatchLedger:
         provider: str,
         *,
         nbytes: int,
-        requests: Sequence[tuple[str, str, str, int]],
+        requests: Iterable[tuple[str, str, str, int]] | Path,
     ) -> None:
         """Record a part about to be submitted: its requests as (request_key, row_id, source,
-        line), in file order. One transaction."""
-        import pyarrow as pa  # batch mode only: online runs never load it (25 MB)
-
-        keys, row_ids, sources, lines = (list(c) for c in zip(*requests, strict=True))
+        line), in file order, or a file of them (one JSON object a line with those keys and
+        ``ordinal``, 1-based in file order), which DuckDB reads itself. One transaction."""
+        path = requests if isinstance(requests, Path) else self._rows_file(requests)
         with self._db.transaction(f"record batch part {part} of run {run_id!r}") as cur:
-            # DuckDB finds `batch_table` by name (a replacement scan of this frame's locals).
-            batch_table = pa.table(
-                {
-                    "run_id": pa.array([run_id] * len(keys), pa.string()),
-                    "part": pa.array([part] * len(keys), pa.int32()),
-                    "ordinal": pa.array(range(1, len(keys) + 1), pa.int32()),
-                    "request_key": pa.array(keys, pa.string()),
-                    "row_id": pa.array(row_ids, pa.string()),
-                    "source": pa.array(sources, pa.string()),
-                    "line": pa.array(lines, pa.int64()),
-                }
-            )
+            row = cur.execute(
+                "INSERT INTO batch_requests SELECT $run_id, $part, ordinal, request_key, row_id, "
+                f"source, line FROM {read_json_lines(_PART_ROWS)} ORDER BY ordinal",
+                {"run_id": run_id, "part": part, "path": str(path)},
+            ).fetchone()
             cur.execute(
                 "INSERT INTO batches (run_id, part, provider, status, requests, bytes) "
                 "VALUES (?, ?, ?, 'preparing', ?, ?)",
-                [run_id, part, provider, len(keys), nbytes],
+                [run_id, part, provider, int(row[0]) if row else 0, nbytes],
             )
-            cur.execute("INSERT INTO batch_requests SELECT * FROM batch_table")
-            del batch_table
+
+    def _rows_file(self, requests: Iterable[tuple[str, str, str, int]]) -> Path:
+        """``requests`` written to the scratch file as ``record_part`` reads a file of them
+        (under the write lock: the caller's transaction follows)."""
+        scratch = self._db.scratch
+        with scratch.open("wb") as handle:
+            for ordinal, (key, row_id, source, line) in enumerate(requests, 1):
+                handle.write(
+                    orjson.dumps(
+                        {
+                            "request_key": key,
+                            "row_id": row_id,
+                            "source": source,
+                            "line": line,
+                            "ordinal": ordinal,
+                        }
+                    )
+                    + b"\n"
+                )
+        return scratch
 
     def mark_submitted(
         self, run_id: str, part: int, batch_id: str, input_file_id: str | None
@@ -386,11 +403,54 @@ class BatchLedger:
         """Write an ended part's results and mark it collected, in one transaction."""
         with self._db.transaction(f"collect batch part {part} of run {run_id!r}") as cur:
             insert_results(cur, self._db.scratch, results)
+            self._mark_collected(cur, run_id, part)
+
+    def collect_lines(self, run_id: str, part: int, paths: Sequence[Path]) -> int:
+        """Write an ended part's results from files of result lines (as the journal writes
+        them) and mark the part collected, all in one transaction; returns the rows written.
+        Each line is joined to the part's request by its ``request_key``: the row id, source
+        and line recorded for the part are written, whatever the line says; a line whose key
+        is not in the part is left out. (Several files of a MB or so, rather than one: DuckDB
+        holds the whole of a file it reads in memory.)"""
+        written = 0
+        with self._db.transaction(f"collect batch part {part} of run {run_id!r}") as cur:
+            columns = ", ".join(
+                f"q.{c.name}"
+                if c.name in ("row_id", "source", "line")
+                else (c.insert or f"a.{c.name}")
+                for c in ROW_RESULTS
+            )
+            names = ", ".join(c.name for c in ROW_RESULTS)
+            for path in paths:
+                row = cur.execute(
+                    f"INSERT INTO row_results ({names}) SELECT {columns} FROM "
+                    f"{read_result_lines(ignore_errors=False)} a JOIN batch_requests q "
+                    "ON q.run_id = $run_id AND q.part = $part AND q.request_key = a.request_key",
+                    {"run_id": run_id, "part": part, "path": str(path)},
+                ).fetchone()
+                written += int(row[0]) if row else 0
+            self._mark_collected(cur, run_id, part)
+        return written
+
+    @staticmethod
+    def _mark_collected(cur: Any, run_id: str, part: int) -> None:
+        cur.execute(
+            "UPDATE batches SET collected_at = current_timestamp, "
+            "updated_at = current_timestamp WHERE run_id = ? AND part = ?",
+            [run_id, part],
+        )
+
+    def part_keys(self, run_id: str, part: int) -> set[str]:
+        """The request keys of one part."""
+        keys: set[str] = set()
+        with self._db.cursor(f"read batch part {part} of run {run_id!r}") as cur:
             cur.execute(
-                "UPDATE batches SET collected_at = current_timestamp, "
-                "updated_at = current_timestamp WHERE run_id = ? AND part = ?",
+                "SELECT request_key FROM batch_requests WHERE run_id = ? AND part = ?",
                 [run_id, part],
             )
+            while rows := cur.fetchmany(8192):
+                keys.update(key for (key,) in rows)
+        return keys
 
     def parts(self, run_id: str) -> _Rows:
         """Every part of a run, in order, with ``collected`` (bool) and ``created_at`` (unix
@@ -448,18 +508,6 @@ class BatchLedger:
                 [run_id, part],
             ).fetchall()
         return {key: (row_id, src, int(line), int(o)) for key, row_id, src, line, o in rows}
-
-    def submitted_keys(self, keys: Sequence[str], *, run_id: str) -> set[str]:
-        """The subset of ``keys`` already in one of this run's batch parts."""
-        if not keys:
-            return set()
-        with self._db.cursor("look up submitted rows") as cur:
-            rows = cur.execute(
-                "SELECT DISTINCT request_key FROM batch_requests WHERE run_id = $run_id "
-                "AND request_key IN (SELECT unnest($keys::VARCHAR[]))",
-                {"keys": list(keys), "run_id": run_id},
-            ).fetchall()
-        return {row[0] for row in rows}
 
     def unanswered_keys(self, run_id: str) -> set[str]:
         """Keys this run put in a batch that have no result in this run yet."""

@@ -1,48 +1,91 @@
 """The result sink: rows' outcomes into ``row_results``, and which rows are done.
 
-Results are inserted as CSV that DuckDB reads itself: each batch is written to a scratch file
-(every string quoted, ``NULL`` an empty unquoted field, one line a row, the columns of
-:data:`~pipeline.store.schema.ROW_RESULTS` in order) and ``INSERT ... SELECT`` reads it with
-the column types fixed, in chunks, inside one transaction per call: a batch is committed
-whole or not at all. (An Arrow table would do the same about a third faster, but pyarrow adds
-25 MB to every run, more than a JSONL job's whole working set; measured in README,
+Results reach the table as newline-delimited JSON, one object a row whose keys are the columns
+of :data:`~pipeline.store.schema.ROW_RESULTS` (a ``RowResult`` as orjson writes it): the very
+lines of a run's journal, which DuckDB reads and types itself (``read_json_lines``) and inserts
+straight from the file (``write_lines``), so a result is encoded once on its way to the database.
+``write`` encodes records the same way into a scratch file first. Each call is one transaction:
+a batch is committed whole or not at all. (An Arrow table would do it without the file, but
+pyarrow adds 25 MB to every run, more than a JSONL job's whole working set; measured in README,
 "Performance".)
 """
 
 from __future__ import annotations
 
-import operator
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Final
 
 import duckdb
+import orjson
 
-from ..errors import StoreError
 from ..plan import Seen
 from ..records import RowResult
 from ._db import Database
 from .schema import ROW_RESULTS, UNPRICED
 
-__all__ = ["ResultTable", "count_results", "insert_results"]
+__all__ = [
+    "ResultTable",
+    "count_results",
+    "insert_lines",
+    "insert_results",
+    "read_json_lines",
+    "read_result_lines",
+]
 
-# Rows per INSERT inside one transaction; bounds the scratch file of a big batch.
-_INSERT_CHUNK = 10_000
-
-_get_result_fields = operator.attrgetter(*(c.name for c in ROW_RESULTS))
+# Results per scratch file inside one transaction (``write``): DuckDB holds the file it reads
+# in memory, beside the transaction's rows, under the database's 32 MB limit.
+_INSERT_CHUNK = 2048
 
 _NAMES: Final = ", ".join(c.name for c in ROW_RESULTS)
 _EXPRS: Final = ", ".join(c.insert_expr for c in ROW_RESULTS)
-_READ: Final = (
-    "read_csv($path, header = false, auto_detect = false, parallel = false, "
-    "quote = '\"', escape = '\"', allow_quoted_nulls = false, buffer_size = 1048576, "
-    "columns = {" + ", ".join(f"'{c.name}': '{c.read_type}'" for c in ROW_RESULTS) + "})"
+# The columns as json_transform reads a result line into a row.
+_STRUCTURE: Final = "{" + ", ".join(f'"{c.name}": "{c.read_type}"' for c in ROW_RESULTS) + "}"
+# Each line of a file whole, as one text value: orjson writes control characters escaped, so
+# the byte 0x01 (the field delimiter here) never occurs in a line, and nothing is quoted.
+_LINES: Final = (
+    "read_csv($path, columns = {'j': 'VARCHAR'}, delim = '\x01', quote = '', escape = '', "
+    "header = false, auto_detect = false, parallel = false, max_line_size = 4194304)"
 )
-_INSERT_SQL: Final = f"INSERT INTO row_results ({_NAMES}) SELECT {_EXPRS} FROM {_READ}"
+
+
+def read_json_lines(structure: str, *, ignore_errors: bool = False, skip: str = "") -> str:
+    """DuckDB reading the file ``$path`` of JSON objects, one a line, into rows of the columns
+    ``structure`` names (``{"name": "TYPE", ...}``).
+
+    Each line is read whole as text (``read_csv``, its buffer as large as the file, at most 64
+    MB) and turned into a row by ``json_transform``: DuckDB's own JSON reader would do the same
+    but sets aside a 32 MiB buffer for any file, counted against the small memory limit a
+    job's database runs under. A missing key or a value that does not fit its column fails the
+    read, unless ``ignore_errors``, which also skips a line cut short (a journal's last, after
+    a crash of the machine). Lines skipped (those that begin with ``skip``, and the ones cut
+    short) are read as rows of NULLs."""
+    # Lines left out become rows of NULLs: DuckDB may transform a line before it filters.
+    keep = [f"NOT starts_with(j, '{skip}')"] if skip else []
+    if ignore_errors:
+        keep.append("json_valid(j)")
+    line = f"CASE WHEN {' AND '.join(keep)} THEN j END" if keep else "j"
+    transform = "json_transform" if ignore_errors else "json_transform_strict"
+    return f"(SELECT unnest({transform}({line}, '{structure}')) FROM {_LINES})"
+
+
+def read_result_lines(*, ignore_errors: bool) -> str:
+    """``read_json_lines`` of result lines (one ``RowResult`` a line, as the journal writes
+    them), typed as the table's columns; a journal's first line, which names its run
+    (``{"journal": ...``), is left out."""
+    rows = read_json_lines(_STRUCTURE, ignore_errors=ignore_errors, skip='{"journal":')
+    return f"(SELECT * FROM {rows} WHERE request_key IS NOT NULL)"
+
+
+_INSERT_SQL: Final = (
+    f"INSERT INTO row_results ({_NAMES}) "
+    f"SELECT {_EXPRS} FROM {read_result_lines(ignore_errors=False)}"
+)
 
 # Rows of a journal the table does not hold yet; DuckDB's INSERT answers with the count.
 _INSERT_MISSING_SQL: Final = (
-    f"INSERT INTO row_results ({_NAMES}) SELECT {_EXPRS} FROM {_READ} a "
+    f"INSERT INTO row_results ({_NAMES}) "
+    f"SELECT {_EXPRS} FROM {read_result_lines(ignore_errors=True)} a "
     "WHERE NOT EXISTS (SELECT 1 FROM row_results r WHERE r.run_id = a.run_id "
     "AND r.request_key = a.request_key AND r.source IS NOT DISTINCT FROM a.source "
     "AND r.line IS NOT DISTINCT FROM a.line)"
@@ -87,41 +130,28 @@ _COUNT_KEYS: Final = (
 )
 
 
+def insert_lines(cur: duckdb.DuckDBPyConnection, path: Path, *, missing_only: bool = False) -> int:
+    """Insert the result lines of the file at ``path`` on ``cur``, inside the caller's
+    transaction; returns the rows inserted (``missing_only``: only those the table does not
+    hold yet, same run, request key, source and line; lines cut short are skipped)."""
+    sql = _INSERT_MISSING_SQL if missing_only else _INSERT_SQL
+    row = cur.execute(sql, {"path": str(path)}).fetchone()
+    return int(row[0]) if row else 0
+
+
 def insert_results(
-    cur: duckdb.DuckDBPyConnection, scratch: Path, results: Sequence[RowResult], *, sql: str = ""
+    cur: duckdb.DuckDBPyConnection, scratch: Path, results: Sequence[RowResult]
 ) -> int:
     """Insert ``results`` on ``cur``, inside the caller's transaction, in chunks, through the
-    scratch file ``scratch``; returns the rows inserted (``sql``: another INSERT over the
-    same read, e.g. one that skips rows already there)."""
+    scratch file ``scratch`` (one JSON line each, as the journal writes them); returns the rows
+    inserted."""
     inserted = 0
+    dumps = orjson.dumps
     for start in range(0, len(results), _INSERT_CHUNK):
-        scratch.write_bytes(_csv(results[start : start + _INSERT_CHUNK]))
-        row = cur.execute(sql or _INSERT_SQL, {"path": str(scratch)}).fetchone()
-        inserted += int(row[0]) if row else 0
+        chunk = results[start : start + _INSERT_CHUNK]
+        scratch.write_bytes(b"\n".join([dumps(r) for r in chunk]) + b"\n")
+        inserted += insert_lines(cur, scratch)
     return inserted
-
-
-def _csv(results: Sequence[RowResult]) -> bytes:
-    """``results`` as CSV lines: strings always quoted (so an empty string is not NULL),
-    numbers as Python writes them, ``None`` an empty field."""
-    lines = []
-    for result in results:
-        fields = []
-        for value in _get_result_fields(result):
-            if value is None:
-                fields.append("")
-            elif isinstance(value, str):
-                fields.append('"' + value.replace('"', '""') + '"')
-            elif isinstance(value, int | float) and not isinstance(value, bool):
-                fields.append(repr(value))
-            else:
-                raise StoreError(
-                    f"cannot write results: row {result.row_id!r} holds {value!r}, which is "
-                    "neither text nor a number"
-                )
-        lines.append(",".join(fields))
-    lines.append("")
-    return "\n".join(lines).encode()
 
 
 def count_results(cur: duckdb.DuckDBPyConnection, run_id: str) -> dict[str, Any]:
@@ -169,14 +199,21 @@ class ResultTable:
         with self._db.transaction(f"write {len(results)} results (none was written)") as cur:
             insert_results(cur, self._db.scratch, results)
 
-    def write_missing(self, results: Sequence[RowResult]) -> int:
-        """Insert those of ``results`` the table does not hold yet (the same run, request key,
-        source and line), in one transaction; returns how many it inserted. Replaying a
-        journal (``pipeline.execution.journal``) twice records nothing twice."""
-        if not results:
-            return 0
-        with self._db.transaction(f"record {len(results)} results from a journal") as cur:
-            return insert_results(cur, self._db.scratch, results, sql=_INSERT_MISSING_SQL)
+    def write_lines(self, path: Path) -> int:
+        """Insert the results of a file of result lines (a journal segment: one JSON object a
+        line, as orjson writes a ``RowResult``; lines without a ``request_key`` are left out)
+        in one transaction, all or none; returns how many it inserted. Raises StoreError
+        (nothing written) if a value does not fit its column. Blocking."""
+        with self._db.transaction(f"write the results in {path.name} (none was written)") as cur:
+            return insert_lines(cur, path)
+
+    def write_missing(self, path: Path) -> int:
+        """Insert those results of a file of result lines (a journal left by a killed process)
+        that the table does not hold yet (the same run, request key, source and line), in one
+        transaction; a line cut short by a crash is skipped. Returns how many it inserted.
+        Replaying a journal (``pipeline.execution.journal``) twice records nothing twice."""
+        with self._db.transaction(f"record the results of journal {path.name}") as cur:
+            return insert_lines(cur, path, missing_only=True)
 
     def seen(
         self,
