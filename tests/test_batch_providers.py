@@ -583,7 +583,6 @@ async def test_openai_results_read_the_output_then_the_error_file_and_map_each_l
     u = reply.usage
     assert (u.input_tokens, u.cache_read_tokens, u.cache_write_tokens) == (1300, 1152, 0)
     assert (u.output_tokens, u.reasoning_tokens) == (20, 12)
-    assert reply.raw_usage == usage
     assert by_id["ok-2"].reply is not None and by_id["ok-2"].reply.text == "negative"
 
     failures = {
@@ -1027,7 +1026,6 @@ async def test_anthropic_results_map_every_result_type() -> None:
     u = reply.usage
     assert (u.input_tokens, u.cache_write_tokens, u.cache_read_tokens) == (3198, 1100, 2048)
     assert (u.output_tokens, u.reasoning_tokens) == (7, 0)
-    assert reply.raw_usage == usage
 
     failures = {
         key: (line.error_type, line.error) for key, line in by_id.items() if line.reply is None
@@ -1324,10 +1322,6 @@ async def test_a_batch_round_trip_gives_exactly_the_online_answers(
             answer.finish_reason,
             answer.usage,
         )
-        assert got.raw_usage is not None and answer.raw_usage is not None
-        assert {k: v for k, v in got.raw_usage.items() if k != "service_tier"} == {
-            k: v for k, v in answer.raw_usage.items() if k != "service_tier"
-        }
     assert lines["row-cut"].reply is not None
     assert lines["row-cut"].reply.finish_reason in ("length", "max_tokens")
     if api == "anthropic":  # the results came from the results_url the fake gave
